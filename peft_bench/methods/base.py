@@ -1,0 +1,131 @@
+"""The LightningModule every method shares: optimisation, metrics, timing and the run's figures.
+A method subclass only says how to turn the pretrained backbone into the model it trains."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import Accuracy, F1Score, Precision, Recall
+from transformers import get_linear_schedule_with_warmup
+
+from peft_bench.config import MethodConfig, ModelConfig
+from peft_bench.models import load_backbone
+
+
+class BenchModule(L.LightningModule):
+    def __init__(self, method: MethodConfig, model: ModelConfig, num_labels: int):
+        super().__init__()
+        self.method_cfg, self.model_cfg, self.num_labels = method, model, num_labels
+        self.model = self.build_model(load_backbone(model, num_labels))
+        task = {"task": "binary"} if num_labels == 2 else {"task": "multiclass", "num_classes": num_labels,
+                                                           "average": "macro"}
+        metrics = MetricCollection({"acc": Accuracy(**task), "precision": Precision(**task),
+                                    "recall": Recall(**task), "f1": F1Score(**task)})
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        # Checkpoints hold the trainable weights only; the frozen base comes from `pretrained`.
+        self.strict_loading = False
+        self.epoch_times: list[float] = []
+        self.epoch_train_loss: list[float] = []
+        self.infer_seconds = 0.0
+        self.infer_examples = 0
+        self.examples_seen = 0
+
+    # ------------------------------------------------------------------ what a method defines
+
+    def build_model(self, backbone: nn.Module) -> nn.Module:
+        """The model to train, built from the pretrained backbone (adapters, freezing, ...)."""
+        raise NotImplementedError
+
+    def extra_losses(self) -> dict[str, torch.Tensor]:
+        """Regularisers added to the task loss, by name (each is logged apart)."""
+        return {}
+
+    def method_results(self) -> dict:
+        """The method's own figures for results.json."""
+        return {}
+
+    # ------------------------------------------------------------------ parameters
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(trainable, total); PEFT's count knows that a 4-bit weight packs two values per byte."""
+        if hasattr(self.model, "get_nb_trainable_parameters"):
+            return self.model.get_nb_trainable_parameters()
+        params = list(self.model.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if k in trainable or not k.startswith("model.")}
+
+    # ------------------------------------------------------------------ steps
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return self.model(**inputs).logits
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.model(**batch).loss
+        self.examples_seen += len(batch["labels"])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["labels"]))
+        for name, term in self.extra_losses().items():
+            self.log(f"train/{name}", term, on_step=True, on_epoch=True)
+            loss = loss + term
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self(batch)
+        loss = nn.functional.cross_entropy(logits.float(), batch["labels"])
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
+        self.val_metrics.update(logits.argmax(-1), batch["labels"])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.val_metrics.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.infer_seconds, self.infer_examples = 0.0, 0
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        start = time.perf_counter()
+        logits = self(batch)
+        if logits.is_cuda:
+            torch.cuda.synchronize()
+        self.infer_seconds += time.perf_counter() - start
+        self.infer_examples += len(batch["labels"])
+        self.test_metrics.update(logits.argmax(-1), batch["labels"])
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    # ------------------------------------------------------------------ timing
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        self.epoch_times.append(time.perf_counter() - self._epoch_start)
+        loss = self.trainer.callback_metrics.get("train/loss_epoch")
+        if loss is not None:
+            self.epoch_train_loss.append(float(loss))
+
+    # ------------------------------------------------------------------ optimisation
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.method_cfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        fused = all(p.is_cuda for p in decay + no_decay)
+        optimizer = torch.optim.AdamW(groups, lr=self.method_cfg.lr, fused=fused or None)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.method_cfg.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

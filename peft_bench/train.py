@@ -1,0 +1,136 @@
+"""One run: validate the config -> build data and model -> fit -> validate and test the best
+checkpoint -> results.json. Hydra's multirun calls this once per job of a sweep."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from peft_bench.config import PeftBenchError, RunConfig, check_config
+from peft_bench.measure import peak_memory, reset_peak_memory
+from peft_bench.models import load_tokenizer
+from peft_bench.results import environment, write_results
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+log = logging.getLogger("peft_bench")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the repo's conf/ (editable install)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        results = run(cfg)
+    except PeftBenchError as e:
+        log.error("%s", e)
+        sys.exit(2)
+    return results.get("val_f1")
+
+
+def run(cfg: DictConfig) -> dict:
+    run_cfg = check_config(cfg)  # every config problem at once, before any data or weights
+    run_dir = Path(run_cfg.run_dir).absolute()
+    reset_peak_memory()
+    results: dict = {
+        "status": "running", "run_name": run_cfg.run_name, "method": run_cfg.method.name,
+        "dataset": run_cfg.dataset.name, "model": run_cfg.model.name, "rank": run_cfg.rank,
+        "seed": run_cfg.seed, "run_dir": str(run_dir),
+        "config": OmegaConf.to_container(cfg, resolve=True), **environment(),
+    }
+    logger = None
+    try:
+        L.seed_everything(run_cfg.seed, workers=True)
+        datamodule = get_class(run_cfg.dataset._target_)(
+            dataset=run_cfg.dataset, tokenizer=load_tokenizer(run_cfg.model),
+            cache_dir=run_cfg.cache_dir, seed=run_cfg.seed)
+        datamodule.prepare_data()  # data problems (offline Hub, bad columns) surface before the weights load
+        results["data"] = datamodule.info
+        module = get_class(run_cfg.method._target_)(
+            method=run_cfg.method, model=run_cfg.model, num_labels=run_cfg.dataset.num_labels)
+        trainable, total = module.parameter_counts()
+        results.update(trainable_params=trainable, total_params=total, trainable_ratio=trainable / total)
+
+        logger = instantiate(cfg.logger) if cfg.logger.get("_target_") else None
+        if logger is not None:
+            logger.log_hyperparams(results["config"])
+        trainer, checkpoints = build_trainer(run_cfg, run_dir, logger)
+
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule)
+        train_time = time.perf_counter() - start
+        ckpt = "best" if checkpoints is not None and checkpoints.best_model_path else None
+        val = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
+        test = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
+
+        results.update({f"val_{k.removeprefix('val/')}": float(v) for k, v in val.items()})
+        results.update({f"test_{k.removeprefix('test/')}": float(v) for k, v in test.items()})
+        results.update(
+            evaluated_checkpoint=ckpt and str(Path(checkpoints.best_model_path).relative_to(run_dir)),
+            optimizer_steps=trainer.global_step, epochs=trainer.current_epoch,
+            train_time_s=train_time, time_per_epoch_s=module.epoch_times,
+            mean_time_per_epoch_s=sum(module.epoch_times) / max(1, len(module.epoch_times)),
+            train_examples=module.examples_seen, train_examples_per_s=module.examples_seen / train_time,
+            train_loss_per_epoch=module.epoch_train_loss,
+            inference_latency_ms_per_example=1000 * module.infer_seconds / max(1, module.infer_examples),
+            inference_batch_size=run_cfg.dataset.eval_batch_size,
+            precision=trainer.precision, device=str(module.device),
+            **module.method_results(),
+        )
+        results["status"] = "completed"
+    except BaseException as e:
+        results["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        results["error"] = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        results.update(peak_memory())
+        write_results(run_dir, results)
+        finish_logging(results["status"])
+    log.info("%s: val acc %.4f f1 %.4f | test acc %.4f f1 %.4f | %.1f s -> %s", run_cfg.run_name,
+             results["val_acc"], results["val_f1"], results["test_acc"], results["test_f1"],
+             results["train_time_s"], run_dir / "results.json")
+    return results
+
+
+def build_trainer(run_cfg: RunConfig, run_dir: Path, logger) -> tuple[L.Trainer, ModelCheckpoint | None]:
+    import torch
+
+    t = run_cfg.trainer
+    precision = t.precision or ("bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+                                else "32-true")
+    callbacks: list = []
+    checkpoints = None
+    if run_cfg.checkpoint:
+        checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-epoch{epoch}-step{step}",
+                                      monitor="val/f1", mode="max", save_top_k=1, save_last=True,
+                                      auto_insert_metric_name=False)
+        callbacks.append(checkpoints)
+    if logger is not None:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    interactive = sys.stderr.isatty()
+    if interactive:
+        callbacks.append(RichProgressBar())
+    trainer = L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, precision=precision, max_epochs=t.max_epochs,
+        max_steps=t.max_steps, limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        limit_test_batches=t.limit_test_batches, val_check_interval=t.val_check_interval,
+        accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
+        log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, default_root_dir=run_dir,
+        logger=logger if logger is not None else False, callbacks=callbacks,
+        enable_checkpointing=run_cfg.checkpoint, enable_progress_bar=interactive, enable_model_summary=False,
+    )
+    return trainer, checkpoints
+
+
+def finish_logging(status: str) -> None:
+    """End this job's W&B run (if any), so the next job of a sweep starts its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=0 if status == "completed" else 1)
