@@ -7,8 +7,10 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
+import datasets
 import hydra
 import lightning as L
 from hydra.utils import get_class, instantiate
@@ -22,6 +24,21 @@ from peft_bench.results import environment, write_results
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 log = logging.getLogger("peft_bench")
+
+
+def quiet_third_party() -> None:
+    """Silence library chatter that says nothing about this run (deprecations inside the libraries,
+    advertising, bitsandbytes' optional CPU kernel), so the run's own lines stand out."""
+    for message in (".*is_gradient_checkpointing.*", ".*null_placement.*", ".*LeafSpec.*",
+                    ".*does not have many workers.*"):
+        warnings.filterwarnings("ignore", message=message)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
+    if not sys.stderr.isatty():
+        datasets.disable_progress_bars()
+
+
+quiet_third_party()
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the repo's conf/ (editable install)
 
 
@@ -29,8 +46,8 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the repo's conf/ (
 def main(cfg: DictConfig) -> float | None:
     try:
         results = run(cfg)
-    except PeftBenchError as e:
-        log.error("%s", e)
+    except PeftBenchError as e:  # the user's to fix: one message on stderr, no traceback
+        print(f"peft_bench: error: {e}", file=sys.stderr)
         sys.exit(2)
     return results.get("val_f1")
 

@@ -21,6 +21,7 @@ class BenchModule(L.LightningModule):
         super().__init__()
         self.method_cfg, self.model_cfg, self.num_labels = method, model, num_labels
         self.model = self.build_model(load_backbone(model, num_labels))
+        self.model.train()  # from_pretrained returns eval mode, and Lightning keeps the mode it finds
         task = {"task": "binary"} if num_labels == 2 else {"task": "multiclass", "num_classes": num_labels,
                                                            "average": "macro"}
         metrics = MetricCollection({"acc": Accuracy(**task), "precision": Precision(**task),

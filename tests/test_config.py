@@ -1,0 +1,109 @@
+"""Composition and validation: every option composes; each kind of bad input gets one clear error
+before any data or weights are loaded."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from peft_bench.config import ConfigError, RunConfig, check_config
+from tests.conftest import CONF_DIR, TINY, compose, run_cli
+
+GROUPS = ["method", "dataset", "model", "trainer", "logger"]
+OFFLINE_MODELS = {"tiny", "minilm"}  # the others need the Hub for their config.json
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_into_the_typed_schema(group, option):
+    cfg = compose([f"{group}={option}"])
+    run = OmegaConf.to_object(cfg)
+    assert isinstance(run, RunConfig)
+    assert getattr(run, group) is not None
+    if group != "model" or option in OFFLINE_MODELS:
+        base = [] if group == "model" else ["model=tiny"]
+        check_config(compose(base + [f"{group}={option}"]))
+
+
+def test_rank_sweep_values_reach_the_adapter():
+    for r in (2, 4, 8, 16):
+        assert check_config(compose(["model=tiny", f"rank={r}"])).method.r == r
+
+
+def test_typo_in_key_fails_at_compose():
+    with pytest.raises(ConfigCompositionException, match="rrank|Could not override 'method.rrank'"):
+        compose(["method.rrank=4"])
+
+
+def test_wrong_type_fails_at_compose():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose(["method.dropout=lots"])
+    assert "dropout" in str(e.value.__cause__ or e.value)
+
+
+def test_missing_value_fails_before_anything_runs():
+    with pytest.raises(MissingMandatoryValue, match="lr"):
+        check_config(compose(["model=tiny", "method.lr=???"]))
+
+
+def test_rank_zero_is_rejected():
+    with pytest.raises(ConfigError, match=r"method.r=0 .*must be >= 1"):
+        check_config(compose(["model=tiny", "rank=0"]))
+
+
+def test_all_problems_are_reported_together():
+    with pytest.raises(ConfigError) as e:
+        check_config(compose(["model=tiny", "rank=0", "method.dropout=1.5", "method.lr=-1",
+                              "dataset.data_files=/no/such/train.jsonl"]))
+    msg = str(e.value)
+    assert len(e.value.problems) == 4, msg
+    for needle in ("method.r=0", "method.dropout=1.5", "method.lr=-1.0", "/no/such/train.jsonl"):
+        assert needle in msg
+
+
+def test_missing_data_file_is_named(tmp_path):
+    missing = tmp_path / "validation.jsonl"
+    (tmp_path / "train.jsonl").write_text('{"sentence": "good", "label": 1}\n')
+    with pytest.raises(ConfigError, match=f"no such file: {missing}"):
+        check_config(compose(["model=tiny", f"+dataset.data_files.train={tmp_path / 'train.jsonl'}",
+                              f"+dataset.data_files.validation={missing}"]))
+
+
+def test_unknown_target_module_lists_the_models_linear_modules():
+    with pytest.raises(ConfigError) as e:
+        check_config(compose(["model=tiny", "method.target_modules=[q_lin,query]"]))
+    msg = str(e.value)
+    assert "'query'" in msg and "q_lin" in msg and "v_lin" in msg and "out_lin" in msg and "lin1" in msg
+    assert len(e.value.problems) == 1  # q_lin exists
+
+
+def test_unknown_target_module_on_a_pretrained_model_needs_no_weights(monkeypatch):
+    import peft_bench.models as models
+
+    def no_weights(*a, **k):
+        raise AssertionError("validation loaded weights")
+
+    monkeypatch.setattr(models, "load_backbone", no_weights)
+    with pytest.raises(ConfigError, match="has no Linear module 'q_lin'.*'query'"):
+        check_config(compose(["model=minilm", "method.target_modules=[q_lin]"]))
+
+
+def test_cli_bad_input_is_one_message_without_traceback(tmp_path):
+    out = run_cli([*TINY, "rank=0", "method.dropout=2", f"hydra.run.dir={tmp_path}"])
+    assert out.returncode == 2
+    assert "invalid configuration (2 problems)" in out.stderr
+    assert "Traceback" not in out.stderr and "Traceback" not in out.stdout
+    assert not (tmp_path / "results.json").exists()  # rejected before the run started
+
+
+def test_unreachable_hub_without_local_files_names_the_fix(tmp_path):
+    out = run_cli(["model=tiny", "dataset=sst2", "logger=none", f"hydra.run.dir={tmp_path}"])
+    assert out.returncode == 2
+    assert "dataset.data_files=" in out.stderr and "HF_DATASETS_OFFLINE" in out.stderr
+    assert "stanfordnlp/sst2" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -1,0 +1,132 @@
+"""Data: split building, the demo generator, local files, dynamic padding and length grouping."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+from datasets import Dataset, DatasetDict
+
+from peft_bench.config import DatasetConfig, PeftBenchError
+from peft_bench.data.classification import TextClassificationDataModule, builder_for, load_raw, make_splits
+from peft_bench.data.demo import build_demo, clause
+from peft_bench.models import load_tokenizer
+from tests.conftest import compose
+
+
+def dataset_cfg(**kw) -> DatasetConfig:
+    return DatasetConfig(name="t", **{"text_field": "sentence", **kw})
+
+
+def labelled(n: int, offset: int = 0, label=None) -> Dataset:
+    return Dataset.from_dict({"sentence": [f"s{i + offset}" for i in range(n)],
+                              "label": [label if label is not None else i % 2 for i in range(n)]})
+
+
+def test_sst2_shape_keeps_validation_and_carves_a_labelled_test_from_train():
+    raw = DatasetDict(train=labelled(1000), validation=labelled(100, 5000), test=labelled(200, 9000, label=-1))
+    splits, how = make_splits(raw, dataset_cfg())
+    assert {k: len(v) for k, v in splits.items()} == {"train": 900, "validation": 100, "test": 100}
+    assert how["validation"] == "given split 'validation'"
+    assert "10% of 'train'" in how["test"] and "split_seed=42" in how["test"]
+    assert set(splits["test"]["sentence"]).isdisjoint(splits["train"]["sentence"])
+    assert min(splits["test"]["label"]) >= 0
+
+
+def test_only_train_is_split_8_1_1_the_same_way_every_time():
+    raw = DatasetDict(train=labelled(1000))
+    a, how = make_splits(raw, dataset_cfg())
+    b, _ = make_splits(raw, dataset_cfg())
+    assert {k: len(v) for k, v in a.items()} == {"train": 800, "validation": 100, "test": 100}
+    assert a["test"]["sentence"] == b["test"]["sentence"]
+    sets = [set(a[s]["sentence"]) for s in ("train", "validation", "test")]
+    assert sum(map(len, sets)) == len(set.union(*sets)) == 1000
+    c, _ = make_splits(raw, dataset_cfg(split_seed=7))
+    assert c["test"]["sentence"] != a["test"]["sentence"]
+
+
+def test_imdb_shape_keeps_test_and_carves_validation():
+    raw = DatasetDict(train=labelled(1000), test=labelled(500, 5000))
+    splits, how = make_splits(raw, dataset_cfg())
+    assert {k: len(v) for k, v in splits.items()} == {"train": 900, "validation": 100, "test": 500}
+    assert how["test"] == "given split 'test'"
+
+
+def test_wrong_column_names_say_which_field_to_set():
+    raw = DatasetDict(train=labelled(10))
+    with pytest.raises(PeftBenchError, match="no column 'text'.*dataset.text_field="):
+        make_splits(raw, dataset_cfg(text_field="text"))
+
+
+def test_demo_is_deterministic_disjoint_and_reads_negation():
+    a, b = build_demo(500, seed=3), build_demo(500, seed=3)
+    assert a["train"]["sentence"] == b["train"]["sentence"]
+    assert {k: len(v) for k, v in a.items()} == {"validation": 50, "test": 50, "train": 400}
+    sets = [set(a[s]["sentence"]) for s in a]
+    assert sum(map(len, sets)) == len(set.union(*sets))
+    assert 0.35 < sum(a["train"]["label"]) / 400 < 0.65
+    rows = dict(zip(a["train"]["sentence"], a["train"]["label"], strict=True))
+    negated = [s for s in rows if " not " in s and ", but" not in s and any(w in s for w in ("good", "great"))]
+    assert negated and all(rows[s] == 0 for s in negated)
+
+
+def test_clause_polarity_flips_with_negation():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        text, label = clause(rng)
+        negated = any(f" {n} " in f" {text} " for n in ("not", "never", "hardly"))
+        positive = text.split()[-1] in {"good", "great", "wonderful", "moving", "brilliant", "funny", "charming",
+                                        "delightful", "gripping", "beautiful", "clever", "fresh"}
+        assert label == int(positive != negated), text
+
+
+def test_local_jsonl_gz_files_load_with_a_content_fingerprint(tmp_path):
+    path = tmp_path / "train.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        for i in range(20):
+            f.write(json.dumps({"text": f"review {i}", "label": i % 2}) + "\n")
+    raw, fingerprint, source = load_raw(dataset_cfg(data_files=str(path), text_field="text"))
+    assert len(raw["train"]) == 20 and fingerprint.startswith("files:") and str(path) in source
+    assert builder_for("a/b.parquet") == "parquet" and builder_for("x.csv") == "csv"
+    with pytest.raises(PeftBenchError, match="cannot read x.txt"):
+        builder_for("x.txt")
+
+
+@pytest.fixture(scope="module")
+def demo_module():
+    cfg = compose(["model=tiny", "dataset=demo", "dataset.batch_size=8"])
+    from peft_bench.config import check_config
+    run = check_config(cfg)
+    dm = TextClassificationDataModule(run.dataset, load_tokenizer(run.model), run.cache_dir, seed=0)
+    dm.prepare_data()
+    return dm
+
+
+def test_batches_are_padded_to_their_longest_example_not_max_length(demo_module):
+    for batch in list(demo_module.train_dataloader())[:20]:
+        lengths = batch["attention_mask"].sum(1)
+        assert batch["input_ids"].shape[1] == int(lengths.max()) < demo_module.cfg.max_length
+
+
+def test_length_grouping_cuts_padding(tmp_path):
+    texts = [" ".join(["word"] * (1 + (i * 37) % 200)) for i in range(800)]
+    files = tmp_path / "train.jsonl"
+    files.write_text("".join(json.dumps({"sentence": t, "label": i % 2}) + "\n" for i, t in enumerate(texts)))
+
+    def padding_fraction(group: bool) -> float:
+        cfg = compose(["model=tiny", f"dataset.data_files={files}", "dataset.max_length=256",
+                       f"dataset.group_by_length={str(group).lower()}"])
+        from peft_bench.config import check_config
+        run = check_config(cfg)
+        dm = TextClassificationDataModule(run.dataset, load_tokenizer(run.model), run.cache_dir, seed=0)
+        dm.prepare_data()
+        batches = list(dm.train_dataloader())
+        assert sum(len(b["labels"]) for b in batches) == len(dm.data["train"])  # every example once
+        return sum(float((b["attention_mask"] == 0).sum()) for b in batches) / sum(
+            b["attention_mask"].numel() for b in batches)
+
+    random_order, grouped = padding_fraction(False), padding_fraction(True)
+    assert random_order > 0.3 and grouped < random_order / 3, (random_order, grouped)

