@@ -25,9 +25,10 @@ test-fast: ## the tests not marked slow
 demo: ## offline demo sweep: LoRA rank 2,4,8 on generated sentences with pretrained MiniLM, then its table
 	$(PY) -m peft_bench -m dataset=demo model=minilm rank=2,4,8 trainer.max_epochs=1 logger=csv
 
-check-real: ## real SST-2 (../shared/data) with MiniLM: LoRA r=8, one epoch on CPU, validation accuracy
+check-real: ## real SST-2 (../shared/data), MiniLM, LoRA r=8 on all linear layers, one epoch on CPU: val accuracy
 	$(PY) -m peft_bench model=minilm dataset=sst2 rank=8 trainer.max_epochs=1 logger=csv \
-	  $(ARGS) "dataset.data_files={train:'$(DATA)/sst2/train.jsonl',validation:'$(DATA)/sst2/validation.jsonl'}"
+	  method.target_modules=[query,key,value,dense] method.lr=1e-3 $(ARGS) \
+	  "dataset.data_files={train:'$(DATA)/sst2/train.jsonl',validation:'$(DATA)/sst2/validation.jsonl'}"
 
 lint: ## ruff
 	$(PY) -m ruff check peft_bench tests

@@ -27,18 +27,28 @@ def collect(root: Path) -> list[tuple[Path, dict | None]]:
     return out
 
 
+def majority_share(results: dict, split: str) -> float | None:
+    """Accuracy of always answering the most frequent class: the chance level to beat."""
+    counts = results.get("data", {}).get("label_counts", {}).get(split)
+    return max(counts.values()) / sum(counts.values()) if counts else None
+
+
 def runs_table(root: Path) -> Table:
+    runs = collect(root)
     table = Table(title=f"runs in {root}")
+    chance = [majority_share(r, "test") for _, r in runs if r]
+    if chance and chance[0] is not None:
+        table.caption = f"chance level (majority class) on the test split: acc {chance[0]:.4f}"
     for col in ("run", "method", "rank", "trainable / total", "ratio", "val acc", "val F1", "test acc", "test F1",
                 "train time (s)", "status"):
         table.add_column(col, justify="left" if col in ("run", "method", "status") else "right")
-    for run_dir, r in collect(root):
+    for run_dir, r in runs:
         name = str(run_dir.relative_to(root)) or "."
         if r is None:
             table.add_row(name, *[""] * 9, "unreadable results.json")
             continue
 
-        def fmt(key: str, spec: str = ".4f") -> str:
+        def fmt(key: str, spec: str = ".4f", r: dict = r) -> str:
             return format(r[key], spec) if isinstance(r.get(key), int | float) else "-"
 
         params = f"{r['trainable_params']:,} / {r['total_params']:,}" if "total_params" in r else "-"

@@ -54,7 +54,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         splits, how = make_splits(raw, self.cfg)
         tokenized = self.tokenize(splits)
         self.info = {"source": source, "splits": how, "sizes": {k: len(v) for k, v in tokenized.items()},
-                     "cache_key": key}
+                     "label_counts": {k: label_counts(v) for k, v in tokenized.items()}, "cache_key": key}
         save_atomically(tokenized, self.info, path)
         self.data = load_from_disk(str(path))
         self.info["cache"] = "miss"
@@ -174,6 +174,11 @@ def make_splits(raw: DatasetDict, cfg: DatasetConfig) -> tuple[DatasetDict, dict
         train = train.shuffle(seed=cfg.split_seed).select(range(cfg.max_train_examples))
         how["train"] += f", first {cfg.max_train_examples} after a seeded shuffle"
     return DatasetDict(train=train, validation=kept["validation"], test=kept["test"]), how
+
+
+def label_counts(ds) -> dict[str, int]:
+    labels = ds["labels"]
+    return {str(y): labels.count(y) for y in sorted(set(labels))}
 
 
 def cache_key(cfg: DatasetConfig, tokenizer, fingerprint: str) -> str:
