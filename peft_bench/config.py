@@ -51,7 +51,7 @@ class LoRAConfig(MethodConfig):
     alpha: float = 16.0  # LoRA scaling numerator: the update is (alpha / r) * B A
     dropout: float = 0.1  # dropout on the adapter's input
     target_modules: list[str] = MISSING  # module names (suffixes) that get adapters; the model group's default
-    layers: list[int] | None = None  # transformer layer indices that get adapters; None = all
+    layers: Any = None  # list of transformer layer indices that get adapters; None = all
 
     def problems(self) -> list[str]:
         out = super().problems()
@@ -64,6 +64,66 @@ class LoRAConfig(MethodConfig):
         if not self.target_modules:
             out.append("method.target_modules is empty: name at least one module to adapt")
         return out
+
+
+@dataclass
+class PruningConfig:
+    target: float = "${sparsity}"  # type: ignore[assignment]  # target sparsity of the adapter weights
+    schedule: str = "gradual"  # gradual (cubic, during training) | one_shot (after training)
+    criterion: str = "magnitude_global"  # magnitude_global | magnitude_per_matrix | topk_per_row
+    start_step: int | None = None  # first pruning step; None = 10% of the optimizer steps
+    end_step: int | None = None  # step at which the target is reached; None = 70% of the optimizer steps
+    every_n_steps: int = 100  # prune every N optimizer steps between start and end
+
+    def problems(self) -> list[str]:
+        from peft_bench.callbacks.pruning import check_pruning_args
+
+        return check_pruning_args(self.target, self.schedule, self.criterion, self.every_n_steps)
+
+
+@dataclass
+class SparseLoRAConfig(LoRAConfig):
+    l1_lambda: float = 1e-3  # weight of the L1 penalty lambda * sum |w| over the LoRA A and B matrices
+    pruning: PruningConfig = field(default_factory=PruningConfig)  # magnitude pruning of the adapter
+
+    def problems(self) -> list[str]:
+        out = super().problems() + self.pruning.problems()
+        if self.l1_lambda < 0:
+            out.append(f"method.l1_lambda={self.l1_lambda}: must be >= 0")
+        return out
+
+
+@dataclass
+class QLoRAConfig(LoRAConfig):
+    quant_type: str = "nf4"  # 4-bit data type of the frozen base weights: nf4 or fp4
+    double_quant: bool = True  # quantize the quantization constants too (~0.4 bit/param saved)
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.quant_type not in ("nf4", "fp4"):
+            out.append(f"method.quant_type={self.quant_type!r}: valid values are 'nf4', 'fp4'")
+        return out
+
+
+@dataclass
+class HiRAConfig(MethodConfig):
+    r: int = 8  # rank of B A; the update W0 * (B A) has high rank all the same
+    dropout: float = 0.0
+    target_modules: list[str] = MISSING
+    layers: Any = None  # list of layer indices, None = all
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.r < 1:
+            out.append(f"method.r={self.r} (from rank={self.r}): the HiRA rank must be >= 1")
+        if not 0 <= self.dropout < 1:
+            out.append(f"method.dropout={self.dropout}: must be in [0, 1)")
+        return out
+
+
+@dataclass
+class FullConfig(MethodConfig):
+    pass
 
 
 # --------------------------------------------------------------------------- dataset
@@ -131,8 +191,10 @@ class ModelConfig:
     pretrained: str | None = None  # Hub id or local folder of pretrained weights
     architecture: dict[str, Any] | None = None  # random init instead: {model_type: ..., <config kwargs>}
     tokenizer: str | None = None  # Hub id or folder; default: `pretrained`
-    target_modules: list[str] = MISSING  # default adapter targets for this architecture
+    target_modules: list[str] = MISSING  # default adapter targets for this architecture (the seeds' q/v)
+    target_sets: dict[str, list[str]] = field(default_factory=dict)  # named target sets: qv, qkvo, attn_ffn
     head_modules: list[str] = field(default_factory=list)  # task-head modules trained fully beside adapters
+    num_layers: int = MISSING  # transformer layers, for layer-selective adapters
 
     def problems(self) -> list[str]:
         if (self.pretrained is None) == (self.architecture is None):
@@ -202,7 +264,7 @@ class RunConfig:
     trainer: TrainerConfig = MISSING
     logger: Any = MISSING
     rank: int = 8  # LoRA rank; a plain value (not a group) so `rank=2,4,8,16 -m` sweeps as typed
-    sparsity: float = 0.0  # target adapter sparsity for pruning methods; 0.0 = dense
+    sparsity: float = 0.5  # target adapter sparsity, used only when pruning (method=sparse_lora)
     seed: int = 42
     run_dir: str = MISSING  # where results.json, checkpoints and logs go
     cache_dir: str = MISSING  # tokenized datasets, shared by every job of a sweep
@@ -214,6 +276,10 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     cs.store(group="method", name="lora_schema", node=LoRAConfig)
+    cs.store(group="method", name="sparse_lora_schema", node=SparseLoRAConfig)
+    cs.store(group="method", name="qlora_schema", node=QLoRAConfig)
+    cs.store(group="method", name="hira_schema", node=HiRAConfig)
+    cs.store(group="method", name="full_schema", node=FullConfig)
     cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
@@ -240,8 +306,13 @@ def sweep_id() -> str:
     return "_".join(folder.parts[-2:])
 
 
+def top_half(num_layers: int) -> list[int]:
+    """Indices of the upper half of a model's layers, e.g. [3, 4, 5] of 6."""
+    return list(range(num_layers // 2, num_layers))
+
+
 def register_resolvers() -> None:
-    for name, fn in (("pkg_path", package_path), ("sweep_id", sweep_id)):
+    for name, fn in (("pkg_path", package_path), ("sweep_id", sweep_id), ("top_half", top_half)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
@@ -282,4 +353,8 @@ def module_problems(run: RunConfig) -> list[str]:
         if not any(n == t or n.endswith("." + t) for n in names):
             out.append(f"method.target_modules: model {run.model.name} has no Linear module {t!r}; "
                        f"its Linear modules are {leaf}")
+    layers = getattr(run.method, "layers", None) or []
+    bad = [i for i in layers if not 0 <= i < run.model.num_layers]
+    if bad:
+        out.append(f"method.layers: {bad} out of range: model {run.model.name} has layers 0..{run.model.num_layers - 1}")
     return out

@@ -30,7 +30,7 @@ def quiet_third_party() -> None:
     """Silence library chatter that says nothing about this run (deprecations inside the libraries,
     advertising, bitsandbytes' optional CPU kernel), so the run's own lines stand out."""
     for message in (".*is_gradient_checkpointing.*", ".*null_placement.*", ".*LeafSpec.*",
-                    ".*does not have many workers.*"):
+                    ".*does not have many workers.*", ".*returned in `LightningModule.configure_callbacks` will override.*"):
         warnings.filterwarnings("ignore", message=message)
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
@@ -83,20 +83,26 @@ def run(cfg: DictConfig) -> dict:
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
         train_time = time.perf_counter() - start
-        ckpt = "best" if checkpoints is not None and checkpoints.best_model_path else None
-        val = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
-        test = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
-
-        results.update({f"val_{k.removeprefix('val/')}": float(v) for k, v in val.items()})
-        results.update({f"test_{k.removeprefix('test/')}": float(v) for k, v in test.items()})
+        # Best by val F1, unless the method's final weights are what it claims (pruned to the target).
+        ckpt = "best" if checkpoints is not None and checkpoints.best_model_path and module.evaluate_best else None
+        results.update(evaluate(trainer, module, datamodule, ckpt))
+        before = {k: v for k, v in results.items() if k.startswith(("val_", "test_"))}
+        if module.after_training():  # e.g. one-shot pruning: the model changed, evaluate it again
+            results["before_pruning"] = {**before, **module.figures_before_change}
+            results.update(evaluate(trainer, module, datamodule, None))
+        if module.mergeable:
+            with module.merged():
+                merged = evaluate(trainer, module, datamodule, None, validate=False)
+            results["inference_latency_merged_ms_per_example"] = merged["inference_latency_ms_per_example"]
+            results["merged_test_acc"] = merged["test_acc"]
+        results.update(module.export(run_dir))
         results.update(
-            evaluated_checkpoint=ckpt and str(Path(checkpoints.best_model_path).relative_to(run_dir)),
+            evaluated_checkpoint=str(Path(checkpoints.best_model_path).relative_to(run_dir)) if ckpt else "final weights",
             optimizer_steps=trainer.global_step, epochs=trainer.current_epoch,
             train_time_s=train_time, time_per_epoch_s=module.epoch_times,
             mean_time_per_epoch_s=sum(module.epoch_times) / max(1, len(module.epoch_times)),
             train_examples=module.examples_seen, train_examples_per_s=module.examples_seen / train_time,
             train_loss_per_epoch=module.epoch_train_loss,
-            inference_latency_ms_per_example=1000 * module.infer_seconds / max(1, module.infer_examples),
             inference_batch_size=run_cfg.dataset.eval_batch_size,
             precision=trainer.precision, device=str(module.device),
             **module.method_results(),
@@ -116,13 +122,25 @@ def run(cfg: DictConfig) -> dict:
     return results
 
 
+def evaluate(trainer: L.Trainer, module, datamodule, ckpt: str | None, validate: bool = True) -> dict:
+    """val_* and test_* metrics of `ckpt` (None: the module's current weights), and test-set latency."""
+    out = {}
+    if validate:
+        val = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
+        out.update({f"val_{k.removeprefix('val/')}": float(v) for k, v in val.items()})
+    test = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
+    out.update({f"test_{k.removeprefix('test/')}": float(v) for k, v in test.items()})
+    out["inference_latency_ms_per_example"] = 1000 * module.infer_seconds / max(1, module.infer_examples)
+    return out
+
+
 def build_trainer(run_cfg: RunConfig, run_dir: Path, logger) -> tuple[L.Trainer, ModelCheckpoint | None]:
     import torch
 
     t = run_cfg.trainer
     precision = t.precision or ("bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
                                 else "32-true")
-    callbacks: list = []
+    callbacks: list = []  # a method adds its own through LightningModule.configure_callbacks
     checkpoints = None
     if run_cfg.checkpoint:
         checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-epoch{epoch}-step{step}",

@@ -4,6 +4,8 @@ A method subclass only says how to turn the pretrained backbone into the model i
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -20,7 +22,7 @@ class BenchModule(L.LightningModule):
     def __init__(self, method: MethodConfig, model: ModelConfig, num_labels: int):
         super().__init__()
         self.method_cfg, self.model_cfg, self.num_labels = method, model, num_labels
-        self.model = self.build_model(load_backbone(model, num_labels))
+        self.model = self.build_model(self.load_backbone())
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps the mode it finds
         task = {"task": "binary"} if num_labels == 2 else {"task": "multiclass", "num_classes": num_labels,
                                                            "average": "macro"}
@@ -38,6 +40,13 @@ class BenchModule(L.LightningModule):
 
     # ------------------------------------------------------------------ what a method defines
 
+    mergeable = False  # True where the adapter folds into the base weights (merged inference)
+    evaluate_best = True  # validate/test the best checkpoint by val F1; False: the final weights
+
+    def load_backbone(self) -> nn.Module:
+        """The pretrained (or randomly initialised) model with its task head."""
+        return load_backbone(self.model_cfg, self.num_labels)
+
     def build_model(self, backbone: nn.Module) -> nn.Module:
         """The model to train, built from the pretrained backbone (adapters, freezing, ...)."""
         raise NotImplementedError
@@ -49,6 +58,18 @@ class BenchModule(L.LightningModule):
     def method_results(self) -> dict:
         """The method's own figures for results.json."""
         return {}
+
+    def after_training(self) -> bool:
+        """Change the trained model before its final evaluation (one-shot pruning); True if it did."""
+        return False
+
+    def export(self, run_dir: Path) -> dict:
+        """Write the trained weights a user would ship (e.g. the adapter); returns their paths."""
+        return {}
+
+    def merged(self):
+        """Context in which the adapter is folded into the base weights (no-op where not mergeable)."""
+        return nullcontext()
 
     # ------------------------------------------------------------------ parameters
 

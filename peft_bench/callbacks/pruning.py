@@ -1,0 +1,163 @@
+"""Magnitude pruning of the LoRA adapter weights (Sparse LoRA), as a Lightning Callback.
+
+Gradual: every `every_n_steps` optimizer steps between start and end, the target sparsity follows
+Zhu & Gupta's (2017) cubic schedule s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3. One-shot:
+train dense, evaluate, prune to the target, evaluate again (train.py calls `after_training`).
+Pruned weights are re-zeroed after every optimizer step (AdamW's moments would revive them), and the
+masks are part of the callback's state, so they travel in the checkpoint and a resumed run keeps them.
+
+Lightning's ModelPruning is not used: its default lottery-ticket reset puts every lora_B back to its
+initial zeros (wiping the adapter), it prunes only at epoch ends, and its masks are not checkpointed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import nn
+
+CRITERIA = ("magnitude_global", "magnitude_per_matrix", "topk_per_row")
+SCHEDULES = ("gradual", "one_shot")
+
+
+def adapter_weights(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The LoRA A and B matrices (and HiRA's), by name."""
+    return {n: p for n, p in model.named_parameters()
+            if p.requires_grad and any(k in n for k in ("lora_A", "lora_B", "hira_A", "hira_B"))}
+
+
+def cubic_sparsity(step: int, target: float, start: int, end: int, initial: float = 0.0) -> float:
+    """Zhu & Gupta's schedule at optimizer step `step` (0 before start, target from end on)."""
+    if step < start:
+        return 0.0
+    if step >= end or end <= start:
+        return target
+    return target + (initial - target) * (1 - (step - start) / (end - start)) ** 3
+
+
+def masks_for(weights: dict[str, torch.Tensor], sparsity: float, criterion: str) -> dict[str, torch.Tensor]:
+    """Boolean keep-masks that zero the `sparsity` fraction of smallest |w| under the criterion."""
+    if criterion == "magnitude_global":
+        flat = torch.cat([w.detach().abs().flatten().float() for w in weights.values()])
+        k = int(round(sparsity * flat.numel()))
+        if k == 0:
+            return {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+        # Ties at the threshold (exact zeros left by earlier prunings) all go: never fewer than k dropped.
+        threshold = flat.kthvalue(k).values
+        return {n: w.detach().abs() > threshold for n, w in weights.items()}
+    masks = {}
+    for n, w in weights.items():
+        a = w.detach().abs().float()
+        rows = a if criterion == "topk_per_row" else a.flatten()[None]
+        drop = int(round(sparsity * rows.shape[1]))
+        keep = torch.ones_like(rows, dtype=torch.bool)
+        if drop:
+            idx = rows.topk(drop, dim=1, largest=False).indices
+            keep.scatter_(1, idx, False)
+        masks[n] = keep.reshape(w.shape)
+    return masks
+
+
+class GradualPruning(L.Callback):
+    def __init__(self, target: float, schedule: str = "gradual", criterion: str = "magnitude_global",
+                 start_step: int | None = None, end_step: int | None = None, every_n_steps: int = 100,
+                 initial: float = 0.0):
+        if schedule not in SCHEDULES or criterion not in CRITERIA:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, criterion one of {CRITERIA}")
+        self.target, self.schedule, self.criterion = target, schedule, criterion
+        self.start_step, self.end_step, self.every_n_steps, self.initial = start_step, end_step, every_n_steps, initial
+        self.masks: dict[str, torch.Tensor] = {}
+        self.current = 0.0
+        self.history: list[tuple[int, float]] = []  # (optimizer step, sparsity applied)
+
+    # ------------------------------------------------------------------ schedule
+
+    def steps(self, total: int) -> tuple[int, int]:
+        """(t0, t0 + n dt): defaults 10% and 70% of training, so the last 30% fine-tunes the survivors."""
+        start = self.start_step if self.start_step is not None else int(0.1 * total)
+        end = self.end_step if self.end_step is not None else int(0.7 * total)
+        return start, max(start, end)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.total = int(trainer.estimated_stepping_batches)
+        self.apply(pl_module)  # masks restored from a checkpoint hold from the first step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        if self.schedule == "gradual":
+            step = trainer.global_step  # optimizer steps taken so far
+            start, end = self.steps(self.total)
+            due = start <= step <= end and ((step - start) % self.every_n_steps == 0 or step == end)
+            if due and step not in {s for s, _ in self.history}:
+                self.prune(pl_module, cubic_sparsity(step, self.target, start, end, self.initial), step)
+        self.apply(pl_module)
+
+    # ------------------------------------------------------------------ masks
+
+    def prune(self, pl_module: L.LightningModule, sparsity: float, step: int) -> None:
+        weights = adapter_weights(pl_module)
+        new = masks_for(weights, sparsity, self.criterion)
+        self.masks = {n: m & self.masks[n].to(m.device) if n in self.masks else m for n, m in new.items()}
+        self.current = sparsity
+        self.history.append((step, sparsity))
+        self.apply(pl_module)
+
+    @torch.no_grad()
+    def apply(self, pl_module: L.LightningModule) -> None:
+        if not self.masks:
+            return
+        for name, p in adapter_weights(pl_module).items():
+            mask = self.masks[name]
+            if mask.device != p.device:
+                mask = self.masks[name] = mask.to(p.device)
+            p.mul_(mask)
+
+    def after_training(self, pl_module: L.LightningModule) -> bool:
+        """One-shot: prune to the target now (train.py evaluates before and after). True if it pruned."""
+        if self.schedule != "one_shot":
+            return False
+        self.prune(pl_module, self.target, getattr(pl_module.trainer, "global_step", -1))
+        return True
+
+    def state_dict(self) -> dict:
+        return {"masks": {n: m.cpu() for n, m in self.masks.items()}, "current": self.current,
+                "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.masks = dict(state["masks"])
+        self.current = state["current"]
+        self.history = [tuple(h) for h in state["history"]]
+
+
+def sparsity_report(model: nn.Module, near_zero: float = 1e-3) -> dict:
+    """Adapter sparsity, overall and per matrix: exact zeros, |w| < near_zero (the seeds' column),
+    and the adapter's size stored sparsely (values + int32 indices of the non-zeros) vs dense."""
+    weights = adapter_weights(model)
+    if not weights:
+        return {}
+    per_matrix, zeros, small, total, dense_bytes = {}, 0, 0, 0, 0
+    for name, w in weights.items():
+        z, s, n = int((w == 0).sum()), int((w.abs() < near_zero).sum()), w.numel()
+        per_matrix[name.removeprefix("model.")] = {"exact_zero": z / n, "below_1e-3": s / n}
+        zeros, small, total, dense_bytes = zeros + z, small + s, total + n, dense_bytes + n * w.element_size()
+    nnz = total - zeros
+    itemsize = dense_bytes / total
+    return {"sparsity_exact_zero": zeros / total, "sparsity_below_1e-3": small / total,
+            "adapter_params": total, "adapter_nonzero": nnz, "adapter_dense_bytes": dense_bytes,
+            "adapter_sparse_bytes": int(nnz * (itemsize + 4)),
+            "sparsity_per_matrix": per_matrix}
+
+
+def check_pruning_args(target: float, schedule: str, criterion: str, every_n_steps: int) -> list[str]:
+    out = []
+    if not 0 <= target < 1 or math.isnan(target):
+        out.append(f"sparsity={target}: the target adapter sparsity must be in [0, 1)")
+    if schedule not in SCHEDULES:
+        out.append(f"pruning.schedule={schedule!r}: valid values are {list(SCHEDULES)}")
+    if criterion not in CRITERIA:
+        out.append(f"pruning.criterion={criterion!r}: valid values are {list(CRITERIA)}")
+    if every_n_steps < 1:
+        out.append(f"pruning.every_n_steps={every_n_steps}: must be >= 1")
+    return out

@@ -1,0 +1,43 @@
+"""Sparse LoRA: LoRA with an L1 penalty on the adapter weights, pruned by magnitude to the target
+sparsity by the GradualPruning callback. Sparsity of the adapter, not of the frozen base weights."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+
+from peft_bench.callbacks.pruning import GradualPruning, adapter_weights
+from peft_bench.config import SparseLoRAConfig
+from peft_bench.methods.lora import LoRAModule
+
+
+class SparseLoRAModule(LoRAModule):
+    method_cfg: SparseLoRAConfig
+    evaluate_best = False  # an early checkpoint would be less sparse than the target: report the final weights
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pruning = GradualPruning(**asdict(self.method_cfg.pruning))
+        self.figures_before_change: dict = {}
+
+    def configure_callbacks(self):
+        return [self.pruning]
+
+    def extra_losses(self) -> dict[str, torch.Tensor]:
+        if self.method_cfg.l1_lambda == 0:
+            return {}
+        l1 = sum(w.abs().sum() for w in adapter_weights(self.model).values())
+        return {"l1": self.method_cfg.l1_lambda * l1}
+
+    def after_training(self) -> bool:
+        self.figures_before_change = self.adapter_figures()
+        return self.pruning.after_training(self)
+
+    def method_results(self) -> dict:
+        out = super().method_results()
+        out["lora"]["l1_lambda"] = self.method_cfg.l1_lambda
+        p = self.pruning
+        out["pruning"] = {"target": p.target, "schedule": p.schedule, "criterion": p.criterion,
+                          "steps": p.history}
+        return out
