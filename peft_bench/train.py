@@ -30,10 +30,12 @@ def quiet_third_party() -> None:
     """Silence library chatter that says nothing about this run (deprecations inside the libraries,
     advertising, bitsandbytes' optional CPU kernel), so the run's own lines stand out."""
     for message in (".*is_gradient_checkpointing.*", ".*null_placement.*", ".*LeafSpec.*",
-                    ".*does not have many workers.*", ".*returned in `LightningModule.configure_callbacks` will override.*"):
+                    ".*does not have many workers.*"):
         warnings.filterwarnings("ignore", message=message)
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
+    chatter = ("litlogger", "returned in `LightningModule.configure_callbacks` will override")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda r: not any(c in r.getMessage() for c in chatter))
     if not sys.stderr.isatty():
         datasets.disable_progress_bars()
 

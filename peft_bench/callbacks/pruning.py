@@ -40,13 +40,14 @@ def cubic_sparsity(step: int, target: float, start: int, end: int, initial: floa
 def masks_for(weights: dict[str, torch.Tensor], sparsity: float, criterion: str) -> dict[str, torch.Tensor]:
     """Boolean keep-masks that zero the `sparsity` fraction of smallest |w| under the criterion."""
     if criterion == "magnitude_global":
+        # Exactly k dropped, ties broken by position: early Adam steps give many weights the same |w|.
         flat = torch.cat([w.detach().abs().flatten().float() for w in weights.values()])
+        keep = torch.ones_like(flat, dtype=torch.bool)
         k = int(round(sparsity * flat.numel()))
-        if k == 0:
-            return {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
-        # Ties at the threshold (exact zeros left by earlier prunings) all go: never fewer than k dropped.
-        threshold = flat.kthvalue(k).values
-        return {n: w.detach().abs() > threshold for n, w in weights.items()}
+        if k:
+            keep[flat.topk(k, largest=False).indices] = False
+        parts = keep.split([w.numel() for w in weights.values()])
+        return {n: part.reshape(w.shape) for (n, w), part in zip(weights.items(), parts, strict=True)}
     masks = {}
     for n, w in weights.items():
         a = w.detach().abs().float()
@@ -70,7 +71,7 @@ class GradualPruning(L.Callback):
         self.start_step, self.end_step, self.every_n_steps, self.initial = start_step, end_step, every_n_steps, initial
         self.masks: dict[str, torch.Tensor] = {}
         self.current = 0.0
-        self.history: list[tuple[int, float]] = []  # (optimizer step, sparsity applied)
+        self.history: list[list] = []  # [optimizer step, sparsity applied]
 
     # ------------------------------------------------------------------ schedule
 
@@ -97,11 +98,12 @@ class GradualPruning(L.Callback):
     # ------------------------------------------------------------------ masks
 
     def prune(self, pl_module: L.LightningModule, sparsity: float, step: int) -> None:
+        self.apply(pl_module)  # re-zero what the last optimizer step revived, so old masks nest in the new
         weights = adapter_weights(pl_module)
         new = masks_for(weights, sparsity, self.criterion)
         self.masks = {n: m & self.masks[n].to(m.device) if n in self.masks else m for n, m in new.items()}
         self.current = sparsity
-        self.history.append((step, sparsity))
+        self.history.append([step, sparsity])
         self.apply(pl_module)
 
     @torch.no_grad()
@@ -128,7 +130,7 @@ class GradualPruning(L.Callback):
     def load_state_dict(self, state: dict) -> None:
         self.masks = dict(state["masks"])
         self.current = state["current"]
-        self.history = [tuple(h) for h in state["history"]]
+        self.history = [list(h) for h in state["history"]]
 
 
 def sparsity_report(model: nn.Module, near_zero: float = 1e-3) -> dict:
