@@ -20,6 +20,9 @@ RESULT_FIELDS = {
     "mean_time_per_epoch_s", "train_examples", "train_examples_per_s", "train_loss_per_epoch",
     "inference_latency_ms_per_example", "inference_batch_size", "precision", "device",
     "peak_memory_bytes", "peak_memory_kind", "lora",
+    "inference_latency_merged_ms_per_example", "merged_test_acc", "adapter_dir", "adapter_file_bytes",
+    "sparsity_exact_zero", "sparsity_below_1e-3", "sparsity_per_matrix", "adapter_params", "adapter_nonzero",
+    "adapter_dense_bytes", "adapter_sparse_bytes",
 }
 
 
@@ -74,7 +77,8 @@ def test_run_writes_exactly_its_files(minilm_run):
     files = {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
     best = [f for f in files if f.startswith("checkpoints/best-")]
     assert len(best) == 1
-    assert files == {"results.json", "checkpoints/last.ckpt", best[0], "csv/metrics.csv", "csv/hparams.yaml"}
+    assert files == {"results.json", "checkpoints/last.ckpt", best[0], "csv/metrics.csv", "csv/hparams.yaml",
+                     "adapter/README.md", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"}
     # checkpoints hold the trainable weights only, not the frozen backbone
     state = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
     assert state and all("lora_" in k or "modules_to_save" in k for k in state), list(state)[:5]
