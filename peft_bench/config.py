@@ -354,6 +354,8 @@ def module_problems(run: RunConfig) -> list[str]:
             out.append(f"method.target_modules: model {run.model.name} has no Linear module {t!r}; "
                        f"its Linear modules are {leaf}")
     layers = getattr(run.method, "layers", None) or []
+    if not isinstance(layers, list) or not all(isinstance(i, int) for i in layers):
+        return out + [f"method.layers={layers!r}: give a list of layer indices, e.g. [3,4,5], or null for all"]
     bad = [i for i in layers if not 0 <= i < run.model.num_layers]
     if bad:
         out.append(f"method.layers: {bad} out of range: model {run.model.name} has layers 0..{run.model.num_layers - 1}")

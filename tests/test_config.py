@@ -107,3 +107,24 @@ def test_unreachable_hub_without_local_files_names_the_fix(tmp_path):
     assert "dataset.data_files=" in out.stderr and "HF_DATASETS_OFFLINE" in out.stderr
     assert "stanfordnlp/sst2" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_layer_selective_lora_takes_named_target_sets_and_layers():
+    run = check_config(compose(["model=minilm", "method=lora_layers", "method.target_modules=${model.target_sets.qkvo}"]))
+    assert run.method.target_modules == ["query", "key", "value", "attention.output.dense"]
+    assert run.method.layers == [3, 4, 5]  # top half of MiniLM's 6 layers
+    with pytest.raises(ConfigError, match=r"method.layers: \[6\] out of range.*0..5"):
+        check_config(compose(["model=minilm", "method=lora_layers", "method.layers=[5,6]"]))
+
+
+def test_pruning_settings_are_checked_with_the_rest():
+    with pytest.raises(ConfigError) as e:
+        check_config(compose(["model=tiny", "method=sparse_lora", "sparsity=1.5", "method.pruning.criterion=biggest",
+                              "method.pruning.schedule=later"]))
+    msg = str(e.value)
+    assert "sparsity=1.5" in msg and "'biggest'" in msg and "'later'" in msg and "magnitude_global" in msg
+
+
+def test_layers_must_be_a_list_of_indices():
+    with pytest.raises(ConfigError, match="method.layers='top': give a list of layer indices"):
+        check_config(compose(["model=tiny", "method=lora_layers", "method.layers=top"]))
