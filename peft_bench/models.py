@@ -1,44 +1,61 @@
 """Loading backbones and tokenizers from the `model` config: pretrained (Hub id or local folder) or
-randomly initialised from an architecture spec (tiny models for tests)."""
+randomly initialised from an architecture spec (tiny models for tests), with the head of the task
+(sequence classification or causal LM)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+)
 from transformers.pytorch_utils import Conv1D
 
 from peft_bench.config import ModelConfig, PeftBenchError
 
 OFFLINE_HINT = ("the Hugging Face Hub cannot be reached: fetch it once where there is network "
                 "(it is then cached), or point at a local folder; set HF_HUB_OFFLINE=1 to use the cache only")
+AUTO_CLASS = {"classification": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
 
 
-def load_model_config(model: ModelConfig, num_labels: int) -> PretrainedConfig:
+def load_model_config(model: ModelConfig, num_labels: int | None) -> PretrainedConfig:
     """The architecture config alone (config.json): enough to know module names, no weights."""
+    kwargs = {"num_labels": num_labels} if num_labels else {}
     if model.architecture is not None:
         spec = dict(model.architecture)
-        return AutoConfig.for_model(spec.pop("model_type"), num_labels=num_labels, **spec)
+        return AutoConfig.for_model(spec.pop("model_type"), **kwargs, **spec)
+    local = model.pretrained.startswith(("/", "./", "../", "~"))
+    if local and not Path(model.pretrained).expanduser().is_dir():
+        hint = f"; {model.prepare_hint}" if model.prepare_hint else ""
+        raise PeftBenchError(f"model {model.name}: no folder {model.pretrained}{hint}")
     try:
-        return AutoConfig.from_pretrained(model.pretrained, num_labels=num_labels)
+        return AutoConfig.from_pretrained(model.pretrained, **kwargs)
     except OSError as e:
         raise PeftBenchError(f"model {model.name}: cannot load the config of {model.pretrained!r}: "
                              f"{OFFLINE_HINT} ({e.__class__.__name__})") from None
 
 
-def adaptable_module_names(config: PretrainedConfig) -> list[str]:
+def adaptable_module_names(config: PretrainedConfig, task: str = "classification") -> list[str]:
     """Qualified names of the Linear (and GPT-2 Conv1D) modules, built on the meta device."""
     with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = AUTO_CLASS[task].from_config(config)
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear | Conv1D)]
 
 
-def load_backbone(model: ModelConfig, num_labels: int, **kwargs) -> nn.Module:
-    """Sequence-classification model with its task head; kwargs go to from_pretrained."""
+def load_backbone(model: ModelConfig, task: str, num_labels: int | None, **kwargs) -> nn.Module:
+    """The model with the task's head; kwargs go to from_pretrained."""
+    auto = AUTO_CLASS[task]
     if model.architecture is not None:
-        return AutoModelForSequenceClassification.from_config(load_model_config(model, num_labels))
+        return auto.from_config(load_model_config(model, num_labels))
+    labels = {"num_labels": num_labels} if num_labels else {}
     try:
-        return AutoModelForSequenceClassification.from_pretrained(model.pretrained, num_labels=num_labels, **kwargs)
+        return auto.from_pretrained(model.pretrained, **labels, **kwargs)
     except OSError as e:
         raise PeftBenchError(f"model {model.name}: cannot load {model.pretrained!r}: {OFFLINE_HINT} ({e})") from None
 

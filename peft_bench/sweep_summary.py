@@ -36,16 +36,18 @@ def majority_share(results: dict, split: str) -> float | None:
 def runs_table(root: Path) -> Table:
     runs = collect(root)
     table = Table(title=f"runs in {root}")
+    lm = any(r and "val_ppl" in r for _, r in runs)
     chance = [majority_share(r, "test") for _, r in runs if r]
-    if chance and chance[0] is not None:
+    if chance and chance[0] is not None and not lm:
         table.caption = f"chance level (majority class) on the test split: acc {chance[0]:.4f}"
-    for col in ("run", "method", "rank", "trainable / total", "ratio", "val acc", "val F1", "test acc", "test F1",
+    scores = ["val_ppl", "test_ppl"] if lm else ["val_acc", "val_f1", "test_acc", "test_f1"]
+    for col in ("run", "method", "rank", "trainable / total", "ratio", *[k.replace("_", " ") for k in scores],
                 "train time (s)", "status"):
         table.add_column(col, justify="left" if col in ("run", "method", "status") else "right")
     for run_dir, r in runs:
         name = str(run_dir.relative_to(root)) or "."
         if r is None:
-            table.add_row(name, *[""] * 9, "unreadable results.json")
+            table.add_row(name, *[""] * (5 + len(scores)), "unreadable results.json")
             continue
 
         def fmt(key: str, spec: str = ".4f", r: dict = r) -> str:
@@ -54,7 +56,7 @@ def runs_table(root: Path) -> Table:
         params = f"{r['trainable_params']:,} / {r['total_params']:,}" if "total_params" in r else "-"
         status = r.get("status", "?") + (f": {r['error']}" if r.get("error") else "")
         table.add_row(name, r.get("method", "?"), str(r.get("rank", "-")), params, fmt("trainable_ratio", ".4%"),
-                      fmt("val_acc"), fmt("val_f1"), fmt("test_acc"), fmt("test_f1"), fmt("train_time_s", ".1f"),
+                      *[fmt(k, ".2f" if lm else ".4f") for k in scores], fmt("train_time_s", ".1f"),
                       status)
     return table
 

@@ -51,7 +51,7 @@ def main(cfg: DictConfig) -> float | None:
     except PeftBenchError as e:  # the user's to fix: one message on stderr, no traceback
         print(f"peft_bench: error: {e}", file=sys.stderr)
         sys.exit(2)
-    return results.get("val_f1")
+    return results.get("val_f1", results.get("val_ppl"))  # for sweepers that optimise
 
 
 def run(cfg: DictConfig) -> dict:
@@ -72,20 +72,21 @@ def run(cfg: DictConfig) -> dict:
             cache_dir=run_cfg.cache_dir, seed=run_cfg.seed)
         datamodule.prepare_data()  # data problems (offline Hub, bad columns) surface before the weights load
         results["data"] = datamodule.info
-        module = get_class(run_cfg.method._target_)(
-            method=run_cfg.method, model=run_cfg.model, num_labels=run_cfg.dataset.num_labels)
+        module = get_class(run_cfg.method._target_)(method=run_cfg.method, model=run_cfg.model, dataset=run_cfg.dataset)
         trainable, total = module.parameter_counts()
         results.update(trainable_params=trainable, total_params=total, trainable_ratio=trainable / total)
 
         logger = instantiate(cfg.logger) if cfg.logger.get("_target_") else None
         if logger is not None:
             logger.log_hyperparams(results["config"])
-        trainer, checkpoints = build_trainer(run_cfg, run_dir, logger)
+        trainer, checkpoints = build_trainer(run_cfg, run_dir, logger, monitor=module.monitor)
 
+        if run_cfg.eval_before_training:
+            results["before_training"] = evaluate(trainer, module, datamodule, None)
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
         train_time = time.perf_counter() - start
-        # Best by val F1, unless the method's final weights are what it claims (pruned to the target).
+        # Best by val F1 (perplexity for language models), unless the method's final weights are what it claims (pruned to the target).
         ckpt = "best" if checkpoints is not None and checkpoints.best_model_path and module.evaluate_best else None
         results.update(evaluate(trainer, module, datamodule, ckpt))
         before = {k: v for k, v in results.items() if k.startswith(("val_", "test_"))}
@@ -96,7 +97,7 @@ def run(cfg: DictConfig) -> dict:
             with module.merged():
                 merged = evaluate(trainer, module, datamodule, None, validate=False)
             results["inference_latency_merged_ms_per_example"] = merged["inference_latency_ms_per_example"]
-            results["merged_test_acc"] = merged["test_acc"]
+            results.update({f"merged_{k}": v for k, v in merged.items() if k.startswith("test_")})
         results.update(module.export(run_dir))
         results.update(
             evaluated_checkpoint=str(Path(checkpoints.best_model_path).relative_to(run_dir)) if ckpt else "final weights",
@@ -104,6 +105,7 @@ def run(cfg: DictConfig) -> dict:
             train_time_s=train_time, time_per_epoch_s=module.epoch_times,
             mean_time_per_epoch_s=sum(module.epoch_times) / max(1, len(module.epoch_times)),
             train_examples=module.examples_seen, train_examples_per_s=module.examples_seen / train_time,
+            train_tokens=int(module.tokens_seen), train_tokens_per_s=int(module.tokens_seen) / train_time,
             train_loss_per_epoch=module.epoch_train_loss,
             inference_batch_size=run_cfg.dataset.eval_batch_size,
             precision=trainer.precision, device=str(module.device),
@@ -118,9 +120,9 @@ def run(cfg: DictConfig) -> dict:
         results.update(peak_memory())
         write_results(run_dir, results)
         finish_logging(results["status"])
-    log.info("%s: val acc %.4f f1 %.4f | test acc %.4f f1 %.4f | %.1f s -> %s", run_cfg.run_name,
-             results["val_acc"], results["val_f1"], results["test_acc"], results["test_f1"],
-             results["train_time_s"], run_dir / "results.json")
+    scores = " ".join(f"{k} {results[k]:.4f}" for k in ("val_acc", "val_f1", "test_acc", "test_f1", "val_ppl",
+                                                          "test_ppl") if k in results)
+    log.info("%s: %s | %.1f s -> %s", run_cfg.run_name, scores, results["train_time_s"], run_dir / "results.json")
     return results
 
 
@@ -136,7 +138,8 @@ def evaluate(trainer: L.Trainer, module, datamodule, ckpt: str | None, validate:
     return out
 
 
-def build_trainer(run_cfg: RunConfig, run_dir: Path, logger) -> tuple[L.Trainer, ModelCheckpoint | None]:
+def build_trainer(run_cfg: RunConfig, run_dir: Path, logger,
+                  monitor: tuple[str, str] = ("val/f1", "max")) -> tuple[L.Trainer, ModelCheckpoint | None]:
     import torch
 
     t = run_cfg.trainer
@@ -146,7 +149,7 @@ def build_trainer(run_cfg: RunConfig, run_dir: Path, logger) -> tuple[L.Trainer,
     checkpoints = None
     if run_cfg.checkpoint:
         checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-epoch{epoch}-step{step}",
-                                      monitor="val/f1", mode="max", save_top_k=1, save_last=True,
+                                      monitor=monitor[0], mode=monitor[1], save_top_k=1, save_last=True,
                                       auto_insert_metric_name=False)
         callbacks.append(checkpoints)
     if logger is not None:
@@ -162,6 +165,9 @@ def build_trainer(run_cfg: RunConfig, run_dir: Path, logger) -> tuple[L.Trainer,
         log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, default_root_dir=run_dir,
         logger=logger if logger is not None else False, callbacks=callbacks,
         enable_checkpointing=run_cfg.checkpoint, enable_progress_bar=interactive, enable_model_summary=False,
+        # no_grad, not inference_mode, for evaluation: metric states reset inside inference mode become
+        # inference tensors that a later validation (fit after eval_before_training) cannot update
+        inference_mode=False,
     )
     return trainer, checkpoints
 

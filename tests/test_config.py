@@ -12,7 +12,9 @@ from peft_bench.config import ConfigError, RunConfig, check_config
 from tests.conftest import CONF_DIR, TINY, compose, run_cli
 
 GROUPS = ["method", "dataset", "model", "trainer", "logger"]
-OFFLINE_MODELS = {"tiny", "minilm"}  # the others need the Hub for their config.json
+OFFLINE_MODELS = {"tiny", "minilm", "tiny_llama"}  # the others need the Hub (or `make smollm2`)
+LM_MODELS = {"tiny_llama", "smollm2", "gpt2", "distilgpt2"}
+WIKITEXT = CONF_DIR.parent.parent / "shared" / "data" / "wikitext2" / "validation.jsonl"
 
 
 def options(group: str) -> list[str]:
@@ -25,8 +27,11 @@ def test_every_option_composes_into_the_typed_schema(group, option):
     run = OmegaConf.to_object(cfg)
     assert isinstance(run, RunConfig)
     assert getattr(run, group) is not None
+    lm = (group == "model" and option in LM_MODELS) or (group == "dataset" and option == "wikitext2")
+    base = ["dataset=wikitext2", f"dataset.data_files={WIKITEXT}"] if lm else []
+    if group != "model":
+        base.append("model=tiny_llama" if lm else "model=tiny")
     if group != "model" or option in OFFLINE_MODELS:
-        base = [] if group == "model" else ["model=tiny"]
         check_config(compose(base + [f"{group}={option}"]))
 
 

@@ -8,7 +8,8 @@ import json
 import pytest
 from datasets import Dataset, DatasetDict
 
-from peft_bench.config import DatasetConfig, PeftBenchError
+from peft_bench.config import ClassificationDatasetConfig as DatasetConfig
+from peft_bench.config import PeftBenchError
 from peft_bench.data.classification import TextClassificationDataModule, builder_for, load_raw, make_splits
 from peft_bench.data.demo import build_demo, clause
 from peft_bench.models import load_tokenizer

@@ -70,9 +70,9 @@ def sparse_setup(*extra: str):
 
     run = check_config(compose(["model=tiny", "dataset=demo", "method=sparse_lora", "sparsity=0.6",
                                 "method.pruning.every_n_steps=3", "method.pruning.start_step=0",
-                                "method.pruning.end_step=9", *extra]))
+                                "method.pruning.end_step=9", "method.pruning.criterion=magnitude_global", *extra]))
     dm = TextClassificationDataModule(run.dataset, load_tokenizer(run.model), run.cache_dir, seed=0)
-    return SparseLoRAModule(method=run.method, model=run.model, num_labels=2), dm
+    return SparseLoRAModule(method=run.method, model=run.model, dataset=run.dataset), dm
 
 
 def trainer(tmp_path, epochs: int, *callbacks) -> L.Trainer:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from peft_bench.config import DatasetConfig, PeftBenchError, data_file_paths
+from peft_bench.config import ClassificationDatasetConfig, DatasetConfig, PeftBenchError, data_file_paths
 from peft_bench.data.demo import build_demo
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parqu
 
 
 class TextClassificationDataModule(L.LightningDataModule):
-    def __init__(self, dataset: DatasetConfig, tokenizer, cache_dir: str, seed: int):
+    def __init__(self, dataset: ClassificationDatasetConfig, tokenizer, cache_dir: str, seed: int):
         super().__init__()
         self.cfg = dataset
         self.tokenizer = tokenizer
@@ -43,7 +43,10 @@ class TextClassificationDataModule(L.LightningDataModule):
         if self.data is not None:
             return
         raw, fingerprint, source = load_raw(self.cfg)
-        key = cache_key(self.cfg, self.tokenizer, fingerprint)
+        cfg = self.cfg
+        recipe = {"max_length": cfg.max_length, "text": cfg.text_field, "label": cfg.label_field,
+                  "split": [cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.max_train_examples]}
+        key = cache_key(cfg.name, self.tokenizer, fingerprint, recipe)
         path = self.cache_root / key
         if (path / "dataset_dict.json").is_file():
             self.data = load_from_disk(str(path))
@@ -84,7 +87,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         ds = self.data["train"]
         generator = torch.Generator().manual_seed(self.seed)
         if self.cfg.group_by_length:
-            sampler = LengthGroupedSampler(self.cfg.batch_size, lengths=ds["length"], generator=generator)
+            sampler = LengthGroupedSampler(self.cfg.batch_size, lengths=list(ds["length"]), generator=generator)
             return self._loader(ds, self.cfg.batch_size, sampler=sampler)
         return self._loader(ds, self.cfg.batch_size, shuffle=True, generator=generator)
 
@@ -142,7 +145,7 @@ def builder_for(path: str) -> str:
     return BUILDERS[ext]
 
 
-def make_splits(raw: DatasetDict, cfg: DatasetConfig) -> tuple[DatasetDict, dict[str, str]]:
+def make_splits(raw: DatasetDict, cfg: ClassificationDatasetConfig) -> tuple[DatasetDict, dict[str, str]]:
     """train / validation / test: given splits kept when labelled; missing ones carved from train
     by a seeded split. Returns the splits and how each was made."""
     if "train" not in raw:
@@ -177,17 +180,16 @@ def make_splits(raw: DatasetDict, cfg: DatasetConfig) -> tuple[DatasetDict, dict
 
 
 def label_counts(ds) -> dict[str, int]:
-    labels = ds["labels"]
+    labels = list(ds["labels"])
     return {str(y): labels.count(y) for y in sorted(set(labels))}
 
 
-def cache_key(cfg: DatasetConfig, tokenizer, fingerprint: str) -> str:
-    """Tokenizer content x max_length x data content x split recipe."""
+def cache_key(name: str, tokenizer, fingerprint: str, recipe: dict) -> str:
+    """Tokenizer content x data content x the recipe (max_length, fields, split or packing)."""
     tok_id = tokenizer.backend_tokenizer.to_str() if getattr(tokenizer, "is_fast", False) else repr(tokenizer)
-    recipe = {"v": CACHE_VERSION, "tokenizer": hashlib.sha256(tok_id.encode()).hexdigest(),
-              "max_length": cfg.max_length, "data": fingerprint, "text": cfg.text_field, "label": cfg.label_field,
-              "split": [cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.max_train_examples]}
-    return f"{cfg.name}-{hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]}"
+    full = {"v": CACHE_VERSION, "tokenizer": hashlib.sha256(tok_id.encode()).hexdigest(), "data": fingerprint,
+            **recipe}
+    return f"{name}-{hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16]}"
 
 
 def save_atomically(data: DatasetDict, info: dict, path: Path) -> None:

@@ -12,22 +12,30 @@ import torch
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import Accuracy, F1Score, Precision, Recall
+from torchmetrics.text import Perplexity
 from transformers import get_linear_schedule_with_warmup
 
-from peft_bench.config import MethodConfig, ModelConfig
+from peft_bench.config import DatasetConfig, MethodConfig, ModelConfig
 from peft_bench.models import load_backbone
 
 
 class BenchModule(L.LightningModule):
-    def __init__(self, method: MethodConfig, model: ModelConfig, num_labels: int):
+    def __init__(self, method: MethodConfig, model: ModelConfig, dataset: DatasetConfig):
         super().__init__()
-        self.method_cfg, self.model_cfg, self.num_labels = method, model, num_labels
+        self.method_cfg, self.model_cfg, self.task = method, model, dataset.task
+        self.num_labels = getattr(dataset, "num_labels", None)
         self.model = self.build_model(self.load_backbone())
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps the mode it finds
-        task = {"task": "binary"} if num_labels == 2 else {"task": "multiclass", "num_classes": num_labels,
-                                                           "average": "macro"}
-        metrics = MetricCollection({"acc": Accuracy(**task), "precision": Precision(**task),
-                                    "recall": Recall(**task), "f1": F1Score(**task)})
+        if self.task == "causal_lm":
+            # token-weighted over the whole split: exp(total NLL / predicted tokens)
+            metrics = MetricCollection({"ppl": Perplexity(ignore_index=-100)})
+            self.monitor = ("val/ppl", "min")
+        else:
+            kind = {"task": "binary"} if self.num_labels == 2 else {
+                "task": "multiclass", "num_classes": self.num_labels, "average": "macro"}
+            metrics = MetricCollection({"acc": Accuracy(**kind), "precision": Precision(**kind),
+                                        "recall": Recall(**kind), "f1": F1Score(**kind)})
+            self.monitor = ("val/f1", "max")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         # Checkpoints hold the trainable weights only; the frozen base comes from `pretrained`.
@@ -37,6 +45,7 @@ class BenchModule(L.LightningModule):
         self.infer_seconds = 0.0
         self.infer_examples = 0
         self.examples_seen = 0
+        self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long), persistent=False)  # no host sync
 
     # ------------------------------------------------------------------ what a method defines
 
@@ -45,7 +54,7 @@ class BenchModule(L.LightningModule):
 
     def load_backbone(self) -> nn.Module:
         """The pretrained (or randomly initialised) model with its task head."""
-        return load_backbone(self.model_cfg, self.num_labels)
+        return load_backbone(self.model_cfg, self.task, self.num_labels)
 
     def build_model(self, backbone: nn.Module) -> nn.Module:
         """The model to train, built from the pretrained backbone (adapters, freezing, ...)."""
@@ -94,17 +103,22 @@ class BenchModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.model(**batch).loss
         self.examples_seen += len(batch["labels"])
+        self.tokens_seen += batch["attention_mask"].sum()
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["labels"]))
         for name, term in self.extra_losses().items():
             self.log(f"train/{name}", term, on_step=True, on_epoch=True)
             loss = loss + term
         return loss
 
+    def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        if self.task == "causal_lm":  # token t predicts token t+1
+            metrics.update(logits[:, :-1].float(), labels[:, 1:])
+        else:
+            metrics.update(logits.argmax(-1), labels)
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch)
-        loss = nn.functional.cross_entropy(logits.float(), batch["labels"])
-        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
-        self.val_metrics.update(logits.argmax(-1), batch["labels"])
+        self.update_metrics(self.val_metrics, logits, batch["labels"])
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute(), prog_bar=True)
@@ -120,7 +134,7 @@ class BenchModule(L.LightningModule):
             torch.cuda.synchronize()
         self.infer_seconds += time.perf_counter() - start
         self.infer_examples += len(batch["labels"])
-        self.test_metrics.update(logits.argmax(-1), batch["labels"])
+        self.update_metrics(self.test_metrics, logits, batch["labels"])
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute())

@@ -3,7 +3,7 @@ with the frozen weight, so rank-r factors give a high-rank update; no alpha scal
 
 from __future__ import annotations
 
-from peft import HiraConfig, TaskType
+from peft import HiraConfig
 
 from peft_bench.config import HiRAConfig
 from peft_bench.methods.lora import LoRAModule
@@ -14,9 +14,9 @@ class HiRAModule(LoRAModule):
 
     def peft_config(self) -> HiraConfig:
         m = self.method_cfg
-        return HiraConfig(task_type=TaskType.SEQ_CLS, r=m.r, hira_dropout=m.dropout,
+        return HiraConfig(task_type=self.peft_task_type(), r=m.r, hira_dropout=m.dropout,
                           target_modules=list(m.target_modules), layers_to_transform=m.layers,
-                          modules_to_save=list(self.model_cfg.head_modules))
+                          modules_to_save=self.head_modules())
 
     def method_results(self) -> dict:
         m = self.method_cfg

@@ -20,9 +20,16 @@ class LoRAModule(BenchModule):
 
     def peft_config(self) -> LoraConfig:
         m = self.method_cfg
-        return LoraConfig(task_type=TaskType.SEQ_CLS, r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout,
+        return LoraConfig(task_type=self.peft_task_type(), r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout,
                           target_modules=list(m.target_modules), layers_to_transform=m.layers,
-                          modules_to_save=list(self.model_cfg.head_modules))
+                          modules_to_save=self.head_modules())
+
+    def peft_task_type(self) -> TaskType:
+        return TaskType.CAUSAL_LM if self.task == "causal_lm" else TaskType.SEQ_CLS
+
+    def head_modules(self) -> list[str] | None:
+        """A classification head is new and trained in full; a language model's head is pretrained."""
+        return list(self.model_cfg.head_modules) if self.task == "classification" else None
 
     def build_model(self, backbone: nn.Module) -> nn.Module:
         return get_peft_model(backbone, self.peft_config())

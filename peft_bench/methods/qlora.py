@@ -10,11 +10,11 @@ import bitsandbytes as bnb
 import torch
 from peft import prepare_model_for_kbit_training
 from torch import nn
-from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
+from transformers import BitsAndBytesConfig
 
 from peft_bench.config import QLoRAConfig
 from peft_bench.methods.lora import LoRAModule
-from peft_bench.models import adaptable_module_names, load_backbone, load_model_config
+from peft_bench.models import AUTO_CLASS, adaptable_module_names, load_backbone, load_model_config
 
 
 class QLoRAModule(LoRAModule):
@@ -26,15 +26,17 @@ class QLoRAModule(LoRAModule):
         quant = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=m.quant_type, bnb_4bit_use_double_quant=m.double_quant,
             bnb_4bit_compute_dtype=torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32,
-            llm_int8_skip_modules=list(self.model_cfg.head_modules))  # quantized heads cannot be trained
+            # a classification head stays unquantized (quantized, it cannot be trained); a language model
+            # keeps transformers' default (lm_head and tied embeddings unquantized)
+            llm_int8_skip_modules=self.head_modules() or None)
         device_map = {"": torch.cuda.current_device() if cuda else "cpu"}
         if self.model_cfg.pretrained is not None:
-            model = load_backbone(self.model_cfg, self.num_labels, quantization_config=quant, device_map=device_map)
+            model = load_backbone(self.model_cfg, self.task, self.num_labels, quantization_config=quant,
+                                  device_map=device_map)
         else:  # random init: quantization happens on loading, so save the fresh model and load it back
             with tempfile.TemporaryDirectory() as tmp:
-                load_backbone(self.model_cfg, self.num_labels).save_pretrained(tmp)
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    tmp, quantization_config=quant, device_map=device_map)
+                load_backbone(self.model_cfg, self.task, self.num_labels).save_pretrained(tmp)
+                model = AUTO_CLASS[self.task].from_pretrained(tmp, quantization_config=quant, device_map=device_map)
         self.base_weight_bytes = model.get_memory_footprint()
         for module in model.modules():
             # bitsandbytes 0.50 repacks 4-bit CPU weights for inference on the first eval forward (the
@@ -48,9 +50,9 @@ class QLoRAModule(LoRAModule):
         out = super().method_results()
         config = load_model_config(self.model_cfg, self.num_labels)
         with torch.device("meta"):
-            reference = AutoModelForSequenceClassification.from_config(config)
+            reference = AUTO_CLASS[self.task].from_config(config)
         full_bytes = sum(p.numel() * 4 for p in reference.parameters())  # the same model in fp32
-        linear = adaptable_module_names(config)
+        linear = adaptable_module_names(config, self.task)
         layers = [mod for mod in self.model.modules() if isinstance(mod, bnb.nn.Linear4bit)]
         quantized = sum(quantized_bytes(mod.weight) for mod in layers)
         quantized_fp32 = sum(4 * mod.in_features * mod.out_features for mod in layers)

@@ -1,0 +1,119 @@
+"""Causal language modelling data (WikiText-2): load, split, tokenize, concatenate and pack into
+fixed blocks, cached on disk like the classification data."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from datasets import Dataset, DatasetDict, load_from_disk
+from torch.utils.data import DataLoader
+
+from peft_bench.config import LMDatasetConfig, PeftBenchError
+from peft_bench.data.classification import cache_key, load_raw, save_atomically
+
+log = logging.getLogger(__name__)
+
+
+class CausalLMDataModule(L.LightningDataModule):
+    def __init__(self, dataset: LMDatasetConfig, tokenizer, cache_dir: str, seed: int):
+        super().__init__()
+        self.cfg = dataset
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:  # padding only ever fills the last, shorter block
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        self.cache_root = Path(cache_dir) / "tokenized"
+        self.seed = seed
+        self.data: DatasetDict | None = None
+        self.info: dict = {}
+
+    def prepare_data(self) -> None:
+        if self.data is not None:
+            return
+        raw, fingerprint, source = load_raw(self.cfg)
+        recipe = {"kind": "causal_lm", "block_size": self.cfg.block_size, "text": self.cfg.text_field,
+                  "split": [self.cfg.val_fraction, self.cfg.test_fraction]}
+        key = cache_key(self.cfg.name, self.tokenizer, fingerprint, recipe)
+        path = self.cache_root / key
+        if (path / "dataset_dict.json").is_file():
+            self.data = load_from_disk(str(path))
+            self.info = {**json.loads((path / "info.json").read_text()), "cache": "hit"}
+            return
+        splits, how = split_lm(raw, self.cfg)
+        packed = DatasetDict({name: pack(tokenize_concat(ds, self.tokenizer, self.cfg.text_field),
+                                         self.cfg.block_size) for name, ds in splits.items()})
+        self.info = {"source": source, "splits": how, "cache_key": key,
+                     "sizes": {k: len(v) for k, v in packed.items()},
+                     "tokens": {k: sum(v["length"]) for k, v in packed.items()}, "block_size": self.cfg.block_size}
+        save_atomically(packed, self.info, path)
+        self.data = load_from_disk(str(path))
+        self.info["cache"] = "miss"
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_data()
+
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        """Stack blocks; the one shorter last block is padded, its padding masked out of the loss."""
+        longest = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), longest), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r["input_ids"])] = torch.tensor(r["input_ids"])
+            mask[i, :len(r["input_ids"])] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(self.seed)
+        return self._loader("train", self.cfg.batch_size, shuffle=True, generator=g)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", self.cfg.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.cfg.eval_batch_size)
+
+    def _loader(self, split: str, batch_size: int, **kwargs) -> DataLoader:
+        return DataLoader(self.data[split].remove_columns("length"), batch_size=batch_size, collate_fn=self.collate,
+                          num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available(), **kwargs)
+
+
+def split_lm(raw: DatasetDict, cfg: LMDatasetConfig) -> tuple[DatasetDict, dict[str, str]]:
+    """Given splits are kept; missing ones are the *last* rows of train, in order (contiguous text,
+    so held-out articles are not interleaved with training ones)."""
+    if "train" not in raw:
+        raise PeftBenchError(f"dataset {cfg.name}: no 'train' split (got {sorted(raw)})")
+    if cfg.text_field not in raw["train"].column_names:
+        raise PeftBenchError(f"dataset {cfg.name}: no column {cfg.text_field!r} "
+                             f"(columns: {raw['train'].column_names}); set dataset.text_field=")
+    out = {s: raw[s] for s in ("validation", "test") if s in raw}
+    how = {s: f"given split '{s}'" for s in out}
+    train, how["train"] = raw["train"], "given split 'train'"
+    missing = [s for s in ("validation", "test") if s not in out]
+    if missing:
+        n = len(train)
+        fractions = {"validation": cfg.val_fraction, "test": cfg.test_fraction}
+        end = n
+        for s in reversed(missing):  # test is the very end, validation just before it
+            start = end - int(round(fractions[s] * n))
+            out[s] = train.select(range(start, end))
+            how[s] = f"rows {start}..{end - 1} of 'train' ({fractions[s]:.0%}, contiguous)"
+            end = start
+        train = train.select(range(end))
+        how["train"] = f"rows 0..{end - 1} of 'train'"
+    return DatasetDict(train=train, **out), how
+
+
+def tokenize_concat(ds: Dataset, tokenizer, text_field: str) -> list[int]:
+    """All texts tokenized and concatenated in order (no special tokens: WikiText lines carry '\\n')."""
+    enc = tokenizer(list(ds[text_field]), add_special_tokens=False)["input_ids"]
+    return [t for ids in enc for t in ids]
+
+
+def pack(tokens: list[int], block_size: int) -> Dataset:
+    """Consecutive blocks of block_size tokens; the remainder is a last, shorter block, so every token
+    appears exactly once."""
+    blocks = [tokens[i:i + block_size] for i in range(0, len(tokens), block_size)]
+    return Dataset.from_dict({"input_ids": blocks, "length": [len(b) for b in blocks]})
