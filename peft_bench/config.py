@@ -83,7 +83,7 @@ class PruningConfig:
 
 @dataclass
 class SparseLoRAConfig(LoRAConfig):
-    l1_lambda: float = 1e-3  # weight of the L1 penalty lambda * sum |w| over the LoRA A and B matrices
+    l1_lambda: float = 1e-5  # weight of the L1 penalty lambda * sum |w| over the LoRA A and B matrices
     pruning: PruningConfig = field(default_factory=PruningConfig)  # magnitude pruning of the adapter
 
     def problems(self) -> list[str]:

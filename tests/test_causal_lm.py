@@ -77,6 +77,7 @@ def test_smollm2_missing_names_the_prepare_command(tmp_path, monkeypatch):
         check_config(compose(["model=smollm2", "dataset=wikitext2", f"dataset.data_files={WIKITEXT}"]))
 
 
+@pytest.mark.slow  # six short training runs, ~1 min together on 2 cores
 @needs_wikitext
 @pytest.mark.parametrize("method", ["lora", "sparse_lora", "qlora", "hira", "full", "lora_layers"])
 def test_tiny_causal_lm_run_lowers_validation_perplexity(method, tmp_path):

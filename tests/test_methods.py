@@ -23,7 +23,7 @@ def module_for(method: str, *extra: str):
     return get_class(run_cfg.method._target_)(method=run_cfg.method, model=run_cfg.model, dataset=run_cfg.dataset)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module")  # six short runs, ~20 s together
 def method_runs(tmp_path_factory):
     out = {}
     for method in ("lora", "sparse_lora", "qlora", "hira", "full", "lora_layers"):
