@@ -46,9 +46,10 @@ class MethodConfig:
 
 
 @dataclass
-class LoRAConfig(MethodConfig):
+class AdapterConfig(MethodConfig):
+    """What every adapter method shares: rank, dropout, where the adapters go."""
+
     r: int = 8  # adapter rank; the top-level `rank` sets it
-    alpha: float = 16.0  # LoRA scaling numerator: the update is (alpha / r) * B A
     dropout: float = 0.1  # dropout on the adapter's input
     target_modules: list[str] = MISSING  # module names (suffixes) that get adapters; the model group's default
     layers: Any = None  # list of transformer layer indices that get adapters; None = all
@@ -56,13 +57,22 @@ class LoRAConfig(MethodConfig):
     def problems(self) -> list[str]:
         out = super().problems()
         if self.r < 1:
-            out.append(f"method.r={self.r} (from rank={self.r}): the LoRA rank must be >= 1")
+            out.append(f"method.r={self.r} (from rank={self.r}): the adapter rank must be >= 1")
         if not 0 <= self.dropout < 1:
             out.append(f"method.dropout={self.dropout}: must be in [0, 1)")
-        if not self.alpha > 0:
-            out.append(f"method.alpha={self.alpha}: must be > 0")
         if not self.target_modules:
             out.append("method.target_modules is empty: name at least one module to adapt")
+        return out
+
+
+@dataclass
+class LoRAConfig(AdapterConfig):
+    alpha: float = 16.0  # LoRA scaling numerator: the update is (alpha / r) * B A
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if not self.alpha > 0:
+            out.append(f"method.alpha={self.alpha}: must be > 0")
         return out
 
 
@@ -106,19 +116,8 @@ class QLoRAConfig(LoRAConfig):
 
 
 @dataclass
-class HiRAConfig(MethodConfig):
-    r: int = 8  # rank of B A; the update W0 * (B A) has high rank all the same
-    dropout: float = 0.0
-    target_modules: list[str] = MISSING
-    layers: Any = None  # list of layer indices, None = all
-
-    def problems(self) -> list[str]:
-        out = super().problems()
-        if self.r < 1:
-            out.append(f"method.r={self.r} (from rank={self.r}): the HiRA rank must be >= 1")
-        if not 0 <= self.dropout < 1:
-            out.append(f"method.dropout={self.dropout}: must be in [0, 1)")
-        return out
+class HiRAConfig(AdapterConfig):
+    dropout: float = 0.0  # the update W0 * (B A) has high rank even from rank-r factors; no alpha scaling
 
 
 @dataclass
@@ -304,21 +303,20 @@ class RunConfig:
     eval_before_training: bool = False  # also validate and test the un-tuned model (results: before_training)
 
 
+SCHEMAS = [  # (group, name, schema): a group option's yaml names its schema first in its defaults list
+    (None, "run_schema", RunConfig),
+    ("method", "lora_schema", LoRAConfig), ("method", "sparse_lora_schema", SparseLoRAConfig),
+    ("method", "qlora_schema", QLoRAConfig), ("method", "hira_schema", HiRAConfig), ("method", "full_schema", FullConfig),
+    ("dataset", "dataset_schema", ClassificationDatasetConfig), ("dataset", "lm_dataset_schema", LMDatasetConfig),
+    ("model", "model_schema", ModelConfig), ("trainer", "trainer_schema", TrainerConfig),
+    ("logger", "none_schema", NoLoggerConfig), ("logger", "csv_schema", CSVLoggerConfig),
+    ("logger", "wandb_schema", WandbLoggerConfig),
+]
+
+
 def register_configs() -> None:
-    cs = ConfigStore.instance()
-    cs.store(name="run_schema", node=RunConfig)
-    cs.store(group="method", name="lora_schema", node=LoRAConfig)
-    cs.store(group="method", name="sparse_lora_schema", node=SparseLoRAConfig)
-    cs.store(group="method", name="qlora_schema", node=QLoRAConfig)
-    cs.store(group="method", name="hira_schema", node=HiRAConfig)
-    cs.store(group="method", name="full_schema", node=FullConfig)
-    cs.store(group="dataset", name="dataset_schema", node=ClassificationDatasetConfig)
-    cs.store(group="dataset", name="lm_dataset_schema", node=LMDatasetConfig)
-    cs.store(group="model", name="model_schema", node=ModelConfig)
-    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
-    cs.store(group="logger", name="none_schema", node=NoLoggerConfig)
-    cs.store(group="logger", name="csv_schema", node=CSVLoggerConfig)
-    cs.store(group="logger", name="wandb_schema", node=WandbLoggerConfig)
+    for group, name, node in SCHEMAS:
+        ConfigStore.instance().store(group=group, name=name, node=node)
 
 
 # --------------------------------------------------------------------------- resolvers
