@@ -3,7 +3,10 @@ checks that run on a composed config before any data or weights are touched."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 class PeftBenchError(Exception):
     """An error the user can fix from the command line; printed as one message, no traceback."""
+
+
+class DivergedError(Exception):
+    """The training loss became NaN or infinite."""
 
 
 class ConfigError(PeftBenchError):
@@ -281,6 +288,8 @@ class WandbLoggerConfig:
     save_dir: str = MISSING
     offline: bool = False  # or WANDB_MODE=offline
     log_model: bool = False
+    id: str | None = None  # W&B run id; the config derives it from the sweep and the job's overrides
+    resume: str = "allow"  # continue the run with this id if it exists
 
 
 # --------------------------------------------------------------------------- the run
@@ -301,6 +310,8 @@ class RunConfig:
     run_name: str = MISSING
     checkpoint: bool = True  # save last and best (by val F1) checkpoints, adapter weights only
     eval_before_training: bool = False  # also validate and test the un-tuned model (results: before_training)
+    skip_completed: bool = True  # a job whose results.json says completed (same config) is not run again
+    resume: bool = True  # continue from <run_dir>/checkpoints/last.ckpt when an earlier attempt left one
 
 
 SCHEMAS = [  # (group, name, schema): a group option's yaml names its schema first in its defaults list
@@ -330,11 +341,40 @@ def package_path(package: str, subpath: str = "") -> str:
     return str(Path(list(spec.submodule_search_locations)[0]) / subpath)
 
 
+CONTROL_KEYS = ("skip_completed", "resume")  # say how to run, not what: they do not name a run
+
+
+def overrides_key(overrides: list[str]) -> str:
+    """A folder name that is a function of the command-line overrides alone: readable, then a hash."""
+    ordered = sorted(o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in CONTROL_KEYS)
+    if not ordered:
+        return "defaults"
+    digest = hashlib.sha256("\n".join(ordered).encode()).hexdigest()[:8]
+    readable = re.sub(r"[^A-Za-z0-9=.,+_-]+", "_", "_".join(ordered))[:80]
+    return f"{readable}_{digest}"
+
+
+def command_key() -> str:
+    """This command's overrides (hydra.* aside) as a folder name: the same command finds the same
+    folder again, so a re-run resumes or skips what is there. Read from the command line, as Hydra
+    parses it, because a sweep resolves its folder before any config names the overrides; registered
+    with use_cache, so a sweep's jobs reuse the value the launcher resolved (Hydra copies the cache)."""
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(sys.argv[1:])
+    return overrides_key([o for o in args.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))])
+
+
 def sweep_id() -> str:
     """The sweep a job belongs to (its multirun folder), or the run folder for a single run."""
     hc = HydraConfig.get()
-    folder = Path(hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.run.dir)
-    return "_".join(folder.parts[-2:])
+    return Path(hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.run.dir).name
+
+
+def job_key() -> str:
+    """Stable id of one job: its sweep and its own overrides (the same across requeue and re-run)."""
+    hc = HydraConfig.get()
+    return hashlib.sha256(f"{sweep_id()}\n{overrides_key(list(hc.overrides.task))}".encode()).hexdigest()[:16]
 
 
 def top_half(num_layers: int) -> list[int]:
@@ -343,9 +383,12 @@ def top_half(num_layers: int) -> list[int]:
 
 
 def register_resolvers() -> None:
-    for name, fn in (("pkg_path", package_path), ("sweep_id", sweep_id), ("top_half", top_half)):
+    for name, fn in (("pkg_path", package_path), ("sweep_id", sweep_id), ("top_half", top_half),
+                     ("job_key", job_key)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+    if not OmegaConf.has_resolver("command_key"):
+        OmegaConf.register_new_resolver("command_key", command_key, use_cache=True)
 
 
 register_configs()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -61,8 +62,54 @@ def runs_table(root: Path) -> Table:
     return table
 
 
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """The overrides of every job the sweep will launch (Hydra's basic sweeper's Cartesian product)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def check_sweep(config: DictConfig) -> None:
+    """Compose and check every job's config before any job starts: one bad value fails the sweep."""
+    from hydra import compose
+
+    from peft_bench.config import ConfigError, check_config
+
+    problems = []
+    for job in sweep_jobs(config):
+        try:
+            check_config(compose(config_name=config.hydra.job.config_name,
+                                 overrides=[*job, "run_dir=/dev/null", "cache_dir=/dev/null"]))
+        except ConfigError as e:
+            problems += [f"job {' '.join(job)}: {p}" for p in e.problems]
+    if problems:
+        raise ConfigError(problems)
+
+
 class SweepSummary(Callback):
+    """Checks every job of a sweep before the first starts; prints a table of the runs at the end and
+    exits non-zero if any job failed or diverged."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from peft_bench.config import PeftBenchError
+
+        try:
+            check_sweep(config)
+        except PeftBenchError as e:
+            print(f"peft_bench: error: no job was started: {e}", file=sys.stderr)
+            sys.exit(2)
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         root = Path(config.hydra.sweep.dir)
-        if root.is_dir():
-            Console(width=200).print(runs_table(root))
+        if not root.is_dir():
+            return
+        Console(width=200).print(runs_table(root))
+        bad = [(d, r) for d, r in collect(root) if r is None or r.get("status") != "completed"]
+        if bad:
+            for d, r in bad:
+                reason = "unreadable results.json" if r is None else f"{r.get('status')}: {r.get('error')}"
+                print(f"peft_bench: job {d.relative_to(root)} {reason}", file=sys.stderr)
+            print(f"peft_bench: {len(bad)} of {len(collect(root))} jobs did not complete", file=sys.stderr)
+            sys.exit(1)

@@ -3,8 +3,10 @@ checkpoint -> results.json. Hydra's multirun calls this once per job of a sweep.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
 import sys
 import time
 import warnings
@@ -13,14 +15,18 @@ from pathlib import Path
 import datasets
 import hydra
 import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from peft_bench.config import PeftBenchError, RunConfig, check_config
+from peft_bench.config import DivergedError, PeftBenchError, RunConfig, check_config
 from peft_bench.measure import peak_memory, reset_peak_memory
 from peft_bench.models import load_tokenizer
-from peft_bench.results import environment, write_results
+from peft_bench.results import RESULTS_FILE, environment, read_results, write_results
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 log = logging.getLogger("peft_bench")
@@ -48,22 +54,41 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the repo's conf/ (
 def main(cfg: DictConfig) -> float | None:
     try:
         results = run(cfg)
-    except PeftBenchError as e:  # the user's to fix: one message on stderr, no traceback
-        print(f"peft_bench: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # one job's failure must not stop the sweep: results.json says why, the summary lists it
+            log.error("job failed, the sweep goes on: %s", e, exc_info=not isinstance(e, PeftBenchError))
+            return None
+        if isinstance(e, PeftBenchError):  # the user's to fix: one message on stderr, no traceback
+            print(f"peft_bench: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        raise
     return results.get("val_f1", results.get("val_ppl"))  # for sweepers that optimise
 
 
 def run(cfg: DictConfig) -> dict:
     run_cfg = check_config(cfg)  # every config problem at once, before any data or weights
     run_dir = Path(run_cfg.run_dir).absolute()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    prior = read_results(run_dir) if (run_dir / RESULTS_FILE).is_file() else None
+    if prior is not None and prior.get("status") == "completed" and run_cfg.skip_completed:
+        if prior.get("config") != json.loads(json.dumps(config, default=str)):
+            raise PeftBenchError(f"{run_dir} holds a completed run of another configuration; run with "
+                                 "skip_completed=false to redo it there, or choose another hydra.run.dir=")
+        log.info("%s: completed before, skipped (skip_completed=false runs it again)", run_cfg.run_name)
+        return prior
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume_from = last if run_cfg.resume and last.is_file() and (prior or {}).get("status") != "completed" else None
     reset_peak_memory()
     results: dict = {
         "status": "running", "run_name": run_cfg.run_name, "method": run_cfg.method.name,
         "dataset": run_cfg.dataset.name, "model": run_cfg.model.name, "rank": run_cfg.rank,
-        "seed": run_cfg.seed, "run_dir": str(run_dir),
-        "config": OmegaConf.to_container(cfg, resolve=True), **environment(),
+        "seed": run_cfg.seed, "run_dir": str(run_dir), "config": config, **environment(),
     }
+    if resume_from is not None:
+        step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"]
+        results["resumed_from"] = {"checkpoint": str(resume_from.relative_to(run_dir)), "step": step}
+        log.info("%s: resuming from %s (step %d)", run_cfg.run_name, resume_from, step)
     logger = None
     try:
         L.seed_everything(run_cfg.seed, workers=True)
@@ -84,7 +109,7 @@ def run(cfg: DictConfig) -> dict:
         if run_cfg.eval_before_training:
             results["before_training"] = evaluate(trainer, module, datamodule, None)
         start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         train_time = time.perf_counter() - start
         # Best by val F1 (perplexity for language models), unless the method's final weights are what it claims (pruned to the target).
         ckpt = "best" if checkpoints is not None and checkpoints.best_model_path and module.evaluate_best else None
@@ -113,8 +138,11 @@ def run(cfg: DictConfig) -> dict:
         )
         results["status"] = "completed"
     except BaseException as e:
-        results["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        results["status"] = ("interrupted" if isinstance(e, KeyboardInterrupt | SystemExit) else
+                             "diverged" if isinstance(e, DivergedError) else "failed")
         results["error"] = f"{type(e).__name__}: {e}"
+        if isinstance(e, SIGTERMException):  # Lightning's stop on SIGTERM exits 0: say it was killed
+            raise SystemExit(128 + signal.SIGTERM) from e
         raise
     finally:
         results.update(peak_memory())
@@ -140,8 +168,6 @@ def evaluate(trainer: L.Trainer, module, datamodule, ckpt: str | None, validate:
 
 def build_trainer(run_cfg: RunConfig, run_dir: Path, logger,
                   monitor: tuple[str, str] = ("val/f1", "max")) -> tuple[L.Trainer, ModelCheckpoint | None]:
-    import torch
-
     t = run_cfg.trainer
     precision = t.precision or ("bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
                                 else "32-true")

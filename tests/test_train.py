@@ -114,3 +114,9 @@ def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
         assert key in log, key
     assert json.dumps(results["val_acc"]).encode() in log
     assert b"lora-demo-tiny-r8-s42" in log and b"q_lin" in log  # run name and the logged config
+    # the run id is derived from the sweep and the job's overrides: a re-run continues the same W&B run
+    again = run_cli([*TINY[:2], "logger=wandb", "trainer=fast", f"hydra.run.dir={tmp_path}", "skip_completed=false"],
+                    env={"WANDB_MODE": "offline"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    ids = {p.name.rsplit("-", 1)[-1] for p in (tmp_path / "wandb").glob("offline-run-*")}
+    assert len(ids) == 1 and len(list((tmp_path / "wandb").glob("offline-run-*"))) >= 1

@@ -13,7 +13,7 @@ from datasets import Dataset, DatasetDict, load_from_disk
 from torch.utils.data import DataLoader
 
 from peft_bench.config import LMDatasetConfig, PeftBenchError
-from peft_bench.data.classification import cache_key, load_raw, save_atomically
+from peft_bench.data.classification import EpochSeededSampler, cache_key, load_raw, save_atomically
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,8 @@ class CausalLMDataModule(L.LightningDataModule):
         return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
     def train_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
-        return self._loader("train", self.cfg.batch_size, shuffle=True, generator=g)
+        sampler = EpochSeededSampler(len(self.data["train"]), self.seed)
+        return self._loader("train", self.cfg.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", self.cfg.eval_batch_size)

@@ -26,6 +26,23 @@ CACHE_VERSION = 1  # bump when tokenization or split logic changes, to invalidat
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
+class EpochSeededSampler(torch.utils.data.Sampler):
+    """A random order that depends only on (seed, epoch): a run resumed mid-training sees the same
+    order for its remaining epochs as an uninterrupted one. Lightning calls set_epoch each epoch."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
 class TextClassificationDataModule(L.LightningDataModule):
     def __init__(self, dataset: ClassificationDatasetConfig, tokenizer, cache_dir: str, seed: int):
         super().__init__()
@@ -89,7 +106,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         if self.cfg.group_by_length:
             sampler = LengthGroupedSampler(self.cfg.batch_size, lengths=list(ds["length"]), generator=generator)
             return self._loader(ds, self.cfg.batch_size, sampler=sampler)
-        return self._loader(ds, self.cfg.batch_size, shuffle=True, generator=generator)
+        return self._loader(ds, self.cfg.batch_size, sampler=EpochSeededSampler(len(ds), self.seed))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")

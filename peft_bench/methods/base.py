@@ -15,7 +15,7 @@ from torchmetrics.classification import Accuracy, F1Score, Precision, Recall
 from torchmetrics.text import Perplexity
 from transformers import get_linear_schedule_with_warmup
 
-from peft_bench.config import DatasetConfig, MethodConfig, ModelConfig
+from peft_bench.config import DatasetConfig, DivergedError, MethodConfig, ModelConfig
 from peft_bench.models import load_backbone
 
 
@@ -93,6 +93,16 @@ class BenchModule(L.LightningModule):
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if k in trainable or not k.startswith("model.")}
+        # RNG streams (dropout), so a resumed run continues exactly as an uninterrupted one would
+        checkpoint["rng"] = {"torch": torch.get_rng_state(),
+                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("rng")
+        if rng is not None and self.trainer.state.fn == "fit":  # resuming training, not evaluating
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
 
     # ------------------------------------------------------------------ steps
 
@@ -108,6 +118,8 @@ class BenchModule(L.LightningModule):
         for name, term in self.extra_losses().items():
             self.log(f"train/{name}", term, on_step=True, on_epoch=True)
             loss = loss + term
+        if not torch.isfinite(loss):  # stop before the optimizer writes non-finite weights
+            raise DivergedError(f"training loss became {loss.item()} at optimizer step {self.global_step}")
         return loss
 
     def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, labels: torch.Tensor) -> None:

@@ -1,0 +1,96 @@
+"""Sweeps that survive: deterministic run folders, skip-completed re-runs, resume after SIGTERM with
+the same final figures, failed and diverged jobs that do not stop a sweep, and up-front checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT, TINY, run_cli
+
+SWEEP = [*TINY, "trainer=fast", "trainer.limit_train_batches=10"]
+
+
+def results(folder) -> dict:
+    return json.loads((folder / "results.json").read_text())
+
+
+def test_same_command_same_folder_and_completed_jobs_are_skipped(tmp_path):
+    args = ["-m", *SWEEP, "rank=2,4"]
+    first = run_cli(args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (sweep,) = list((tmp_path / "multirun").iterdir())  # no date or time in the folder name
+    assert "rank=2,4" in sweep.name
+    stamps = [(sweep / str(j) / "results.json").stat().st_mtime_ns for j in (0, 1)]
+    second = run_cli(args, cwd=tmp_path)
+    assert second.returncode == 0
+    assert "completed before, skipped" in second.stdout + second.stderr
+    assert [(sweep / str(j) / "results.json").stat().st_mtime_ns for j in (0, 1)] == stamps
+    third = run_cli([*args, "skip_completed=false"], cwd=tmp_path)  # runs them again, in the same folder
+    assert third.returncode == 0 and list((tmp_path / "multirun").iterdir()) == [sweep]
+    assert [(sweep / str(j) / "results.json").stat().st_mtime_ns for j in (0, 1)] != stamps
+
+
+def test_a_failed_job_does_not_stop_the_sweep_and_the_sweep_exits_non_zero(tmp_path):
+    out = run_cli(["-m", *SWEEP, "dataset.text_field=sentence,review", f"hydra.sweep.dir={tmp_path}"])
+    assert out.returncode == 1
+    ok, bad = results(tmp_path / "0"), results(tmp_path / "1")
+    assert ok["status"] == "completed"
+    assert bad["status"] == "failed" and "no column 'review'" in bad["error"]
+    assert "job 1 failed" in out.stderr and "1 of 2 jobs did not complete" in out.stderr
+
+
+def test_a_diverging_run_stops_with_status_diverged_and_the_sweep_goes_on(tmp_path):
+    out = run_cli(["-m", *SWEEP, "method.lr=1e-3,1e12", "trainer.gradient_clip_val=null",
+                   f"hydra.sweep.dir={tmp_path}"])
+    assert out.returncode == 1
+    assert results(tmp_path / "0")["status"] == "completed"
+    diverged = results(tmp_path / "1")
+    assert diverged["status"] == "diverged" and "training loss became nan" in diverged["error"]
+    assert not (tmp_path / "1" / "checkpoints" / "last.ckpt").exists()  # no non-finite weights written
+
+
+def test_one_invalid_value_fails_the_sweep_before_any_job_starts(tmp_path):
+    out = run_cli(["-m", *SWEEP, "rank=4,0", f"hydra.sweep.dir={tmp_path}"])
+    assert out.returncode == 2
+    assert "no job was started" in out.stderr and "job" in out.stderr and "rank=0" in out.stderr
+    assert not list(tmp_path.rglob("results.json"))
+
+
+@pytest.mark.slow  # two runs of ~15 s and one that is killed
+def test_sigterm_then_same_command_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    # 3 epochs of 1,000 steps on the tiny model; a checkpoint at each epoch's end.
+    args = [*TINY, "dataset.generator_size=20000", "trainer.max_epochs=3", "trainer.limit_val_batches=5",
+            "trainer.limit_test_batches=5", "method.lr=3e-3"]
+    env = {**os.environ, "PEFT_BENCH_CACHE": os.environ["PEFT_BENCH_CACHE"]}
+    reference = run_cli([*args, f"hydra.run.dir={tmp_path / 'reference'}"])
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    run_dir = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "peft_bench", *args, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # mid-way through epoch 1
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) != 0
+    assert results(run_dir)["status"] == "interrupted"
+
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    resumed, ref = results(run_dir), results(tmp_path / "reference")
+    assert resumed["status"] == "completed" and resumed["resumed_from"]["step"] == 1000  # not step 0
+    assert resumed["optimizer_steps"] == ref["optimizer_steps"] == 3000
+    # CPU, same seed, data order a function of (seed, epoch), RNG state restored from the checkpoint:
+    # the resumed run repeats the uninterrupted one to float rounding
+    for key in ("val_acc", "val_f1", "test_acc", "test_f1"):
+        assert resumed[key] == pytest.approx(ref[key], abs=1e-6), key
+    assert resumed["train_loss_per_epoch"] == pytest.approx(ref["train_loss_per_epoch"][1:], abs=1e-6)
