@@ -5,7 +5,7 @@ TORCH_VERSION ?= 2.13.0
 DATA ?= ../shared/data
 export PEFT_BENCH_CACHE ?= $(CURDIR)/.cache/peft_bench
 
-.PHONY: help setup test test-fast demo lint check-real check-lm smollm2 clean
+.PHONY: help setup test test-fast test-slurm slurm-start slurm-stop demo lint check-real check-lm smollm2 clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,6 +21,15 @@ test: ## run the test suite (CPU, no network, < 10 min on 2 cores)
 
 test-fast: ## the tests not marked slow
 	$(PY) -m pytest -q -m "not slow"
+
+test-slurm: slurm-start ## start a one-node SLURM on localhost (root, apt), then run the SLURM tests
+	$(PY) -m pytest -q -m slurm
+
+slurm-start: ## install (apt) and start a one-node SLURM cluster on localhost; idempotent
+	bash scripts/slurm.sh start
+
+slurm-stop: ## stop the local SLURM cluster
+	bash scripts/slurm.sh stop
 
 demo: ## offline demo sweep: LoRA rank 2,4,8 on generated sentences with pretrained MiniLM, then its table
 	$(PY) -m peft_bench -m dataset=demo model=minilm rank=2,4,8 trainer.max_epochs=1 logger=csv

@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -183,8 +184,11 @@ def build_trainer(run_cfg: RunConfig, run_dir: Path, logger,
     interactive = sys.stderr.isatty()
     if interactive:
         callbacks.append(RichProgressBar())
+    # One owner of requeueing: submitit (SIGUSR2 -> checkpoint -> requeue; the job then resumes from
+    # last.ckpt in its run folder). Lightning's own SLURM auto-requeue stays off.
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
     trainer = L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, precision=precision, max_epochs=t.max_epochs,
+        plugins=plugins, accelerator=t.accelerator, devices=t.devices, precision=precision, max_epochs=t.max_epochs,
         max_steps=t.max_steps, limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         limit_test_batches=t.limit_test_batches, val_check_interval=t.val_check_interval,
         accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
