@@ -60,6 +60,7 @@ class AdapterConfig(MethodConfig):
     dropout: float = 0.1  # dropout on the adapter's input
     target_modules: list[str] = MISSING  # module names (suffixes) that get adapters; the model group's default
     layers: Any = None  # list of transformer layer indices that get adapters; None = all
+    export_merged: bool = False  # also save the model with the adapter folded in (<run_dir>/merged)
 
     def problems(self) -> list[str]:
         out = super().problems()

@@ -124,7 +124,6 @@ def run(cfg: DictConfig) -> dict:
                 merged = evaluate(trainer, module, datamodule, None, validate=False)
             results["inference_latency_merged_ms_per_example"] = merged["inference_latency_ms_per_example"]
             results.update({f"merged_{k}": v for k, v in merged.items() if k.startswith("test_")})
-        results.update(module.export(run_dir))
         results.update(
             evaluated_checkpoint=str(Path(checkpoints.best_model_path).relative_to(run_dir)) if ckpt else "final weights",
             optimizer_steps=trainer.global_step, epochs=trainer.current_epoch,
@@ -137,6 +136,7 @@ def run(cfg: DictConfig) -> dict:
             precision=trainer.precision, device=str(module.device),
             **module.method_results(),
         )
+        results.update(module.export(run_dir))  # last: a merged export folds the adapter in for good
         results["status"] = "completed"
     except BaseException as e:
         results["status"] = ("interrupted" if isinstance(e, KeyboardInterrupt | SystemExit) else

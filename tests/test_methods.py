@@ -146,3 +146,17 @@ def test_one_shot_reports_before_and_after_pruning(tmp_path):
     assert r["sparsity_exact_zero"] == pytest.approx(0.9, abs=len(r["sparsity_per_matrix"]) / r["adapter_params"])
     assert {"val_acc", "val_f1", "test_acc", "test_f1"} <= set(before)
     assert r["pruning"]["steps"] == [[20, 0.9]]
+
+
+def test_merged_export_is_a_plain_model_with_the_adapter_folded_in(tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    r = run(compose([*FAST, "method=lora", "method.export_merged=true"], run_dir=tmp_path))
+    assert r["merged_dir"] == "merged"
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
+    names = [n for n, _ in merged.named_parameters()]
+    assert not any("lora" in n or "modules_to_save" in n for n in names)
+    adapter = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    head = next(v for k, v in adapter.items() if k.endswith("classifier.weight") and "pre_" not in k)
+    torch.testing.assert_close(merged.classifier.weight, head)  # the trained head, not a fresh one

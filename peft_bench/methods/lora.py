@@ -38,8 +38,13 @@ class LoRAModule(BenchModule):
         """The adapter (and trained head) in PEFT's format: PeftModel.from_pretrained(base, path)."""
         path = run_dir / "adapter"
         self.model.save_pretrained(path)
-        return {"adapter_dir": str(path.relative_to(run_dir)),
-                "adapter_file_bytes": sum(f.stat().st_size for f in path.iterdir() if f.is_file())}
+        out = {"adapter_dir": str(path.relative_to(run_dir)),
+               "adapter_file_bytes": sum(f.stat().st_size for f in path.iterdir() if f.is_file())}
+        if self.method_cfg.export_merged and self.mergeable:
+            merged = run_dir / "merged"  # a plain transformers model: no PEFT needed to serve it
+            self.model.merge_and_unload(safe_merge=True).save_pretrained(merged)
+            out["merged_dir"] = str(merged.relative_to(run_dir))
+        return out
 
     @contextmanager
     def merged(self):
