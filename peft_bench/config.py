@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import re
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,7 +233,7 @@ class ModelConfig:
     target_sets: dict[str, list[str]] = field(default_factory=dict)  # named target sets: qv, qkvo, attn_ffn
     head_modules: list[str] = field(default_factory=list)  # task-head modules trained fully beside adapters
     num_layers: int = MISSING  # transformer layers, for layer-selective adapters
-    prepare_hint: str | None = None  # how to create a local `pretrained` folder that is missing
+    prepare_with: str | None = None  # module whose prepare(folder) creates a missing local `pretrained` folder
 
     def problems(self) -> list[str]:
         if (self.pretrained is None) == (self.architecture is None):
@@ -364,6 +365,16 @@ def command_key() -> str:
 
     args, _ = get_args_parser().parse_known_args(sys.argv[1:])
     return overrides_key([o for o in args.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))])
+
+
+def prepare_command() -> str:
+    """The command that fetches and caches what this run (or sweep) needs: its own overrides."""
+    try:
+        overrides = [o for o in HydraConfig.get().overrides.task
+                     if not o.startswith(("hydra.", "hydra/", "run_dir=", "cache_dir="))]
+    except ValueError:  # outside a Hydra run
+        overrides = ["<the same overrides as the run>"]
+    return " ".join(["python -m peft_bench.prepare", *map(shlex.quote, overrides)])
 
 
 def sweep_id() -> str:

@@ -17,10 +17,13 @@ from transformers import (
 )
 from transformers.pytorch_utils import Conv1D
 
-from peft_bench.config import ModelConfig, PeftBenchError
+from peft_bench.config import ModelConfig, PeftBenchError, prepare_command
 
-OFFLINE_HINT = ("the Hugging Face Hub cannot be reached: fetch it once where there is network "
-                "(it is then cached), or point at a local folder; set HF_HUB_OFFLINE=1 to use the cache only")
+
+def offline_hint() -> str:
+    return ("not in the local cache and the Hugging Face Hub cannot be reached: where there is network (a login "
+            f"node), `{prepare_command()}` fetches and caches it; or point model.pretrained at a local folder")
+
 AUTO_CLASS = {"classification": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
 
 
@@ -32,13 +35,13 @@ def load_model_config(model: ModelConfig, num_labels: int | None) -> PretrainedC
         return AutoConfig.for_model(spec.pop("model_type"), **kwargs, **spec)
     local = model.pretrained.startswith(("/", "./", "../", "~"))
     if local and not Path(model.pretrained).expanduser().is_dir():
-        hint = f"; {model.prepare_hint}" if model.prepare_hint else ""
+        hint = f"; `{prepare_command()}` creates it" if model.prepare_with else ""
         raise PeftBenchError(f"model {model.name}: no folder {model.pretrained}{hint}")
     try:
         return AutoConfig.from_pretrained(model.pretrained, **kwargs)
     except OSError as e:
         raise PeftBenchError(f"model {model.name}: cannot load the config of {model.pretrained!r}: "
-                             f"{OFFLINE_HINT} ({e.__class__.__name__})") from None
+                             f"{offline_hint()} ({e.__class__.__name__})") from None
 
 
 def adaptable_module_names(config: PretrainedConfig, task: str = "classification") -> list[str]:
@@ -57,7 +60,7 @@ def load_backbone(model: ModelConfig, task: str, num_labels: int | None, **kwarg
     try:
         return auto.from_pretrained(model.pretrained, **labels, **kwargs)
     except OSError as e:
-        raise PeftBenchError(f"model {model.name}: cannot load {model.pretrained!r}: {OFFLINE_HINT} ({e})") from None
+        raise PeftBenchError(f"model {model.name}: cannot load {model.pretrained!r}: {offline_hint()} ({e})") from None
 
 
 def load_tokenizer(model: ModelConfig):
@@ -65,4 +68,4 @@ def load_tokenizer(model: ModelConfig):
     try:
         return AutoTokenizer.from_pretrained(name)
     except OSError as e:
-        raise PeftBenchError(f"model {model.name}: cannot load tokenizer {name!r}: {OFFLINE_HINT} ({e})") from None
+        raise PeftBenchError(f"model {model.name}: cannot load tokenizer {name!r}: {offline_hint()} ({e})") from None

@@ -62,12 +62,13 @@ def runs_table(root: Path) -> Table:
     return table
 
 
-def sweep_jobs(config: DictConfig) -> list[list[str]]:
-    """The overrides of every job the sweep will launch (Hydra's basic sweeper's Cartesian product)."""
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The overrides of every job a sweep of these overrides launches (Hydra's basic sweeper's
+    Cartesian product, which the submitit launchers use too)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    parsed = OverridesParser.create().parse_overrides(overrides)
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
@@ -78,10 +79,9 @@ def check_sweep(config: DictConfig) -> None:
     from peft_bench.config import ConfigError, check_config
 
     problems = []
-    for job in sweep_jobs(config):
+    for job in sweep_jobs(list(config.hydra.overrides.task)):
         try:
-            check_config(compose(config_name=config.hydra.job.config_name,
-                                 overrides=[*job, "run_dir=/dev/null", "cache_dir=/dev/null"]))
+            check_config(compose(config_name=config.hydra.job.config_name, overrides=[*job, "run_dir=/dev/null"]))
         except ConfigError as e:
             problems += [f"job {' '.join(job)}: {p}" for p in e.problems]
     if problems:

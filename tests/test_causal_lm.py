@@ -73,7 +73,7 @@ def test_a_classification_model_is_refused_for_a_language_modelling_dataset():
 
 def test_smollm2_missing_names_the_prepare_command(tmp_path, monkeypatch):
     monkeypatch.setenv("PEFT_BENCH_CACHE", str(tmp_path))
-    with pytest.raises(ConfigError, match="no folder .*smollm2-135m-instruct; make smollm2"):
+    with pytest.raises(ConfigError, match="no folder .*smollm2-135m-instruct; `python -m peft_bench.prepare model=smollm2 dataset=wikitext2 "):
         check_config(compose(["model=smollm2", "dataset=wikitext2", f"dataset.data_files={WIKITEXT}"]))
 
 

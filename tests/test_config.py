@@ -111,6 +111,7 @@ def test_unreachable_hub_without_local_files_names_the_fix(tmp_path):
     assert out.returncode == 2
     assert "dataset.data_files=" in out.stderr and "HF_DATASETS_OFFLINE" in out.stderr
     assert "stanfordnlp/sst2" in out.stderr
+    assert "`python -m peft_bench.prepare model=tiny dataset=sst2 logger=none`" in out.stderr  # the run's overrides
     assert "Traceback" not in out.stderr
 
 

@@ -17,7 +17,13 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from peft_bench.config import ClassificationDatasetConfig, DatasetConfig, PeftBenchError, data_file_paths
+from peft_bench.config import (
+    ClassificationDatasetConfig,
+    DatasetConfig,
+    PeftBenchError,
+    data_file_paths,
+    prepare_command,
+)
 from peft_bench.data.demo import build_demo
 
 log = logging.getLogger(__name__)
@@ -147,8 +153,9 @@ def load_raw(cfg: DatasetConfig) -> tuple[DatasetDict, str, str]:
     except Exception as e:  # offline: ConnectionError, OSError, or datasets' own errors, by version
         raise PeftBenchError(
             f"dataset {cfg.name}: cannot load {cfg.hub_id!r} from the Hugging Face Hub "
-            f"({e.__class__.__name__}). Without network, give local files with dataset.data_files= "
-            f"(json, jsonl, jsonl.gz, csv, parquet), or set HF_DATASETS_OFFLINE=1 to use a cached copy."
+            f"({e.__class__.__name__}) and it is not in the local cache. Where there is network (a login node), "
+            f"`{prepare_command()}` fetches and caches it (jobs then run with HF_DATASETS_OFFLINE=1); "
+            f"or give local files with dataset.data_files= (json, jsonl, jsonl.gz, csv, parquet)."
         ) from None
     fingerprint = ":".join(f"{k}={v._fingerprint}" for k, v in sorted(raw.items()))
     return raw, f"hub:{cfg.hub_id}:{cfg.hub_config}:{fingerprint}", f"hub {cfg.hub_id}"
