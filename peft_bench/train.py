@@ -206,4 +206,9 @@ def finish_logging(status: str) -> None:
     """End this job's W&B run (if any), so the next job of a sweep starts its own."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
-        wandb.finish(exit_code=0 if status == "completed" else 1)
+        try:
+            wandb.finish(exit_code=0 if status == "completed" else 1)
+        except Exception as e:  # e.g. its service process already killed by SLURM's SIGTERM on requeue:
+            # never let it replace the run's own outcome (a requeue's SystemExit must reach submitit)
+            log.warning("W&B run not finished cleanly (%s: %s); its log is on disk, `wandb sync` uploads it",
+                        type(e).__name__, e)

@@ -37,7 +37,10 @@ def test_sweep_goes_through_sbatch_and_every_job_writes_results(tmp_path):
 
 
 def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
-    args = [sys.executable, "-m", "peft_bench", "-m", "hydra/launcher=slurm_cpu", *TINY,
+    # W&B offline (conftest sets WANDB_MODE; sbatch passes the environment on): both starts of the job
+    # must log to the same W&B run
+    args = [sys.executable, "-m", "peft_bench", "-m", "hydra/launcher=slurm_cpu", "model=tiny", "dataset=demo",
+            "logger=wandb",
             "dataset.generator_size=10000", "trainer.max_epochs=3", "trainer.limit_val_batches=5",
             "trainer.limit_test_batches=5", f"hydra.sweep.dir={tmp_path}"]
     launcher = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -54,3 +57,6 @@ def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
     assert r["status"] == "completed"
     assert r["resumed_from"]["step"] >= 500  # from its checkpoint, not step 0
     assert r["optimizer_steps"] == 1500  # the planned total: 3 epochs of 500 steps
+    starts = list((tmp_path / "0" / "wandb").glob("offline-run-*"))
+    assert len(starts) == 2, starts  # the first start and the requeued one ...
+    assert len({p.name.rsplit("-", 1)[-1] for p in starts}) == 1  # ... are one W&B run (same id)
