@@ -31,8 +31,8 @@ slurm-start: ## install (apt) and start a one-node SLURM cluster on localhost; i
 slurm-stop: ## stop the local SLURM cluster
 	bash scripts/slurm.sh stop
 
-demo: ## offline demo sweep: LoRA rank 2,4,8 on generated sentences with pretrained MiniLM, then its table
-	$(PY) -m peft_bench -m dataset=demo model=minilm rank=2,4,8 trainer.max_epochs=1 logger=csv
+demo: ## offline demo sweep: LoRA rank 2,4,8 x seeds 1,2 on generated sentences with pretrained MiniLM, then its report
+	$(PY) -m peft_bench -m dataset=demo model=minilm rank=2,4,8 seed=1,2 trainer.max_epochs=1 logger=csv
 
 check-real: ## real SST-2 (../shared/data), MiniLM, LoRA r=8 on all linear layers, one epoch on CPU: val accuracy
 	$(PY) -m peft_bench model=minilm dataset=sst2 rank=8 trainer.max_epochs=1 logger=csv \

@@ -106,6 +106,15 @@ class SweepSummary(Callback):
         if not root.is_dir():
             return
         Console(width=200).print(runs_table(root))
+        try:  # the comparison report of the sweep; never what decides the sweep's exit status
+            from peft_bench.report import write_report
+
+            wrote = write_report([root])
+            print(f"peft_bench: report of the sweep: {wrote['out'] / 'report.md'} ({len(wrote['images'])} plots, "
+                  f"runs.csv{', W&B run ' + wrote['wandb'] if wrote['wandb'] else ''})")
+        except Exception as e:  # noqa: BLE001
+            print(f"peft_bench: the sweep's report failed ({type(e).__name__}: {e}); "
+                  f"`python -m peft_bench.report {root}` retries it", file=sys.stderr)
         bad = [(d, r) for d, r in collect(root) if r is None or r.get("status") != "completed"]
         if bad:
             for d, r in bad:

@@ -98,6 +98,9 @@ def test_two_job_sweep_writes_two_results_and_hits_the_tokenization_cache(tmp_pa
     assert results[0]["data"]["cache_key"] == results[1]["data"]["cache_key"]
     assert len(list((tmp_path / "cache" / "tokenized").iterdir())) == 1
     assert "runs in" in out.stdout and "lora" in out.stdout  # the sweep summary table
+    report = (tmp_path / "report" / "report.md").read_text()  # and the sweep's report
+    assert f"report of the sweep: {tmp_path / 'report' / 'report.md'}" in out.stdout
+    assert "| lora | 2 |" in report and "| lora | 4 |" in report
 
 
 def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):

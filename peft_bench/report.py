@@ -1,0 +1,577 @@
+"""Compare the runs of one or more sweeps: tables, seed statistics and plots.
+
+    python -m peft_bench.report DIR [DIR ...] [--out FOLDER] [--wandb auto|on|off]
+    peft-bench report DIR [DIR ...]
+
+Reads every results.json under the given run or sweep folders and writes into FOLDER (default
+DIR/report for one DIR, reports/<names> for several):
+  report.md   per dataset: the runs by setting (mean ± std over seeds), the method comparison (each
+              method's best setting by validation score), seed statistics with a paired test against
+              LoRA, QLoRA memory, the plots; and every run left out of the tables, with its reason;
+  runs.csv    one row per run, every field (nested ones as a.b, config as config.*, lists as JSON);
+  *.png/svg   score vs trainable parameters (log axis, Pareto front), sparsity vs rank, train time
+              and peak memory per method, QLoRA memory against LoRA, training curves.
+A setting is a run's configuration without its seed (and without paths and logging), so
+`seed=1,2,3 -m` gives three runs of one setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peft_bench.results import RESULTS_FILE
+
+# Config keys that say where or how a run was logged, not what was run: settings ignore them. The
+# top-level rank and sparsity are read where they act (method.r, method.pruning.target), so a method
+# without a rank (full fine-tuning) has none.
+NOT_SETTING = ("seed", "run_dir", "run_name", "cache_dir", "skip_completed", "resume", "rank", "sparsity",
+               "checkpoint", "eval_before_training", "model.pretrained", "model.tokenizer", "dataset.data_files")
+NOT_SETTING_PREFIX = ("logger.",)
+SHORT = {"method.r": "rank", "method.pruning.target": "sparsity"}
+REQUIRED = ("method", "dataset", "model", "seed", "trainable_params", "total_params", "train_time_s")
+BASELINE = "lora"
+ALPHA = 0.05
+
+
+@dataclass
+class Setting:
+    dataset: str
+    method: str
+    config: dict  # flattened, without the NOT_SETTING keys
+    runs: list[dict] = field(default_factory=list)
+    label: str = ""  # the keys that tell it apart from the other settings of its dataset
+
+    @property
+    def lm(self) -> bool:
+        return "val_ppl" in self.runs[0]
+
+    @property
+    def score(self) -> str:  # the primary test metric
+        return "test_ppl" if self.lm else "test_acc"
+
+    @property
+    def select_by(self) -> str:  # how the best setting of a method is chosen: validation only
+        return "val_ppl" if self.lm else "val_f1"
+
+    @property
+    def rank(self):
+        return self.config.get("method.r")
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r["seed"] for r in self.runs]
+
+    def values(self, key: str) -> list[float]:
+        return [float(r[key]) for r in self.runs if isinstance(r.get(key), int | float)]
+
+    def mean(self, key: str) -> float | None:
+        v = self.values(key)
+        return sum(v) / len(v) if v else None
+
+
+# ---------------------------------------------------------------------------------------- reading
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def load_runs(dirs: list[Path]) -> tuple[list[dict], list[tuple[Path, str]]]:
+    """(completed runs, [(folder, why it is left out)] for the unreadable, partial, failed, unfinished)."""
+    from peft_bench.sweep_summary import collect
+
+    good, left_out = [], []
+    for root in dirs:
+        if not root.is_dir():
+            left_out.append((root, "no such folder"))
+            continue
+        for run_dir, r in collect(root):
+            if r is None:
+                left_out.append((run_dir, f"unreadable {RESULTS_FILE} (not valid JSON)"))
+            elif not isinstance(r, dict) or "status" not in r:
+                left_out.append((run_dir, f"unreadable {RESULTS_FILE} (no status)"))
+            elif r["status"] != "completed":
+                left_out.append((run_dir, f"{r['status']}" + (f": {r['error']}" if r.get("error") else "")))
+            elif missing := [k for k in (*REQUIRED, "config") if k not in r] + (
+                    [] if "val_acc" in r or "val_ppl" in r else ["val_acc or val_ppl"]):
+                left_out.append((run_dir, f"partial {RESULTS_FILE}: no {', '.join(missing)}"))
+            else:
+                good.append({**r, "_dir": str(run_dir)})
+    return good, left_out
+
+
+def settings_of(runs: list[dict]) -> dict[str, list[Setting]]:
+    """Runs grouped into settings (same configuration but the seed), per dataset, labelled."""
+    by_dataset: dict[str, dict[str, Setting]] = defaultdict(dict)
+    for r in runs:
+        cfg = {k: v for k, v in flatten(r["config"]).items()
+               if k not in NOT_SETTING and not k.startswith(NOT_SETTING_PREFIX)}
+        key = json.dumps(cfg, sort_keys=True, default=str)
+        s = by_dataset[r["dataset"]].setdefault(key, Setting(r["dataset"], r["method"], cfg))
+        s.runs.append(r)
+    out = {}
+    for dataset, group in sorted(by_dataset.items()):
+        settings = list(group.values())
+        label_settings(settings)
+        settings.sort(key=lambda s: (s.method != BASELINE, s.method, s.rank if s.rank is not None else -1, s.label))
+        for s in settings:
+            s.runs.sort(key=lambda r: r["seed"])
+        out[dataset] = settings
+    return out
+
+
+def label_settings(settings: list[Setting]) -> None:
+    """Label each setting by the config keys that vary across its dataset's settings, skipping a key
+    whose value follows from the keys already taken (method.name decides method._target_, rank decides
+    lora.r, ...)."""
+    everywhere = set.intersection(*(set(s.config) for s in settings))
+    groups = ("method.name", "method.", "model.name", "dataset.", "model.", "trainer.")
+
+    def order(k: str):  # the method's own keys first; keys some runs lack (older schemas) last
+        return (k not in everywhere and not k.startswith("method."),
+                next((i for i, g in enumerate(groups) if k.startswith(g)), len(groups)), k.count("."), k)
+
+    keys = sorted({k for s in settings for k in s.config}, key=order)
+    taken: list[str] = []
+    for key in keys:
+        if len({json.dumps(s.config.get(key), default=str) for s in settings}) < 2:
+            continue
+        implied: dict = {}
+        if all(implied.setdefault(tuple(str(s.config.get(t)) for t in taken), s.config.get(key)) == s.config.get(key)
+               for s in settings):
+            continue
+        taken.append(key)
+    for s in settings:
+        s.label = " ".join(f"{SHORT.get(k, k)}={s.config[k]}" for k in taken
+                           if k not in ("method.name", "method.r") and k in s.config)
+
+
+# ------------------------------------------------------------------------------------ statistics
+
+
+def interval(values: list[float], level: float = 0.95) -> tuple[float, float, float, float] | None:
+    """(mean, sample std, low, high) of a t interval over seeds; None below two values."""
+    from scipy import stats
+
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n)
+    return mean, std, mean - half, mean + half
+
+
+def baseline_for(s: Setting, settings: list[Setting]) -> Setting | None:
+    """The LoRA setting a method is compared with: same model, the same rank if there is one, else the
+    best LoRA setting by validation score."""
+    if s.method == BASELINE:
+        return None
+    lora = [b for b in settings if b.method == BASELINE and b.config.get("model.name") == s.config.get("model.name")]
+    same_rank = [b for b in lora if s.rank is not None and b.rank == s.rank]
+    return best(same_rank or lora)
+
+
+def best(settings: list[Setting]) -> Setting | None:
+    if not settings:
+        return None
+    sign = 1 if settings[0].lm else -1  # lowest perplexity or highest F1
+    return min(settings, key=lambda s: sign * (s.mean(s.select_by) if s.mean(s.select_by) is not None else math.inf * sign))
+
+
+def paired_test(s: Setting, base: Setting) -> dict | None:
+    """Two-sided paired t-test of the primary test metric over the seeds both settings ran."""
+    from scipy import stats
+
+    mine = {r["seed"]: r.get(s.score) for r in s.runs}
+    theirs = {r["seed"]: r.get(base.score) for r in base.runs}
+    seeds = sorted(k for k in mine if k in theirs and mine[k] is not None and theirs[k] is not None)
+    if len(seeds) < 2:
+        return None
+    a, b = [mine[k] for k in seeds], [theirs[k] for k in seeds]
+    diff = [x - y for x, y in zip(a, b, strict=True)]
+    if all(d == diff[0] for d in diff):  # zero variance: t is undefined
+        t, p = (math.inf if diff[0] else math.nan), (0.0 if diff[0] else 1.0)
+    else:
+        res = stats.ttest_rel(a, b)
+        t, p = float(res.statistic), float(res.pvalue)
+    return {"n": len(seeds), "delta": sum(diff) / len(diff), "t": t, "p": p, "significant": p < ALPHA}
+
+
+# ---------------------------------------------------------------------------------------- tables
+
+
+def fmt(values: list[float], spec: str) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return format(values[0], spec)
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{format(mean, spec)} ± {format(std, spec)}"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *["| " + " | ".join(row) + " |" for row in rows]]
+
+
+def params(s: Setting) -> tuple[str, str]:
+    r = s.runs[0]
+    return f"{r['trainable_params']:,} / {r['total_params']:,}", f"{r['trainable_params'] / r['total_params']:.3%}"
+
+
+def runs_by_setting(settings: list[Setting]) -> list[str]:
+    lm = settings[0].lm
+    scores = [("Val PPL", "val_ppl", ".2f"), ("Test PPL", "test_ppl", ".2f")] if lm else [
+        ("Val F1", "val_f1", ".4f"), ("Val Acc", "val_acc", ".4f"), ("Test F1", "test_f1", ".4f"),
+        ("Test Acc", "test_acc", ".4f")]
+    header = ["Method", "Rank", "Setting", "Seeds", "Trainable Params / Total", "Ratio", *[h for h, _, _ in scores],
+              "Sparsity (<1e-3)", "Train Time (s)"]
+    rows = [[s.method, str(s.rank) if s.rank is not None else "-", s.label or "-", str(len(s.runs)), *params(s),
+             *[fmt(s.values(k), spec) for _, k, spec in scores], fmt(s.values("sparsity_below_1e-3"), ".3f"),
+             fmt(s.values("train_time_s"), ".1f")] for s in settings]
+    return md_table(header, rows)
+
+
+def pruning_change(s: Setting) -> str:
+    """Test score before -> after one-shot pruning (mean over seeds), where a run pruned after training."""
+    before = [r["before_pruning"][s.score] for r in s.runs if s.score in r.get("before_pruning", {})]
+    if not before:
+        return "-"
+    after = [r[s.score] for r in s.runs if "before_pruning" in r]
+    spec = ".2f" if s.lm else ".4f"
+    return f"{format(sum(before) / len(before), spec)} → {format(sum(after) / len(after), spec)}"
+
+
+def method_comparison(settings: list[Setting]) -> tuple[list[str], list[Setting]]:
+    lm = settings[0].lm
+    chosen = [best([s for s in settings if s.method == m]) for m in dict.fromkeys(s.method for s in settings)]
+    scores = [("Test PPL", "test_ppl", ".2f")] if lm else [("Test Acc", "test_acc", ".4f"), ("Test F1", "test_f1", ".4f")]
+    header = ["Method", "Best setting (by " + ("val perplexity" if lm else "val F1") + ")", "Seeds",
+              *[h for h, _, _ in scores], "Trainable Params", "Train Time (s)", "Time / Epoch (s)", "Peak Memory (MiB)",
+              "Latency (ms/example)", "Merged Latency", "Sparsity (<1e-3)", "Test Before → After Pruning"]
+    rows = []
+    for s in chosen:
+        setting = " ".join(x for x in (f"rank={s.rank}" if s.rank is not None else "", s.label) if x) or "-"
+        rows.append([s.method, setting, str(len(s.runs)), *[fmt(s.values(k), spec) for _, k, spec in scores],
+                     f"{s.runs[0]['trainable_params']:,}", fmt(s.values("train_time_s"), ".1f"),
+                     fmt(s.values("mean_time_per_epoch_s"), ".1f"),
+                     fmt([v / 2**20 for v in s.values("peak_memory_bytes")], ".0f"),
+                     fmt(s.values("inference_latency_ms_per_example"), ".3f"),
+                     fmt(s.values("inference_latency_merged_ms_per_example"), ".3f"),
+                     fmt(s.values("sparsity_below_1e-3"), ".3f"), pruning_change(s)])
+    return md_table(header, rows), chosen
+
+
+def seed_statistics(settings: list[Setting]) -> list[str]:
+    if not any(len(s.runs) >= 2 for s in settings):
+        return []
+    lm = settings[0].lm
+    score = "test perplexity" if lm else "test accuracy"
+    spec = ".2f" if lm else ".4f"
+    rows = []
+    for s in settings:
+        stats = interval(s.values(s.score))
+        base = baseline_for(s, settings)
+        test = paired_test(s, base) if base is not None else None
+        vs = "-" if test is None else (f"{test['delta']:+{spec}} (t={test['t']:.2f}, p={test['p']:.3g}, n={test['n']})"
+                                       + (" *" if test["significant"] else ""))
+        rows.append([s.method, " ".join(x for x in (f"rank={s.rank}" if s.rank is not None else "", s.label) if x) or "-",
+                     str(len(s.runs)), ", ".join(map(str, s.seeds)),
+                     "-" if stats is None else f"{stats[0]:{spec}} ± {stats[1]:{spec}}",
+                     "-" if stats is None else f"[{stats[2]:{spec}}, {stats[3]:{spec}}]", vs])
+    header = ["Method", "Setting", "n", "Seeds", f"Mean ± Std ({score})", "95% Interval", "vs LoRA: Δ (paired t-test)"]
+    note = (f"Mean ± sample standard deviation over seeds; 95% interval: Student's t with n−1 degrees of freedom. "
+            f"vs LoRA: {score} minus that of the LoRA setting of the same model and rank (else the best LoRA "
+            f"by validation), over the seeds both ran; two-sided paired t-test (scipy.stats.ttest_rel), "
+            f"* where p < {ALPHA}. With 3–5 seeds only large, consistent differences reach significance.")
+    return ["", "### Seed statistics", "", note, "", *md_table(header, rows)]
+
+
+def qlora_memory(settings: list[Setting]) -> list[str]:
+    rows = []
+    for s in settings:
+        if s.method != "qlora" or "qlora" not in s.runs[0]:
+            continue
+        q = s.runs[0]["qlora"]
+        base = baseline_for(s, settings)
+        peak, base_peak = s.mean("peak_memory_bytes"), base.mean("peak_memory_bytes") if base else None
+        rows.append([f"rank={s.rank}" if s.rank is not None else "-",
+                     f"{q['quantized_linear_weight_bytes'] / 2**20:.1f} / {q['quantized_linear_weight_bytes_fp32'] / 2**20:.1f}",
+                     f"{q['quantized_linear_weight_ratio']:.3f}×",
+                     f"{q['base_weight_bytes'] / 2**20:.1f} / {q['base_weight_bytes_fp32'] / 2**20:.1f}",
+                     f"{q['base_weight_ratio']:.3f}×",
+                     "-" if peak is None else f"{peak / 2**20:.0f}",
+                     "-" if base_peak is None else f"{base_peak / 2**20:.0f}",
+                     "-" if not (peak and base_peak) else f"{peak / base_peak:.2f}×"])
+    if not rows:
+        return []
+    kind = {r.get("peak_memory_kind") for s in settings for r in s.runs} - {None}
+    header = ["QLoRA", "Quantized Linear Weights (MiB, NF4 / fp32)", "Ratio", "All Weights (MiB / fp32)", "Ratio",
+              "Peak Memory (MiB)", "LoRA Peak Memory (MiB)", "QLoRA / LoRA"]
+    return ["", "### QLoRA memory", "", f"Peak memory is {', '.join(sorted(kind))} (on a CPU that includes the "
+            "Python process and libraries, so weight savings show less than on a GPU).", "", *md_table(header, rows)]
+
+
+# ----------------------------------------------------------------------------------------- plots
+
+
+def plots(dataset: str, settings: list[Setting], chosen: list[Setting], out: Path) -> list[str]:
+    """Write the dataset's plots (PNG and SVG); returns the PNG file names written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    methods = list(dict.fromkeys(s.method for s in settings))
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    lm = settings[0].lm
+    score_name = "test perplexity" if lm else "test accuracy"
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        for ext in ("png", "svg"):
+            fig.savefig(out / f"{dataset}_{name}.{ext}", dpi=120)
+        plt.close(fig)
+        written.append(f"{dataset}_{name}.png")
+
+    # score vs trainable parameters, with the Pareto front (fewer parameters, better score)
+    points = [(s.runs[0]["trainable_params"], s.mean(s.score), s) for s in settings if s.mean(s.score) is not None]
+    if points:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for m in methods:
+            pts = [(x, y, s) for x, y, s in points if s.method == m]
+            errs = [interval(s.values(s.score)) for _, _, s in pts]
+            ax.errorbar([x for x, _, _ in pts], [y for _, y, _ in pts],
+                        yerr=[e[1] for e in errs] if all(errs) else None, fmt="o", color=colors[m], label=m,
+                        capsize=3)
+        front, best_y = [], math.inf if lm else -math.inf
+        for x, y, _ in sorted(points, key=lambda p: (p[0], p[1] if lm else -p[1])):
+            if (y < best_y) if lm else (y > best_y):
+                front.append((x, y))
+                best_y = y
+        ax.step([x for x, _ in front], [y for _, y in front], where="post", color="grey", ls="--", lw=1,
+                label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters (log)")
+        ax.set_ylabel(score_name + (" (lower is better)" if lm else ""))
+        ax.set_title(f"{dataset}: {score_name} vs trainable parameters")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        save(fig, "score_vs_params")
+
+    # measured adapter sparsity vs rank
+    sparse = [s for s in settings if s.rank is not None and s.mean("sparsity_below_1e-3") is not None]
+    if any(s.mean("sparsity_exact_zero") for s in sparse):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in dict.fromkeys((s.method, s.label) for s in sparse):
+            group = sorted((s for s in sparse if (s.method, s.label) == key), key=lambda s: s.rank)
+            ax.plot([s.rank for s in group], [s.mean("sparsity_below_1e-3") for s in group], "o-",
+                    color=colors[key[0]], label=" ".join(x for x in key if x))
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("rank")
+        ax.set_ylabel("adapter weights with |w| < 1e-3")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{dataset}: adapter sparsity vs rank")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        save(fig, "sparsity_vs_rank")
+
+    # train time and peak memory of each method's best setting
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    for ax, key, scale, label in ((axes[0], "train_time_s", 1, "train time (s)"),
+                                  (axes[1], "peak_memory_bytes", 2**20, "peak memory (MiB)")):
+        means = [(s.mean(key) or 0) / scale for s in chosen]
+        stds = [(interval(s.values(key)) or (0, 0))[1] / scale for s in chosen]
+        ax.bar([s.method for s in chosen], means, yerr=stds if any(stds) else None, color=[colors[s.method] for s in chosen], capsize=3)
+        ax.set_ylabel(label)
+        ax.tick_params(axis="x", rotation=30)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"{dataset}: cost of each method's best setting")
+    save(fig, "time_memory")
+
+    # QLoRA against LoRA at the same rank: quantized weights and peak memory
+    pairs = [(s, baseline_for(s, settings)) for s in settings if s.method == "qlora" and "qlora" in s.runs[0]]
+    pairs = [(q, b) for q, b in pairs if b is not None]
+    if pairs:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+        q, b = pairs[0]
+        info = q.runs[0]["qlora"]
+        axes[0].bar(["fp32 (LoRA)", "NF4 (QLoRA)"], [info["quantized_linear_weight_bytes_fp32"] / 2**20,
+                                                   info["quantized_linear_weight_bytes"] / 2**20],
+                    color=[colors.get("lora", "C0"), colors["qlora"]])
+        axes[0].set_ylabel("linear-layer weights (MiB)")
+        labels = [f"{x.method} r={x.rank}" for pair in pairs for x in pair]
+        axes[1].bar(labels, [x.mean("peak_memory_bytes") / 2**20 for pair in pairs for x in pair],
+                    color=[colors[x.method] for pair in pairs for x in pair])
+        axes[1].set_ylabel("peak memory (MiB)")
+        axes[1].tick_params(axis="x", rotation=30)
+        fig.suptitle(f"{dataset}: QLoRA memory against LoRA")
+        save(fig, "qlora_vs_lora")
+
+    # training curves: the logged training loss and validation score of the first seed of each setting
+    curves = [(s, read_curves(Path(s.runs[0]["_dir"]))) for s in settings]
+    curves = [(s, c) for s, c in curves if c["train"]]
+    if curves:
+        val_key = "val/ppl" if lm else "val/acc"
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for s, c in curves:
+            name = " ".join(x for x in (s.method, f"r={s.rank}" if s.rank is not None else "", s.label) if x)
+            axes[0].plot(*zip(*c["train"], strict=True), color=colors[s.method], alpha=0.8, lw=1, label=name)
+            if c[val_key]:
+                axes[1].plot(*zip(*c[val_key], strict=True), "o-", color=colors[s.method], lw=1, label=name)
+        axes[1].set_xlim(axes[0].get_xlim())
+        axes[0].set_xlabel("optimizer step")
+        axes[0].set_ylabel("training loss (logged steps)")
+        axes[1].set_xlabel("optimizer step")
+        axes[1].set_ylabel(val_key.replace("/", " "))
+        for ax in axes:
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"{dataset}: training curves (first seed of each setting)")
+        save(fig, "training_curves")
+    return written
+
+
+def read_curves(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
+    """(step, value) series from the run's CSV log (logger=csv): train loss per logged step, and the
+    validation metrics at each validation."""
+    out: dict[str, list] = {"train": [], "val/acc": [], "val/ppl": []}
+    for path in sorted(run_dir.glob("csv/**/metrics.csv")):
+        with path.open() as f:
+            for row in csv.DictReader(f):
+                step = float(row["step"]) if row.get("step") else None
+                if step is None:
+                    continue
+                if row.get("train/loss_step"):
+                    out["train"].append((step, float(row["train/loss_step"])))
+                for k in ("val/acc", "val/ppl"):
+                    if row.get(k):
+                        out[k].append((step, float(row[k])))
+    for k in ("val/acc", "val/ppl"):  # the evaluation after fit repeats the last validation a step later
+        out[k] = [p for i, p in enumerate(out[k]) if i == 0 or p[0] - out[k][i - 1][0] > 1]
+    return out
+
+
+# ------------------------------------------------------------------------------------ the report
+
+
+def write_runs_csv(runs: list[dict], path: Path) -> None:
+    rows = [{"run_dir": r["_dir"], **{k: v for k, v in flatten({k: v for k, v in r.items() if k != "_dir"}).items()
+                                       if v is None or isinstance(v, str | int | float | bool)}} for r in runs]
+    first = ["run_dir", "status", "method", "dataset", "model", "rank", "seed"]
+    columns = first + sorted({k for row in rows for k in row} - set(first))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def default_out(dirs: list[Path]) -> Path:
+    if len(dirs) == 1:
+        return dirs[0] / "report"
+    return Path("reports") / "+".join(d.resolve().name for d in dirs)[:120]
+
+
+def write_report(dirs: list[Path], out: Path | None = None, wandb_mode: str = "auto") -> dict:
+    """Write report.md, runs.csv and the plots into `out`; returns what was written and read."""
+    out = out or default_out(dirs)
+    out.mkdir(parents=True, exist_ok=True)
+    runs, left_out = load_runs(dirs)
+    by_dataset = settings_of(runs)
+    lines = ["# peft_bench report", "", f"Read from {', '.join(f'`{d}`' for d in dirs)}: {len(runs) + len(left_out)} "
+             f"run folders, {len(runs)} completed runs in the tables, {len(left_out)} left out (listed at the end).", ""]
+    images: list[str] = []
+    for dataset, settings in by_dataset.items():
+        lm = settings[0].lm
+        models = sorted({s.config.get("model.name", "?") for s in settings})
+        lines += [f"## {dataset}", "", f"Task: {'causal language modelling' if lm else 'classification'}; "
+                  f"model{'s' if len(models) > 1 else ''}: {', '.join(models)}."]
+        counts = settings[0].runs[0].get("data", {}).get("label_counts", {}).get("test")
+        if counts and not lm:
+            lines[-1] += f" Chance (majority class) on the test split: accuracy {max(counts.values()) / sum(counts.values()):.4f}."
+        lines += ["", "### Runs by setting", "", "Mean ± sample std over seeds where a setting ran several.", "",
+                  *runs_by_setting(settings)]
+        table, chosen = method_comparison(settings)
+        lines += ["", "### Method comparison", "", "Each method's best setting, chosen on the validation split; "
+                  "test figures of that setting. Peak memory: " + ", ".join(sorted(
+                      {r.get("peak_memory_kind", "?") for s in settings for r in s.runs})) + ".", "", *table]
+        lines += seed_statistics(settings)
+        lines += qlora_memory(settings)
+        written = plots(dataset, settings, chosen, out)
+        images += written
+        if written:
+            lines += ["", "### Plots", "", *[f"![{name}]({name})" for name in written]]
+        lines.append("")
+    lines += ["## Runs left out of the tables", ""]
+    lines += [f"- `{d}`: {why}" for d, why in left_out] or ["None: every run completed."]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    write_runs_csv(runs, out / "runs.csv")
+    summary = {"out": out, "runs": len(runs), "left_out": left_out, "images": images, "settings": by_dataset,
+               "wandb": None}
+    if wandb_mode == "on" or (wandb_mode == "auto" and any("Wandb" in str(r["config"].get("logger", {}).get(
+            "_target_", "")) for r in runs)):
+        summary["wandb"] = log_to_wandb(runs, out, images)
+    return summary
+
+
+def log_to_wandb(runs: list[dict], out: Path, images: list[str]) -> str:
+    """One W&B run for the sweep (same project and group as its jobs): the runs table and the plots."""
+    import wandb
+
+    logger = next((r["config"]["logger"] for r in runs if "Wandb" in str(r["config"].get("logger", {}).get("_target_"))),
+                  {})
+    group = logger.get("group") or out.parent.name
+    with open(out / "runs.csv") as f:
+        rows = list(csv.reader(f))
+    run = wandb.init(project=logger.get("project", "peft_bench"), entity=logger.get("entity"), group=group,
+                     name=f"report-{group}", job_type="report", dir=str(out), reinit="finish_previous",
+                     mode="offline" if logger.get("offline") else None)
+    run.log({"runs": wandb.Table(columns=rows[0], data=rows[1:]),
+             **{name.removesuffix(".png"): wandb.Image(str(out / name)) for name in images}})
+    run.save(str(out / "report.md"), base_path=str(out), policy="now")
+    run_id = run.id
+    run.finish()
+    return run_id
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m peft_bench.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep folders (results.json below them)")
+    parser.add_argument("--out", type=Path, help="folder to write (default: DIR/report, or reports/<names>)")
+    parser.add_argument("--wandb", choices=["auto", "on", "off"], default="auto",
+                        help="log the table and plots to one W&B run (auto: when the runs logged to W&B)")
+    args = parser.parse_args(argv)
+    missing = [str(d) for d in args.dirs if not d.is_dir()]
+    if missing:
+        parser.error(f"no such folder: {', '.join(missing)}")
+    s = write_report(args.dirs, args.out, args.wandb)
+    if s["runs"] == 0:
+        print(f"peft_bench.report: no completed run under {', '.join(map(str, args.dirs))}", file=sys.stderr)
+    for d, why in s["left_out"]:
+        print(f"peft_bench.report: left out {d}: {why}", file=sys.stderr)
+    print(f"report: {s['out'] / 'report.md'} ({s['runs']} runs, {len(s['left_out'])} left out, "
+          f"{len(s['images'])} plots{', W&B run ' + s['wandb'] if s['wandb'] else ''})")
+    if s["runs"] == 0:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
