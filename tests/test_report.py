@@ -154,6 +154,9 @@ def test_cli_names_the_folder_and_a_wandb_summary_run_is_written_offline(sweep, 
     assert "left out" in out.stderr and "boom" in out.stderr
     runs = list((tmp_path / "r" / "wandb").glob("offline-run-*"))  # WANDB_MODE=offline (conftest)
     assert len(runs) == 1 and runs[0].name.endswith(out.stdout.split("W&B run ")[1].split(")")[0])
+    log = next(runs[0].glob("run-*.wandb")).read_bytes()  # the offline transaction log
+    for key in (b"sst2_score_vs_params", b"sst2_time_memory", b"table-file", b"report-"):
+        assert key in log, key
     bad = subprocess.run([sys.executable, "-m", "peft_bench.report", str(tmp_path / "nope")], cwd=ROOT,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "no such folder" in bad.stderr
