@@ -5,7 +5,7 @@ TORCH_VERSION ?= 2.13.0
 DATA ?= ../shared/data
 export PEFT_BENCH_CACHE ?= $(CURDIR)/.cache/peft_bench
 
-.PHONY: help setup test test-fast test-slurm slurm-start slurm-stop demo lint check-real check-lm smollm2 clean
+.PHONY: help setup test test-fast test-slurm slurm-start slurm-stop demo lint check-real check-lm smollm2 clean bench
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -52,3 +52,6 @@ lint: ## ruff
 
 clean: ## remove Hydra outputs and the tokenization cache (keeps .venv)
 	rm -rf outputs multirun .cache
+
+bench: ## benchmarks (real SST-2/IMDB in $(DATA), MiniLM; ~15 min on 2 cores): ratios against references -> benchmarks/BENCHMARKS.md
+	$(PY) -m peft_bench.bench --data $(DATA)

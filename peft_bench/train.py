@@ -68,6 +68,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def run(cfg: DictConfig) -> dict:
+    started = time.perf_counter()
     run_cfg = check_config(cfg)  # every config problem at once, before any data or weights
     run_dir = Path(run_cfg.run_dir).absolute()
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -134,6 +135,8 @@ def run(cfg: DictConfig) -> dict:
             train_loss_per_epoch=module.epoch_train_loss,
             inference_batch_size=run_cfg.dataset.eval_batch_size,
             precision=trainer.precision, device=str(module.device),
+            **module.throughput_figures(str(trainer.precision)),
+            time_to_first_step_s=module.first_batch_at - started if module.first_batch_at else None,
             **module.method_results(),
         )
         results.update(module.export(run_dir))  # last: a merged export folds the adapter in for good

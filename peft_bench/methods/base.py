@@ -16,6 +16,7 @@ from torchmetrics.text import Perplexity
 from transformers import get_linear_schedule_with_warmup
 
 from peft_bench.config import DatasetConfig, DivergedError, MethodConfig, ModelConfig
+from peft_bench.flops import TrainFlops, gemm_peak
 from peft_bench.models import load_backbone
 
 
@@ -46,6 +47,10 @@ class BenchModule(L.LightningModule):
         self.infer_examples = 0
         self.examples_seen = 0
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long), persistent=False)  # no host sync
+        self.flops: TrainFlops | None = None
+        self.train_flops = 0  # model FLOPs of the training steps (peft_bench.flops), counted on the host
+        self.fit_val_seconds = 0.0  # validation inside training epochs: not training compute
+        self.first_batch_at: float | None = None
 
     # ------------------------------------------------------------------ what a method defines
 
@@ -132,10 +137,6 @@ class BenchModule(L.LightningModule):
         logits = self(batch)
         self.update_metrics(self.val_metrics, logits, batch["labels"])
 
-    def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
-        self.val_metrics.reset()
-
     def on_test_epoch_start(self) -> None:
         self.infer_seconds, self.infer_examples = 0.0, 0
 
@@ -152,7 +153,41 @@ class BenchModule(L.LightningModule):
         self.log_dict(self.test_metrics.compute())
         self.test_metrics.reset()
 
-    # ------------------------------------------------------------------ timing
+    # ------------------------------------------------------------------ timing and FLOPs
+
+    def on_fit_start(self) -> None:
+        vocab = getattr(self.model.config, "vocab_size", 100) or 100
+        self.flops = TrainFlops(self.model, vocab=min(100, vocab))
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if self.flops is not None and self.trainer.training:  # the CPU batch: counting needs no device sync
+            self.train_flops += self.flops.batch(batch["attention_mask"])
+        return batch
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.fit_val_seconds += time.perf_counter() - self._val_start
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.val_metrics.reset()
+
+    def throughput_figures(self, precision: str) -> dict:
+        """Achieved model FLOP/s of the training steps against the device's measured matmul peak."""
+        seconds = sum(self.epoch_times) - self.fit_val_seconds
+        if not self.train_flops or seconds <= 0:
+            return {}
+        dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if precision.startswith("16") else torch.float32
+        peak = gemm_peak(self.device, dtype)
+        achieved = self.train_flops / seconds
+        return {"train_flops": self.train_flops, "train_compute_s": seconds, "model_flops_per_s": achieved,
+                "gemm_peak_flops_per_s": peak, "gemm_peak_dtype": str(dtype).removeprefix("torch."),
+                "mfu": achieved / peak}
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self.first_batch_at is None:  # start-up cost of a job: everything before its first step
+            self.first_batch_at = time.perf_counter()
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()

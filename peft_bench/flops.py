@@ -1,0 +1,125 @@
+"""Model FLOPs of a training step, and the device's measured matmul peak: their ratio is the MFU.
+
+Counted from the model's shapes and each batch's real (unpadded) token counts, matmuls only:
+- a Linear (or GPT-2 Conv1D) with in x out weights applied to n rows costs 2·n·in·out forward; its
+  backward costs 2·n·in·out for the gradient of its input (only where that input needs one) and
+  2·n·in·out for the gradient of its weight (only where the weight trains). So a frozen base weight
+  under LoRA costs 2 matmuls, not 3, and the layers below the lowest adapter need no backward at all;
+- which Linear sees every token and which only one row per sequence (pooler, classification head),
+  whether its input needs a gradient and whether its weight trains are read from one probe forward
+  in training mode (forward hooks), so the count follows whatever the method built;
+- attention scores and the weighted sum: 2·l²·d each per layer and sequence of real length l
+  forward (d = hidden size), twice that backward.
+Padding is not counted: it is work the hardware does but not the model's, and dynamic padding and
+length grouping exist to avoid it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+_PEAK_CACHE: dict[tuple[str, torch.dtype, int], float] = {}
+
+
+@dataclass
+class LinearCost:
+    """FLOPs per row (token or sequence) of one matmul layer in a training step, forward + backward."""
+    name: str
+    per: str  # "token" or "sequence"
+    flops_per_row: int
+
+
+def _shape(module: nn.Module) -> tuple[int, int]:
+    if isinstance(module, Conv1D):  # GPT-2: weight is (in, out)
+        return module.weight.shape[0], module.weight.shape[1]
+    return module.in_features, module.out_features
+
+
+def probe_linear_costs(model: nn.Module, batch_size: int = 2, seq_len: int = 8, vocab: int = 100) -> list[LinearCost]:
+    """Run one forward in training mode on a probe batch and record, for every Linear, how many rows
+    it saw (tokens or sequences), whether its input needed a gradient and whether its weight trains."""
+    seen: dict[str, tuple[int, bool]] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear | Conv1D):
+            def hook(mod, args, _out, name=name):
+                x = args[0]
+                seen[name] = (x.numel() // _shape(mod)[0], bool(x.requires_grad))
+            hooks.append(module.register_forward_hook(hook))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.train()
+    try:  # on a forked RNG: the probe's dropout must not change the run's random stream
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad():
+            ids = torch.randint(1, vocab, (batch_size, seq_len), device=device)
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    costs = []
+    modules = dict(model.named_modules())
+    for name, (rows, input_grad) in seen.items():
+        module = modules[name]
+        i, o = _shape(module)
+        trains = module.weight.requires_grad
+        per = "token" if rows == batch_size * seq_len else "sequence" if rows == batch_size else None
+        if per is None:
+            raise ValueError(f"{name}: saw {rows} rows for a probe of {batch_size}x{seq_len}: neither tokens nor sequences")
+        costs.append(LinearCost(name, per, 2 * i * o * (1 + int(input_grad) + int(trains))))
+    return costs
+
+
+class TrainFlops:
+    """FLOPs of a training step on a batch, from its attention mask (on the host: no device sync)."""
+
+    def __init__(self, model: nn.Module, vocab: int = 100):
+        config = model.config
+        self.layers = config.num_hidden_layers
+        self.hidden = config.hidden_size
+        costs = probe_linear_costs(model, vocab=vocab)
+        self.per_token = sum(c.flops_per_row for c in costs if c.per == "token")
+        self.per_sequence = sum(c.flops_per_row for c in costs if c.per == "sequence")
+
+    def attention(self, lengths: list[int]) -> int:
+        """QK^T and AV: 2·l²·d each, forward; backward twice the forward."""
+        return 3 * self.layers * sum(2 * 2 * l * l * self.hidden for l in lengths)
+
+    def batch(self, attention_mask: torch.Tensor) -> int:
+        lengths = attention_mask.sum(dim=1).tolist()
+        return self.per_token * sum(lengths) + self.per_sequence * len(lengths) + self.attention(lengths)
+
+
+def gemm_peak(device: torch.device | str = "cpu", dtype: torch.dtype | None = None, n: int | None = None,
+              seconds: float = 1.0) -> float:
+    """The device's measured matmul throughput (FLOP/s): the best of repeated n x n matmuls, fp32 on a
+    CPU, bf16 on a GPU. Measured once per process and device."""
+    device = torch.device(device)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    n = n or (8192 if device.type == "cuda" else 1024)
+    key = (str(device), dtype, n)
+    if key in _PEAK_CACHE:
+        return _PEAK_CACHE[key]
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(3):  # warm up (threads, caches, cuBLAS heuristics)
+        a @ b
+    sync()
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        sync()
+        best = max(best, 5 * 2 * n**3 / (time.perf_counter() - start))
+    _PEAK_CACHE[key] = best
+    return best
