@@ -61,8 +61,8 @@ class Bench:
         if short:
             self.base = ["model=tiny", "dataset=demo", "dataset.generator_size=600"]
         else:
-            self.base = ["model=minilm", "dataset=sst2", "dataset.data_files={train:'%s',validation:'%s'}"
-                         % (self.data / "sst2/train.jsonl", self.data / "sst2/validation.jsonl")]
+            train, val = self.data / "sst2/train.jsonl", self.data / "sst2/validation.jsonl"
+            self.base = ["model=minilm", "dataset=sst2", f"dataset.data_files={{train:'{train}',validation:'{val}'}}"]
         self.quiet = ["logger=none", "checkpoint=false", "trainer.limit_test_batches=2"]
         self.val = ["trainer.limit_val_batches=2"]
         self.steps = 6 if short else 60

@@ -88,7 +88,7 @@ class TrainFlops:
 
     def attention(self, lengths: list[int]) -> int:
         """QK^T and AV: 2·l²·d each, forward; backward twice the forward."""
-        return 3 * self.layers * sum(2 * 2 * l * l * self.hidden for l in lengths)
+        return 3 * self.layers * sum(2 * 2 * n * n * self.hidden for n in lengths)
 
     def batch(self, attention_mask: torch.Tensor) -> int:
         lengths = attention_mask.sum(dim=1).tolist()
