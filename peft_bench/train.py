@@ -37,7 +37,7 @@ def quiet_third_party() -> None:
     """Silence library chatter that says nothing about this run (deprecations inside the libraries,
     advertising, bitsandbytes' optional CPU kernel), so the run's own lines stand out."""
     for message in (".*is_gradient_checkpointing.*", ".*null_placement.*", ".*LeafSpec.*",
-                    ".*does not have many workers.*"):
+                    ".*does not have many workers.*", ".*overridden `on_before_batch_transfer`.*"):
         warnings.filterwarnings("ignore", message=message)
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     chatter = ("litlogger", "returned in `LightningModule.configure_callbacks` will override")
