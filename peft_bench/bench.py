@@ -145,6 +145,16 @@ class Bench:
                                    "target": 0.01, "final_sparsity": sparse.get("sparsity_exact_zero")}
 
     def subprocess_run(self, extra: list[str], env: dict | None = None) -> dict:
+        """A job in a process of its own (its peak memory and start-up are its own); in short mode in
+        this process, which is quicker and enough to show the case runs."""
+        if self.short:
+            saved = os.environ.copy()
+            os.environ.update(env or {})
+            try:
+                return self.ours(extra)
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
         d = self.run_dir()
         cmd = [sys.executable, "-m", "peft_bench", *self.base, *self.quiet, *self.val, f"trainer.max_steps={self.steps}", *extra,
                f"hydra.run.dir={d}"]
