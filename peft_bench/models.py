@@ -27,14 +27,18 @@ def offline_hint() -> str:
 AUTO_CLASS = {"classification": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
 
 
+def is_local(model: ModelConfig) -> bool:
+    """Whether `pretrained` names a local folder rather than a Hub id."""
+    return model.pretrained is not None and model.pretrained.startswith(("/", "./", "../", "~"))
+
+
 def load_model_config(model: ModelConfig, num_labels: int | None) -> PretrainedConfig:
     """The architecture config alone (config.json): enough to know module names, no weights."""
     kwargs = {"num_labels": num_labels} if num_labels else {}
     if model.architecture is not None:
         spec = dict(model.architecture)
         return AutoConfig.for_model(spec.pop("model_type"), **kwargs, **spec)
-    local = model.pretrained.startswith(("/", "./", "../", "~"))
-    if local and not Path(model.pretrained).expanduser().is_dir():
+    if is_local(model) and not Path(model.pretrained).expanduser().is_dir():
         hint = f"; `{prepare_command()}` creates it" if model.prepare_with else ""
         raise PeftBenchError(f"model {model.name}: no folder {model.pretrained}{hint}")
     try:

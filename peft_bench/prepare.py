@@ -22,6 +22,7 @@ from pathlib import Path
 from omegaconf import OmegaConf, open_dict
 
 from peft_bench.config import ModelConfig, PeftBenchError, RunConfig, check_config
+from peft_bench.models import is_local
 from peft_bench.train import CONF_DIR
 
 # Weights of other frameworks and formats: never what transformers' PyTorch loader reads.
@@ -52,10 +53,6 @@ def job_configs(overrides: list[str]) -> list[tuple[list[str], RunConfig]]:
     if problems:
         raise ConfigError(problems)
     return jobs
-
-
-def is_local(model: ModelConfig) -> bool:
-    return model.pretrained is not None and model.pretrained.startswith(("/", "./", "../", "~"))
 
 
 def build_local_model(model: ModelConfig) -> None:
