@@ -29,6 +29,8 @@ SlurmUser=root
 SlurmctldPort=6817
 SlurmdPort=6818
 AuthType=auth/munge
+# a requeued job waits cred_expire + 1 s before it may start again (default 120 s): short for the tests
+AuthInfo=cred_expire=30
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldPidFile=/run/slurmctld.pid

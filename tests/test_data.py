@@ -10,7 +10,13 @@ from datasets import Dataset, DatasetDict
 
 from peft_bench.config import ClassificationDatasetConfig as DatasetConfig
 from peft_bench.config import PeftBenchError
-from peft_bench.data.classification import TextClassificationDataModule, builder_for, load_raw, make_splits
+from peft_bench.data.classification import (
+    LengthGroupedSampler,
+    TextClassificationDataModule,
+    builder_for,
+    load_raw,
+    make_splits,
+)
 from peft_bench.data.demo import build_demo, clause
 from peft_bench.models import load_tokenizer
 from tests.conftest import compose
@@ -131,3 +137,45 @@ def test_length_grouping_cuts_padding(tmp_path):
 
     random_order, grouped = padding_fraction(False), padding_fraction(True)
     assert random_order > 0.3 and grouped < random_order / 3, (random_order, grouped)
+
+
+def test_length_grouped_order_depends_only_on_seed_and_epoch_longest_batch_first_short_batch_last():
+    lengths = [(i * 37) % 500 + 1 for i in range(1003)]  # 62 full batches of 16 and one of 11
+    sampler = LengthGroupedSampler(lengths, batch_size=16, seed=3)
+    first = list(sampler)
+    assert sorted(first) == list(range(1003))  # every example once
+    assert list(LengthGroupedSampler(lengths, batch_size=16, seed=3)) == first  # a resumed run: same order
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert second != first and sorted(second) == list(range(1003))
+    sampler.set_epoch(0)
+    assert list(sampler) == first
+    batches = [first[i:i + 16] for i in range(0, 1003, 16)]
+    assert max(lengths[i] for i in batches[0]) == max(lengths)  # an out-of-memory shows at step one
+    assert len(batches[-1]) == 11  # the short batch last, so the loader's batches are the sampler's groups
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 30, spread  # a megabatch of 800 sorted: neighbours differ by ~500/800 each
+
+
+def test_a_cache_hit_on_local_files_does_not_parse_them(tmp_path, monkeypatch):
+    files = tmp_path / "train.jsonl"
+    files.write_text("".join(json.dumps({"sentence": f"s {i}", "label": i % 2}) + "\n" for i in range(50)))
+    cfg = compose(["model=tiny", f"dataset.data_files={files}", f"cache_dir={tmp_path / 'cache'}"])
+    from peft_bench.config import check_config
+    run = check_config(cfg)
+
+    def module():
+        dm = TextClassificationDataModule(run.dataset, load_tokenizer(run.model), run.cache_dir, seed=0)
+        dm.prepare_data()
+        return dm
+
+    assert module().info["cache"] == "miss"
+
+    def no_parse(*args, **kwargs):
+        raise AssertionError("the raw files were parsed on a cache hit")
+
+    monkeypatch.setattr("peft_bench.data.classification.load_dataset", no_parse)
+    assert module().info["cache"] == "hit"
+    files.write_text(files.read_text().replace("s 1", "s one"))  # changed content: a miss, parsed again
+    with pytest.raises(AssertionError, match="parsed"):
+        module()

@@ -94,3 +94,19 @@ def test_sigterm_then_same_command_resumes_and_matches_an_uninterrupted_run(tmp_
     for key in ("val_acc", "val_f1", "test_acc", "test_f1"):
         assert resumed[key] == pytest.approx(ref[key], abs=1e-6), key
     assert resumed["train_loss_per_epoch"] == pytest.approx(ref["train_loss_per_epoch"][1:], abs=1e-6)
+
+
+def test_a_deferred_finite_check_still_stops_a_diverging_run_before_its_checkpoint(tmp_path, monkeypatch):
+    """On an accelerator the loss is checked every log_every_n_steps (no per-step host sync); forced
+    here on CPU: the run still ends diverged and leaves no checkpoint of non-finite weights."""
+    from peft_bench.methods.base import BenchModule
+    from peft_bench.train import run
+    from tests.conftest import compose
+
+    monkeypatch.setattr(BenchModule, "defer_finite_check", True)
+    cfg = compose([*SWEEP, "method.lr=1e12", "trainer.gradient_clip_val=null", "trainer.log_every_n_steps=4"],
+                  tmp_path)
+    with pytest.raises(Exception, match="non-finite at or before optimizer step 4"):
+        run(cfg)
+    assert results(tmp_path)["status"] == "diverged"
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()

@@ -71,6 +71,11 @@ class GradualPruning(L.Callback):
         self.start_step, self.end_step, self.every_n_steps, self.initial = start_step, end_step, every_n_steps, initial
         self.masks: dict[str, torch.Tensor] = {}
         self.current = 0.0
+        # per-step work is kept small: the adapter's tensors and float masks in step with self.masks,
+        # built when the masks change, applied with one fused multiply
+        self._weights: list[torch.Tensor] = []
+        self._float_masks: list[torch.Tensor] = []
+        self.pruned_steps: set[int] = set()
         self.history: list[list] = []  # [optimizer step, sparsity applied]
 
     # ------------------------------------------------------------------ schedule
@@ -91,7 +96,7 @@ class GradualPruning(L.Callback):
             step = trainer.global_step  # optimizer steps taken so far
             start, end = self.steps(self.total)
             due = start <= step <= end and ((step - start) % self.every_n_steps == 0 or step == end)
-            if due and step not in {s for s, _ in self.history}:
+            if due and step not in self.pruned_steps:
                 self.prune(pl_module, cubic_sparsity(step, self.target, start, end, self.initial), step)
         self.apply(pl_module)
 
@@ -104,17 +109,20 @@ class GradualPruning(L.Callback):
         self.masks = {n: m & self.masks[n].to(m.device) if n in self.masks else m for n, m in new.items()}
         self.current = sparsity
         self.history.append([step, sparsity])
+        self.pruned_steps.add(step)
+        self._float_masks = []  # rebuilt from the new masks
         self.apply(pl_module)
 
     @torch.no_grad()
     def apply(self, pl_module: L.LightningModule) -> None:
+        """Zero the pruned weights (after every optimizer step: AdamW's moments would revive them)."""
         if not self.masks:
             return
-        for name, p in adapter_weights(pl_module).items():
-            mask = self.masks[name]
-            if mask.device != p.device:
-                mask = self.masks[name] = mask.to(p.device)
-            p.mul_(mask)
+        if not self._float_masks or self._float_masks[0].device != self._weights[0].device:
+            weights = adapter_weights(pl_module)
+            self._weights = list(weights.values())
+            self._float_masks = [self.masks[n].to(device=w.device, dtype=w.dtype) for n, w in weights.items()]
+        torch._foreach_mul_(self._weights, self._float_masks)
 
     def after_training(self, pl_module: L.LightningModule) -> bool:
         """One-shot: prune to the target now (train.py evaluates before and after). True if it pruned."""
@@ -129,8 +137,10 @@ class GradualPruning(L.Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.masks = dict(state["masks"])
+        self._float_masks = []
         self.current = state["current"]
         self.history = [list(h) for h in state["history"]]
+        self.pruned_steps = {s for s, _ in self.history}
 
 
 def sparsity_report(model: nn.Module, near_zero: float = 1e-3) -> dict:

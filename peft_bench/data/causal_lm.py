@@ -13,7 +13,7 @@ from datasets import Dataset, DatasetDict, load_from_disk
 from torch.utils.data import DataLoader
 
 from peft_bench.config import LMDatasetConfig, PeftBenchError
-from peft_bench.data.classification import EpochSeededSampler, cache_key, load_raw, save_atomically
+from peft_bench.data.classification import EpochSeededSampler, RawData, cache_key, save_atomically
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +33,19 @@ class CausalLMDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         if self.data is not None:
             return
-        raw, fingerprint, source = load_raw(self.cfg)
+        raw = RawData(self.cfg)
         recipe = {"kind": "causal_lm", "block_size": self.cfg.block_size, "text": self.cfg.text_field,
                   "split": [self.cfg.val_fraction, self.cfg.test_fraction]}
-        key = cache_key(self.cfg.name, self.tokenizer, fingerprint, recipe)
+        key = cache_key(self.cfg.name, self.tokenizer, raw.fingerprint, recipe)
         path = self.cache_root / key
         if (path / "dataset_dict.json").is_file():
             self.data = load_from_disk(str(path))
             self.info = {**json.loads((path / "info.json").read_text()), "cache": "hit"}
             return
-        splits, how = split_lm(raw, self.cfg)
+        splits, how = split_lm(raw.splits, self.cfg)
         packed = DatasetDict({name: pack(tokenize_concat(ds, self.tokenizer, self.cfg.text_field),
                                          self.cfg.block_size) for name, ds in splits.items()})
-        self.info = {"source": source, "splits": how, "cache_key": key,
+        self.info = {"source": raw.source, "splits": how, "cache_key": key,
                      "sizes": {k: len(v) for k, v in packed.items()},
                      "tokens": {k: sum(v["length"]) for k, v in packed.items()}, "block_size": self.cfg.block_size}
         save_atomically(packed, self.info, path)

@@ -15,7 +15,6 @@ import torch
 from datasets import DatasetDict, load_dataset, load_from_disk
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from peft_bench.config import (
     ClassificationDatasetConfig,
@@ -49,6 +48,31 @@ class EpochSeededSampler(torch.utils.data.Sampler):
         return self.size
 
 
+class LengthGroupedSampler(EpochSeededSampler):
+    """Batches of similar length (little padding), in an order that depends only on (seed, epoch).
+    Each epoch: a random permutation cut into megabatches of `megabatch` batches, each sorted by
+    length; the full batches then go in random order, the epoch's longest first (an out-of-memory
+    shows at step one), the one short batch last. HF's LengthGroupedSampler, but seeded per epoch
+    (a resumed run sees the same order) and with batches shuffled across megabatches."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, megabatch: int = 50):
+        super().__init__(len(lengths), seed)
+        self.lengths, self.batch_size, self.megabatch = torch.as_tensor(lengths), batch_size, megabatch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        batches = []
+        for chunk in torch.randperm(self.size, generator=g).split(self.megabatch * self.batch_size):
+            batches += chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)].split(self.batch_size)
+        short = [batches.pop()] if len(batches[-1]) < self.batch_size else []
+        if not batches:
+            return iter(torch.cat(short).tolist())
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        longest = max(range(len(batches)), key=lambda i: int(self.lengths[batches[i]].max()))
+        batches[0], batches[longest] = batches[longest], batches[0]
+        return iter(torch.cat(batches + short).tolist())
+
+
 class TextClassificationDataModule(L.LightningDataModule):
     def __init__(self, dataset: ClassificationDatasetConfig, tokenizer, cache_dir: str, seed: int):
         super().__init__()
@@ -65,11 +89,11 @@ class TextClassificationDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         if self.data is not None:
             return
-        raw, fingerprint, source = load_raw(self.cfg)
+        raw = RawData(self.cfg)
         cfg = self.cfg
         recipe = {"max_length": cfg.max_length, "text": cfg.text_field, "label": cfg.label_field,
                   "split": [cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.max_train_examples]}
-        key = cache_key(cfg.name, self.tokenizer, fingerprint, recipe)
+        key = cache_key(cfg.name, self.tokenizer, raw.fingerprint, recipe)
         path = self.cache_root / key
         if (path / "dataset_dict.json").is_file():
             self.data = load_from_disk(str(path))
@@ -77,9 +101,9 @@ class TextClassificationDataModule(L.LightningDataModule):
             self.info["cache"] = "hit"
             log.info("tokenized data: cache hit %s", path)
             return
-        splits, how = make_splits(raw, self.cfg)
+        splits, how = make_splits(raw.splits, self.cfg)
         tokenized = self.tokenize(splits)
-        self.info = {"source": source, "splits": how, "sizes": {k: len(v) for k, v in tokenized.items()},
+        self.info = {"source": raw.source, "splits": how, "sizes": {k: len(v) for k, v in tokenized.items()},
                      "label_counts": {k: label_counts(v) for k, v in tokenized.items()}, "cache_key": key}
         save_atomically(tokenized, self.info, path)
         self.data = load_from_disk(str(path))
@@ -108,9 +132,8 @@ class TextClassificationDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self.data["train"]
-        generator = torch.Generator().manual_seed(self.seed)
         if self.cfg.group_by_length:
-            sampler = LengthGroupedSampler(self.cfg.batch_size, lengths=list(ds["length"]), generator=generator)
+            sampler = LengthGroupedSampler(list(ds["length"]), self.cfg.batch_size, self.seed)
             return self._loader(ds, self.cfg.batch_size, sampler=sampler)
         return self._loader(ds, self.cfg.batch_size, sampler=EpochSeededSampler(len(ds), self.seed))
 
@@ -136,20 +159,47 @@ class TextClassificationDataModule(L.LightningDataModule):
 
 def load_raw(cfg: DatasetConfig) -> tuple[DatasetDict, str, str]:
     """(raw splits, a fingerprint of the data's content, a description of the source)."""
-    if cfg.data_files is not None:
-        files = cfg.data_files if isinstance(cfg.data_files, dict) else {"train": cfg.data_files}
-        paths = data_file_paths(files)
-        builder = builder_for(paths[0])
-        raw = load_dataset(builder, data_files=files)
-        digest = hashlib.sha256()
-        for p in paths:
-            digest.update(Path(p).read_bytes())
-        return raw, f"files:{digest.hexdigest()}", f"local files {json.dumps(files)}"
-    if cfg.generator == "demo":
-        return (build_demo(cfg.generator_size, cfg.split_seed), f"demo-v1:{cfg.generator_size}:{cfg.split_seed}",
-                f"generated demo sentences (size {cfg.generator_size}, seed {cfg.split_seed})")
+    raw = RawData(cfg)
+    return raw.splits, raw.fingerprint, raw.source
+
+
+class RawData:
+    """A dataset config's raw splits, with a fingerprint of their content and a description of the
+    source. Local files are fingerprinted by their bytes and the generator by its settings, without
+    parsing anything: a job that finds its tokenized data cached never loads the raw text."""
+
+    def __init__(self, cfg: DatasetConfig):
+        self.cfg = cfg
+        self._splits: DatasetDict | None = None
+        if cfg.data_files is not None:
+            self.files = cfg.data_files if isinstance(cfg.data_files, dict) else {"train": cfg.data_files}
+            paths = data_file_paths(self.files)
+            self.builder = builder_for(paths[0])
+            digest = hashlib.sha256()
+            for p in paths:
+                digest.update(Path(p).read_bytes())
+            self.fingerprint, self.source = f"files:{digest.hexdigest()}", f"local files {json.dumps(self.files)}"
+        elif cfg.generator == "demo":
+            self.fingerprint = f"demo-v1:{cfg.generator_size}:{cfg.split_seed}"
+            self.source = f"generated demo sentences (size {cfg.generator_size}, seed {cfg.split_seed})"
+        else:  # the Hub: its fingerprint comes with the (cached) download
+            self._splits = load_hub(cfg)
+            fingerprint = ":".join(f"{k}={v._fingerprint}" for k, v in sorted(self._splits.items()))
+            self.fingerprint, self.source = f"hub:{cfg.hub_id}:{cfg.hub_config}:{fingerprint}", f"hub {cfg.hub_id}"
+
+    @property
+    def splits(self) -> DatasetDict:
+        if self._splits is None:
+            if self.cfg.data_files is not None:
+                self._splits = load_dataset(self.builder, data_files=self.files)
+            else:
+                self._splits = build_demo(self.cfg.generator_size, self.cfg.split_seed)
+        return self._splits
+
+
+def load_hub(cfg: DatasetConfig) -> DatasetDict:
     try:
-        raw = load_dataset(cfg.hub_id, cfg.hub_config)
+        return load_dataset(cfg.hub_id, cfg.hub_config)
     except Exception as e:  # offline: ConnectionError, OSError, or datasets' own errors, by version
         raise PeftBenchError(
             f"dataset {cfg.name}: cannot load {cfg.hub_id!r} from the Hugging Face Hub "
@@ -157,8 +207,6 @@ def load_raw(cfg: DatasetConfig) -> tuple[DatasetDict, str, str]:
             f"`{prepare_command()}` fetches and caches it (jobs then run with HF_DATASETS_OFFLINE=1); "
             f"or give local files with dataset.data_files= (json, jsonl, jsonl.gz, csv, parquet)."
         ) from None
-    fingerprint = ":".join(f"{k}={v._fingerprint}" for k, v in sorted(raw.items()))
-    return raw, f"hub:{cfg.hub_id}:{cfg.hub_config}:{fingerprint}", f"hub {cfg.hub_id}"
 
 
 def builder_for(path: str) -> str:

@@ -51,9 +51,11 @@ class BenchModule(L.LightningModule):
         self.train_flops = 0  # model FLOPs of the training steps (peft_bench.flops), counted on the host
         self.fit_val_seconds = 0.0  # validation inside training epochs: not training compute
         self.first_batch_at: float | None = None
+        self._finite: torch.Tensor | None = None  # all training losses finite since the last check (accelerators)
 
     # ------------------------------------------------------------------ what a method defines
 
+    defer_finite_check: bool | None = None  # None: check each step's loss on CPU, every N steps elsewhere
     mergeable = False  # True where the adapter folds into the base weights (merged inference)
     evaluate_best = True  # validate/test the best checkpoint by val F1; False: the final weights
 
@@ -95,6 +97,7 @@ class BenchModule(L.LightningModule):
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_finite()  # never keep non-finite weights as a checkpoint to resume from
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if k in trainable or not k.startswith("model.")}
@@ -123,9 +126,25 @@ class BenchModule(L.LightningModule):
         for name, term in self.extra_losses().items():
             self.log(f"train/{name}", term, on_step=True, on_epoch=True)
             loss = loss + term
-        if not torch.isfinite(loss):  # stop before the optimizer writes non-finite weights
+        finite = torch.isfinite(loss.detach())
+        defer = self.defer_finite_check if self.defer_finite_check is not None else loss.device.type != "cpu"
+        if defer:  # on an accelerator a per-step check would stall the queue: gather on the device, check now and then
+            self._finite = finite if self._finite is None else self._finite & finite
+        elif not finite:  # free on the host: stop before the optimizer writes non-finite weights
             raise DivergedError(f"training loss became {loss.item()} at optimizer step {self.global_step}")
         return loss
+
+    def check_finite(self) -> None:
+        """Raise if any training loss since the last check was non-finite (one host sync)."""
+        if self._finite is not None and not bool(self._finite):
+            raise DivergedError(f"training loss became non-finite at or before optimizer step {self.global_step} "
+                                f"(checked every trainer.log_every_n_steps={self.trainer.log_every_n_steps} "
+                                "steps on an accelerator)")
+        self._finite = None
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self._finite is not None and (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
+            self.check_finite()
 
     def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, labels: torch.Tensor) -> None:
         if self.task == "causal_lm":  # token t predicts token t+1
@@ -166,6 +185,7 @@ class BenchModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_start = time.perf_counter()
+        self.check_finite()  # before validation picks a checkpoint to keep
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
@@ -193,6 +213,7 @@ class BenchModule(L.LightningModule):
         self._epoch_start = time.perf_counter()
 
     def on_train_epoch_end(self) -> None:
+        self.check_finite()
         self.epoch_times.append(time.perf_counter() - self._epoch_start)
         loss = self.trainer.callback_metrics.get("train/loss_epoch")
         if loss is not None:
