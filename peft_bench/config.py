@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import re
 import shlex
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,8 +263,9 @@ class TrainerConfig:
     val_check_interval: Any = None  # validate every N steps (int) or fraction of an epoch (float)
     accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = 1.0  # clip the global gradient norm
-    log_every_n_steps: int = 10
+    log_every_n_steps: int = 10  # also how often the loss is checked for NaN/inf on an accelerator
     deterministic: bool = False
+    compile: bool = False  # torch.compile the model (inductor; needs a C++ compiler; first steps compile)
 
 
 @dataclass
@@ -416,12 +419,21 @@ def check_config(cfg: DictConfig) -> RunConfig:
     Touches no data and no weights: the target-module check builds the model on the meta device
     from its config alone."""
     run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]  # raises on missing values
-    problems = [*run.method.problems(), *run.dataset.problems(), *run.model.problems()]
+    problems = [*run.method.problems(), *run.dataset.problems(), *run.model.problems(), *trainer_problems(run)]
     if not run.model.problems():
         problems += module_problems(run)
     if problems:
         raise ConfigError(problems)
     return run
+
+
+def trainer_problems(run: RunConfig) -> list[str]:
+    if run.trainer.compile:
+        compilers = [c for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c]
+        if not any(shutil.which(c) for c in compilers):
+            return [f"trainer.compile=true: torch.compile's inductor needs a C++ compiler and none of {compilers} "
+                    "is on PATH: install one (apt-get install g++) or set trainer.compile=false"]
+    return []
 
 
 def module_problems(run: RunConfig) -> list[str]:

@@ -101,6 +101,8 @@ def run(cfg: DictConfig) -> dict:
         results["data"] = datamodule.info
         module = get_class(run_cfg.method._target_)(method=run_cfg.method, model=run_cfg.model, dataset=run_cfg.dataset)
         trainable, total = module.parameter_counts()
+        if run_cfg.trainer.compile:  # compiles the model's forward in place (state_dict keys unchanged)
+            module.model.compile()
         results.update(trainable_params=trainable, total_params=total, trainable_ratio=trainable / total)
 
         logger = instantiate(cfg.logger) if cfg.logger.get("_target_") else None

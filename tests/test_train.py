@@ -123,3 +123,25 @@ def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     ids = {p.name.rsplit("-", 1)[-1] for p in (tmp_path / "wandb").glob("offline-run-*")}
     assert len(ids) == 1 and len(list((tmp_path / "wandb").glob("offline-run-*"))) >= 1
+
+
+@pytest.mark.slow  # inductor compiles the tiny model's graphs on the CPU: ~30 s on 2 cores
+def test_compile_option_trains_a_compiled_model_with_unchanged_checkpoint_keys(tmp_path):
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    out = run(compose([*TINY, "trainer=fast", "trainer.max_steps=3", "trainer.limit_val_batches=1",
+                       "trainer.limit_test_batches=1", "trainer.compile=true"], tmp_path))
+    assert out["status"] == "completed"
+    assert counters["stats"]["unique_graphs"] >= 1  # the forward went through dynamo
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert state and not any("_orig_mod" in k for k in state)  # same keys as an uncompiled run: resumable either way
+
+
+def test_compile_without_a_cpp_compiler_is_one_clear_error(monkeypatch):
+    from peft_bench.config import ConfigError, check_config
+
+    monkeypatch.setattr("peft_bench.config.shutil.which", lambda name: None)
+    with pytest.raises(ConfigError, match=r"trainer.compile=true: .*needs a C\+\+ compiler.*trainer.compile=false"):
+        check_config(compose([*TINY, "trainer.compile=true"]))
+    check_config(compose([*TINY, "trainer.compile=false"]))  # off: no compiler needed
