@@ -15,7 +15,20 @@ def test_bench_short_mode_writes_every_case(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     figures = json.loads((tmp_path / "bench.json").read_text())
-    assert {"overhead", "mfu", "pruning", "seeds_pipeline", "qlora", "startup"} <= set(figures)
+    assert {"overhead", "mfu", "pruning", "seeds_pipeline", "qlora", "startup", "scaling"} <= set(figures)
     assert figures["mfu"]["median"] > 0 and figures["seeds_pipeline"]["sst2"]["trainer_val_acc"] >= 0
     md = (tmp_path / "BENCHMARKS.md").read_text()
-    assert md.count("\n| ") == 8  # header + 7 cases
+    cases = [line.split(" ", 2)[1] for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert cases == ["1", "2", "2", "3", "4", "5", "6"]  # case 2: speed and accuracy
+    assert "## 7 How cost grows" in md and (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    methods = {p["method"] for p in figures["scaling"]["points"]}
+    assert methods == {"lora", "sparse_lora", "hira", "qlora", "lora_layers", "full"}
+    # --cases reruns some cases and keeps the others' figures; the hand-written notes survive
+    md_path = tmp_path / "BENCHMARKS.md"
+    md_path.write_text(md + "\n<!-- notes: written by hand, kept when the figures are regenerated -->\nmy notes\n")
+    again = subprocess.run([sys.executable, "-m", "peft_bench.bench", "--short", "--out", str(tmp_path),
+                            "--cases", "pruning"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    merged = json.loads((tmp_path / "bench.json").read_text())
+    assert merged["scaling"] == figures["scaling"] and merged["pruning"] != figures["pruning"]
+    assert md_path.read_text().rstrip().endswith("my notes")
