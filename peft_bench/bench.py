@@ -36,23 +36,9 @@ from pathlib import Path
 
 import torch
 
+from peft_bench.config import compose_job
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def compose_run(overrides: list[str], run_dir: Path):
-    """The job config of these overrides (as Hydra builds it), checked."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from peft_bench.train import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, f"run_dir={run_dir}"], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 class Bench:
@@ -81,7 +67,7 @@ class Bench:
     def ours(self, extra: list[str]) -> dict:
         from peft_bench.train import run
 
-        return run(compose_run([*self.base, *self.quiet, *self.val, f"trainer.max_steps={self.steps}", *extra],
+        return run(compose_job([*self.base, *self.quiet, *self.val, f"trainer.max_steps={self.steps}", *extra],
                                self.run_dir()))
 
     def bare(self, extra: list[str]) -> dict:
@@ -94,7 +80,7 @@ class Bench:
         from peft_bench.config import check_config
         from peft_bench.models import load_tokenizer
 
-        run = check_config(compose_run([*self.base, *self.quiet, *self.val, *extra], self.run_dir()))
+        run = check_config(compose_job([*self.base, *self.quiet, *self.val, *extra], self.run_dir()))
         L.seed_everything(run.seed)
         dm = get_class(run.dataset._target_)(dataset=run.dataset, tokenizer=load_tokenizer(run.model),
                                              cache_dir=run.cache_dir, seed=run.seed)
@@ -232,7 +218,7 @@ class Bench:
         from peft_bench.train import run
 
         evals = [] if full_eval else self.val
-        return run(compose_run([*self.dataset_args(name), *self.quiet, f"trainer.max_steps={steps}", *evals, *extra],
+        return run(compose_job([*self.dataset_args(name), *self.quiet, f"trainer.max_steps={steps}", *evals, *extra],
                                self.run_dir()))
 
     def hf_trainer(self, name: str, max_length: int, steps: int, evaluate: bool = False,
@@ -246,7 +232,7 @@ class Bench:
         from peft_bench.data.classification import load_raw, make_splits
         from peft_bench.models import load_tokenizer
 
-        run = check_config(compose_run([*self.dataset_args(name), *self.quiet, *extra], self.run_dir()))
+        run = check_config(compose_job([*self.dataset_args(name), *self.quiet, *extra], self.run_dir()))
         tok = load_tokenizer(run.model)
         if name not in self._raw:  # parsed once per dataset, not per repetition
             self._raw[name] = make_splits(load_raw(run.dataset)[0], run.dataset)[0]
@@ -333,7 +319,7 @@ def scaling_point(spec: dict, short: bool, data: Path) -> dict:
     method, rank, length, bs, steps = (spec[k] for k in ("method", "rank", "length", "batch_size", "steps"))
     base = ["model=tiny", "dataset=demo"] if short else ["model=minilm", "dataset=imdb"]
     with tempfile.TemporaryDirectory() as tmp:
-        run = check_config(compose_run([*base, f"method={method}", f"rank={rank}", f"dataset.max_length={length}",
+        run = check_config(compose_job([*base, f"method={method}", f"rank={rank}", f"dataset.max_length={length}",
                                         "logger=none"], Path(tmp)))
     tok = load_tokenizer(run.model)
     need = bs * (steps + 1)

@@ -17,7 +17,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the repo's conf/ (editable install)
 
 
 class PeftBenchError(Exception):
@@ -411,6 +413,19 @@ register_resolvers()
 
 
 # --------------------------------------------------------------------------- semantic checks
+
+
+def compose_job(overrides: list[str], run_dir: str | Path = "/dev/null") -> DictConfig:
+    """The job config Hydra builds for these command-line overrides (one job), with HydraConfig set
+    as inside a job (resolvers and hints read it) and the hydra node dropped, as a job sees it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, f"run_dir={run_dir}"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 def check_config(cfg: DictConfig) -> RunConfig:

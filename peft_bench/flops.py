@@ -16,8 +16,13 @@ length grouping exist to avoid it.
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -96,15 +101,22 @@ class TrainFlops:
 
 
 def gemm_peak(device: torch.device | str = "cpu", dtype: torch.dtype | None = None, n: int | None = None,
-              seconds: float = 1.0) -> float:
+              seconds: float = 1.0, cache_file: Path | None = None) -> float:
     """The device's measured matmul throughput (FLOP/s): the best of repeated n x n matmuls, fp32 on a
-    CPU, bf16 on a GPU. Measured once per process and device."""
+    CPU, bf16 on a GPU. Measured once per process and device; with `cache_file` (a JSON shared by a
+    sweep's jobs), once per machine: keyed by host, device name, threads, torch version, dtype and n
+    (delete the file to measure again)."""
     device = torch.device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     n = n or (8192 if device.type == "cuda" else 1024)
-    key = (str(device), dtype, n)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    key = f"{socket.gethostname()}|{name}|{torch.get_num_threads()}|{torch.__version__}|{dtype}|{n}"
     if key in _PEAK_CACHE:
         return _PEAK_CACHE[key]
+    saved = read_json(cache_file)
+    if key in saved:
+        _PEAK_CACHE[key] = saved[key]
+        return saved[key]
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
 
     def sync():
@@ -122,4 +134,16 @@ def gemm_peak(device: torch.device | str = "cpu", dtype: torch.dtype | None = No
         sync()
         best = max(best, 5 * 2 * n**3 / (time.perf_counter() - start))
     _PEAK_CACHE[key] = best
+    if cache_file is not None:  # read-modify-replace: concurrent jobs may each write; any result is fine
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f"{cache_file.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({**read_json(cache_file), key: best}, indent=1))
+        os.replace(tmp, cache_file)
     return best
+
+
+def read_json(path: Path | None) -> dict:
+    try:
+        return json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        return {}

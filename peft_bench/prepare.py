@@ -19,11 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from peft_bench.config import ModelConfig, PeftBenchError, RunConfig, check_config
 from peft_bench.models import is_local
-from peft_bench.train import CONF_DIR
 
 # Weights of other frameworks and formats: never what transformers' PyTorch loader reads.
 OTHER_FORMATS = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "*.onnx_data", "*.tflite", "*.gguf", "*.mlmodel",
@@ -32,24 +31,17 @@ OTHER_FORMATS = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "*.onnx_data", "*.tflite
 
 def job_configs(overrides: list[str]) -> list[tuple[list[str], RunConfig]]:
     """(job overrides, checked config) for every job the overrides sweep; all problems in one error."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-
-    from peft_bench.config import ConfigError
+    from peft_bench.config import ConfigError, compose_job
     from peft_bench.sweep_summary import sweep_jobs
 
     jobs, problems = [], []
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        for job in sweep_jobs(overrides):
-            cfg = compose("config", overrides=[*job, "run_dir=/dev/null"], return_hydra_config=True)
-            HydraConfig.instance().set_config(cfg)  # resolvers that read it (W&B ids) and the hints
-            with open_dict(cfg):
-                del cfg["hydra"]
-            try:
-                build_local_model(OmegaConf.to_object(cfg).model)  # before the check, which reads its config.json
-                jobs.append((job, check_config(cfg)))
-            except ConfigError as e:
-                problems += [f"job {' '.join(job)}: {p}" for p in e.problems]
+    for job in sweep_jobs(overrides):
+        cfg = compose_job(job)
+        try:
+            build_local_model(OmegaConf.to_object(cfg).model)  # before the check, which reads its config.json
+            jobs.append((job, check_config(cfg)))
+        except ConfigError as e:
+            problems += [f"job {' '.join(job)}: {p}" for p in e.problems]
     if problems:
         raise ConfigError(problems)
     return jobs

@@ -24,7 +24,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from peft_bench.config import DivergedError, PeftBenchError, RunConfig, check_config
+from peft_bench.config import CONF_DIR, DivergedError, PeftBenchError, RunConfig, check_config
 from peft_bench.measure import peak_memory, reset_peak_memory
 from peft_bench.models import load_tokenizer
 from peft_bench.results import RESULTS_FILE, environment, read_results, write_results
@@ -48,7 +48,6 @@ def quiet_third_party() -> None:
 
 
 quiet_third_party()
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the repo's conf/ (editable install)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -137,7 +136,7 @@ def run(cfg: DictConfig) -> dict:
             train_loss_per_epoch=module.epoch_train_loss,
             inference_batch_size=run_cfg.dataset.eval_batch_size,
             precision=trainer.precision, device=str(module.device),
-            **module.throughput_figures(str(trainer.precision)),
+            **module.throughput_figures(str(trainer.precision), run_cfg.cache_dir),
             time_to_first_step_s=module.first_batch_at - started if module.first_batch_at else None,
             **module.method_results(),
         )

@@ -30,20 +30,9 @@ def shared_cache(tmp_path_factory):
 
 def compose(overrides: list[str], run_dir: Path | None = None):
     """The job config Hydra would build for these command-line overrides."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from peft_bench.config import compose_job
 
-    import peft_bench.config  # noqa: F401  (registers schemas and resolvers)
-
-    extra = [f"run_dir={run_dir}"] if run_dir is not None else ["run_dir=/nonexistent-run-dir"]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=overrides + extra, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose_job(overrides, run_dir if run_dir is not None else "/nonexistent-run-dir")
 
 
 def run_cli(args: list[str], env: dict | None = None, cwd: Path = ROOT, timeout: int = 600):

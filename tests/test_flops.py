@@ -63,3 +63,17 @@ def test_lora_tiny_bert_matches_torch_flop_counter(method):
 
 def test_gemm_peak_is_a_positive_rate():
     assert gemm_peak("cpu", n=256, seconds=0.1) > 1e8
+
+
+def test_gemm_peak_is_measured_once_per_machine_with_a_cache_file(tmp_path, monkeypatch):
+    import json
+
+    from peft_bench import flops
+
+    cache = tmp_path / "gemm_peak.json"
+    first = gemm_peak("cpu", n=128, seconds=0.05, cache_file=cache)
+    (key, value), = json.loads(cache.read_text()).items()
+    assert value == first and key.endswith("|torch.float32|128") and torch.__version__ in key
+    monkeypatch.setattr(flops, "_PEAK_CACHE", {})  # a new process: reads the file, measures nothing
+    monkeypatch.setattr(flops.torch, "randn", lambda *a, **k: (_ for _ in ()).throw(AssertionError("measured")))
+    assert gemm_peak("cpu", n=128, cache_file=cache) == first

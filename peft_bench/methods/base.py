@@ -193,13 +193,13 @@ class BenchModule(L.LightningModule):
         self.log_dict(self.val_metrics.compute(), prog_bar=True)
         self.val_metrics.reset()
 
-    def throughput_figures(self, precision: str) -> dict:
+    def throughput_figures(self, precision: str, cache_dir: str | None = None) -> dict:
         """Achieved model FLOP/s of the training steps against the device's measured matmul peak."""
         seconds = sum(self.epoch_times) - self.fit_val_seconds
         if not self.train_flops or seconds <= 0:
             return {}
         dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if precision.startswith("16") else torch.float32
-        peak = gemm_peak(self.device, dtype)
+        peak = gemm_peak(self.device, dtype, cache_file=Path(cache_dir) / "gemm_peak.json" if cache_dir else None)
         achieved = self.train_flops / seconds
         return {"train_flops": self.train_flops, "train_compute_s": seconds, "model_flops_per_s": achieved,
                 "gemm_peak_flops_per_s": peak, "gemm_peak_dtype": str(dtype).removeprefix("torch."),
