@@ -113,7 +113,7 @@ def run(cfg: DictConfig) -> dict:
             results["before_training"] = evaluate(trainer, module, datamodule, None)
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-        train_time = time.perf_counter() - start
+        train_time = time.perf_counter() - start + module.prior["train_time_s"]  # resumed: the whole run
         # Best by val F1 (perplexity for language models), unless the method's final weights are what it claims (pruned to the target).
         ckpt = "best" if checkpoints is not None and checkpoints.best_model_path and module.evaluate_best else None
         results.update(evaluate(trainer, module, datamodule, ckpt))

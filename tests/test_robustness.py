@@ -94,6 +94,11 @@ def test_sigterm_then_same_command_resumes_and_matches_an_uninterrupted_run(tmp_
     for key in ("val_acc", "val_f1", "test_acc", "test_f1"):
         assert resumed[key] == pytest.approx(ref[key], abs=1e-6), key
     assert resumed["train_loss_per_epoch"] == pytest.approx(ref["train_loss_per_epoch"][1:], abs=1e-6)
+    # the whole run's totals, carried in the checkpoint: not only the 2 epochs after the resume
+    for key in ("train_examples", "train_tokens", "train_flops"):
+        assert resumed[key] == ref[key], key
+    assert len(resumed["time_per_epoch_s"]) == 2  # the epochs this process timed
+    assert resumed["train_time_s"] > 1.3 * sum(resumed["time_per_epoch_s"])  # + epoch 0, before the kill
 
 
 def test_a_deferred_finite_check_still_stops_a_diverging_run_before_its_checkpoint(tmp_path, monkeypatch):

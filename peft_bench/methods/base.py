@@ -50,6 +50,10 @@ class BenchModule(L.LightningModule):
         self.flops: TrainFlops | None = None
         self.train_flops = 0  # model FLOPs of the training steps (peft_bench.flops), counted on the host
         self.fit_val_seconds = 0.0  # validation inside training epochs: not training compute
+        # A resumed run's totals include the time before its checkpoint (restored by on_load_checkpoint)
+        self.prior = {"train_time_s": 0.0, "train_compute_s": 0.0}
+        self._fit_start: float | None = None
+        self._epoch_start: float | None = None  # set while a training epoch runs
         self.first_batch_at: float | None = None
         self._finite: torch.Tensor | None = None  # all training losses finite since the last check (accelerators)
 
@@ -104,6 +108,12 @@ class BenchModule(L.LightningModule):
         # RNG streams (dropout), so a resumed run continues exactly as an uninterrupted one would
         checkpoint["rng"] = {"torch": torch.get_rng_state(),
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        # what the run has done so far, so a resumed run reports the whole run's time, examples and FLOPs
+        now = time.perf_counter()
+        checkpoint["peft_bench_progress"] = {
+            "train_time_s": self.prior["train_time_s"] + (now - self._fit_start if self._fit_start else 0.0),
+            "train_compute_s": self.compute_seconds(), "examples_seen": self.examples_seen,
+            "tokens_seen": int(self.tokens_seen), "train_flops": self.train_flops}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         rng = checkpoint.get("rng")
@@ -111,6 +121,11 @@ class BenchModule(L.LightningModule):
             torch.set_rng_state(rng["torch"])
             if rng["cuda"] is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+        progress = checkpoint.get("peft_bench_progress")
+        if progress is not None and self.trainer.state.fn == "fit":
+            self.prior = {k: progress[k] for k in ("train_time_s", "train_compute_s")}
+            self.examples_seen, self.train_flops = progress["examples_seen"], progress["train_flops"]
+            self.tokens_seen.fill_(progress["tokens_seen"])
 
     # ------------------------------------------------------------------ steps
 
@@ -175,6 +190,7 @@ class BenchModule(L.LightningModule):
     # ------------------------------------------------------------------ timing and FLOPs
 
     def on_fit_start(self) -> None:
+        self._fit_start = time.perf_counter()
         vocab = getattr(self.model.config, "vocab_size", 100) or 100
         self.flops = TrainFlops(self.model, vocab=min(100, vocab))
 
@@ -195,7 +211,7 @@ class BenchModule(L.LightningModule):
 
     def throughput_figures(self, precision: str, cache_dir: str | None = None) -> dict:
         """Achieved model FLOP/s of the training steps against the device's measured matmul peak."""
-        seconds = sum(self.epoch_times) - self.fit_val_seconds
+        seconds = self.compute_seconds()
         if not self.train_flops or seconds <= 0:
             return {}
         dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if precision.startswith("16") else torch.float32
@@ -204,6 +220,11 @@ class BenchModule(L.LightningModule):
         return {"train_flops": self.train_flops, "train_compute_s": seconds, "model_flops_per_s": achieved,
                 "gemm_peak_flops_per_s": peak, "gemm_peak_dtype": str(dtype).removeprefix("torch."),
                 "mfu": achieved / peak}
+
+    def compute_seconds(self) -> float:
+        """Training time so far without the validation inside it, including the runs before a resume."""
+        current = time.perf_counter() - self._epoch_start if self._epoch_start is not None else 0.0
+        return self.prior["train_compute_s"] + sum(self.epoch_times) + current - self.fit_val_seconds
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         if self.first_batch_at is None:  # start-up cost of a job: everything before its first step
@@ -215,6 +236,7 @@ class BenchModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.check_finite()
         self.epoch_times.append(time.perf_counter() - self._epoch_start)
+        self._epoch_start = None
         loss = self.trainer.callback_metrics.get("train/loss_epoch")
         if loss is not None:
             self.epoch_train_loss.append(float(loss))
