@@ -34,8 +34,8 @@ def majority_share(results: dict, split: str) -> float | None:
     return max(counts.values()) / sum(counts.values()) if counts else None
 
 
-def runs_table(root: Path) -> Table:
-    runs = collect(root)
+def runs_table(root: Path, runs: list[tuple[Path, dict | None]] | None = None) -> Table:
+    runs = collect(root) if runs is None else runs
     table = Table(title=f"runs in {root}")
     lm = any(r and "val_ppl" in r for _, r in runs)
     chance = [majority_share(r, "test") for _, r in runs if r]
@@ -72,12 +72,19 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
 def check_sweep(config: DictConfig) -> None:
-    """Compose and check every job's config before any job starts: one bad value fails the sweep."""
+    """Compose and check every job's config before any job starts: one bad value fails the sweep.
+    Only for Hydra's basic sweeper (a grid, known up front); a sweeper that chooses its jobs as it goes
+    (Optuna, Ax) leaves each job to check its own config when it starts."""
     from hydra import compose
 
     from peft_bench.config import ConfigError, check_config
 
+    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        return
     problems = []
     for job in sweep_jobs(list(config.hydra.overrides.task)):
         try:
@@ -105,7 +112,8 @@ class SweepSummary(Callback):
         root = Path(config.hydra.sweep.dir)
         if not root.is_dir():
             return
-        Console(width=200).print(runs_table(root))
+        runs = collect(root)
+        Console(width=200).print(runs_table(root, runs))
         try:  # the comparison report of the sweep; never what decides the sweep's exit status
             from peft_bench.report import write_report
 
@@ -115,10 +123,10 @@ class SweepSummary(Callback):
         except Exception as e:  # noqa: BLE001
             print(f"peft_bench: the sweep's report failed ({type(e).__name__}: {e}); "
                   f"`python -m peft_bench.report {root}` retries it", file=sys.stderr)
-        bad = [(d, r) for d, r in collect(root) if r is None or r.get("status") != "completed"]
+        bad = [(d, r) for d, r in runs if r is None or r.get("status") != "completed"]
         if bad:
             for d, r in bad:
                 reason = "unreadable results.json" if r is None else f"{r.get('status')}: {r.get('error')}"
                 print(f"peft_bench: job {d.relative_to(root)} {reason}", file=sys.stderr)
-            print(f"peft_bench: {len(bad)} of {len(collect(root))} jobs did not complete", file=sys.stderr)
+            print(f"peft_bench: {len(bad)} of {len(runs)} jobs did not complete", file=sys.stderr)
             sys.exit(1)
