@@ -455,6 +455,7 @@ def scaling_plot(f: dict, out: Path) -> None:
         axes[0][col].set_ylabel("training examples/s")
         axes[1][col].set_ylabel(f"peak memory, MiB ({points[0]['peak_memory_kind']})")
     axes[0][0].legend(fontsize=8)
+    axes[0][1].legend(fontsize=8)
     out.mkdir(parents=True, exist_ok=True)
     for ext in ("png", "svg"):
         fig.savefig(out / f"scaling.{ext}", dpi=120)
