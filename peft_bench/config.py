@@ -451,16 +451,31 @@ def trainer_problems(run: RunConfig) -> list[str]:
     return []
 
 
-def module_problems(run: RunConfig) -> list[str]:
+_MODULE_NAMES: dict[str, list[str] | None] = {}  # per model and task: a sweep's jobs share one meta-device build
+
+
+def module_names(run: RunConfig) -> list[str] | None:
+    """The model's adaptable Linear module names (built on the meta device from its config), None if
+    the architecture has no head for the task; PeftBenchError if its config cannot be read (not kept:
+    a missing folder or an unreachable Hub may be mended within the process)."""
     from peft_bench.models import adaptable_module_names, load_model_config
 
-    try:
+    key = repr((run.model, run.dataset.num_labels, run.dataset.task))
+    if key not in _MODULE_NAMES:
         model_config = load_model_config(run.model, run.dataset.num_labels)
+        try:
+            _MODULE_NAMES[key] = adaptable_module_names(model_config, run.dataset.task)
+        except ValueError:  # transformers: no such head for this architecture
+            _MODULE_NAMES[key] = None
+    return _MODULE_NAMES[key]
+
+
+def module_problems(run: RunConfig) -> list[str]:
+    try:
+        names = module_names(run)
     except PeftBenchError as e:
         return [str(e)]
-    try:
-        names = adaptable_module_names(model_config, run.dataset.task)
-    except ValueError:  # transformers: no such head for this architecture
+    if names is None:
         return [f"model={run.model.name} has no {run.dataset.task} head for dataset={run.dataset.name}: "
                 f"use a {'causal language model (gpt2, distilgpt2, smollm2, tiny_llama)' if run.dataset.task == 'causal_lm' else 'classification encoder (distilbert, bert_base, minilm, tiny)'}"]
     leaf = sorted({n.rsplit(".", 1)[-1] for n in names})
