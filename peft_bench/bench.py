@@ -265,7 +265,8 @@ class Bench:
 
     def hf_trainer(self, name: str, max_length: int, steps: int, evaluate: bool = False,
                    extra: list[str] = ()) -> dict:
-        """The seeds' pipeline: tokenized with padding='max_length', HF Trainer, batch 16, LoRA r=8 q/v."""
+        """The seeds' pipeline: tokenized with padding='max_length', HF Trainer, batch 16, LoRA r=8 q/v,
+        the checkpoint's own attention dropout (peft_bench's default turns it off)."""
         import numpy as np
         from hydra.utils import get_class
         from transformers import Trainer, TrainingArguments
@@ -274,7 +275,8 @@ class Bench:
         from peft_bench.data.classification import load_raw, make_splits
         from peft_bench.models import load_tokenizer
 
-        run = check_config(compose_job([*self.dataset_args(name), *self.quiet, *extra], self.run_dir()))
+        run = check_config(compose_job([*self.dataset_args(name), *self.quiet, "model.attention_dropout=null", *extra],
+                                       self.run_dir()))
         tok = load_tokenizer(run.model)
         if name not in self._raw:  # parsed once per dataset, not per repetition
             self._raw[name] = make_splits(load_raw(run.dataset)[0], run.dataset)[0]

@@ -32,20 +32,35 @@ def is_local(model: ModelConfig) -> bool:
     return model.pretrained is not None and model.pretrained.startswith(("/", "./", "../", "~"))
 
 
+# what each architecture calls the dropout on its attention probabilities (BERT; DistilBERT, Llama; GPT-2)
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
+
+
 def load_model_config(model: ModelConfig, num_labels: int | None) -> PretrainedConfig:
-    """The architecture config alone (config.json): enough to know module names, no weights."""
+    """The architecture config alone (config.json): enough to know module names, no weights; with
+    model.attention_dropout applied."""
     kwargs = {"num_labels": num_labels} if num_labels else {}
     if model.architecture is not None:
         spec = dict(model.architecture)
-        return AutoConfig.for_model(spec.pop("model_type"), **kwargs, **spec)
-    if is_local(model) and not Path(model.pretrained).expanduser().is_dir():
-        hint = f"; `{prepare_command()}` creates it" if model.prepare_with else ""
-        raise PeftBenchError(f"model {model.name}: no folder {model.pretrained}{hint}")
-    try:
-        return AutoConfig.from_pretrained(model.pretrained, **kwargs)
-    except OSError as e:
-        raise PeftBenchError(f"model {model.name}: cannot load the config of {model.pretrained!r}: "
-                             f"{offline_hint()} ({e.__class__.__name__})") from None
+        config = AutoConfig.for_model(spec.pop("model_type"), **kwargs, **spec)
+    else:
+        if is_local(model) and not Path(model.pretrained).expanduser().is_dir():
+            hint = f"; `{prepare_command()}` creates it" if model.prepare_with else ""
+            raise PeftBenchError(f"model {model.name}: no folder {model.pretrained}{hint}")
+        try:
+            config = AutoConfig.from_pretrained(model.pretrained, **kwargs)
+        except OSError as e:
+            raise PeftBenchError(f"model {model.name}: cannot load the config of {model.pretrained!r}: "
+                                 f"{offline_hint()} ({e.__class__.__name__})") from None
+    if model.attention_dropout is not None:
+        keys = [k for k in ATTENTION_DROPOUT_KEYS if hasattr(config, k)]
+        if not keys:
+            raise PeftBenchError(f"model.attention_dropout={model.attention_dropout}: model {model.name} "
+                                 f"({config.model_type}) has none of the settings {list(ATTENTION_DROPOUT_KEYS)}; "
+                                 "set model.attention_dropout=null to keep its own")
+        for k in keys:
+            setattr(config, k, model.attention_dropout)
+    return config
 
 
 def adaptable_module_names(config: PretrainedConfig, task: str = "classification") -> list[str]:
@@ -60,9 +75,9 @@ def load_backbone(model: ModelConfig, task: str, num_labels: int | None, **kwarg
     auto = AUTO_CLASS[task]
     if model.architecture is not None:
         return auto.from_config(load_model_config(model, num_labels))
-    labels = {"num_labels": num_labels} if num_labels else {}
+    config = load_model_config(model, num_labels)
     try:
-        return auto.from_pretrained(model.pretrained, **labels, **kwargs)
+        return auto.from_pretrained(model.pretrained, config=config, **kwargs)
     except OSError as e:
         raise PeftBenchError(f"model {model.name}: cannot load {model.pretrained!r}: {offline_hint()} ({e})") from None
 

@@ -134,3 +134,27 @@ def test_pruning_settings_are_checked_with_the_rest():
 def test_layers_must_be_a_list_of_indices():
     with pytest.raises(ConfigError, match="method.layers='top': give a list of layer indices"):
         check_config(compose(["model=tiny", "method=lora_layers", "method.layers=top"]))
+
+
+def test_attention_dropout_reaches_every_attention_layer():
+    from torch import nn
+
+    from peft_bench.models import load_backbone
+
+    def dropouts(overrides):
+        model = load_backbone(compose(overrides).model, "classification", 2)
+        # DistilBERT: attention.dropout; BERT: attention.self.dropout (attention.output.dropout is hidden dropout)
+        return {m.p for name, m in model.named_modules()
+                if isinstance(m, nn.Dropout) and name.endswith(("attention.dropout", "attention.self.dropout"))}
+
+    assert dropouts(["model=tiny"]) == {0.0}  # the default: fused attention kernels on CPU
+    assert dropouts(["model=tiny", "model.attention_dropout=0.2"]) == {0.2}
+    assert dropouts(["model=tiny", "model.attention_dropout=null"]) == {0.1}  # DistilBERT's own
+    assert dropouts(["model=minilm"]) == {0.0}  # pretrained: the checkpoint says 0.1
+
+
+def test_attention_dropout_on_an_architecture_without_one_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"model.attention_dropout=0.0: model tiny \(t5\).*attention_dropout=null"):
+        check_config(compose(["model=tiny", "model.architecture.model_type=t5"]))
+    with pytest.raises(ConfigError, match=r"model.attention_dropout=1.0: must be in \[0, 1\)"):
+        check_config(compose(["model=tiny", "model.attention_dropout=1.0"]))
