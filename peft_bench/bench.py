@@ -205,17 +205,22 @@ class Bench:
 
     def startup(self) -> None:
         """SST-2 (67k short sentences: a fast tokenizer needs ~1 s) and IMDB (25k long reviews):
-        what the tokenization cache saves depends on how much tokenizing there is."""
+        what the tokenization cache saves depends on how much tokenizing there is. Timed from the
+        job's run() (the figure the target is on) and from the process start (imports included)."""
         out = {}
         for name in ["sst2"] if self.short else ["sst2", "imdb"]:
-            cold, warm = [], []
+            times: dict = {"cold_s": [], "warm_s": [], "cold_process_s": [], "warm_process_s": []}
             for _ in range(self.reps):
                 cache = Path(tempfile.mkdtemp(dir=self.work, prefix="cache"))
                 args = [*self.dataset_args(name), "trainer.max_steps=1"]  # after the base arguments: these win
-                cold.append(self.subprocess_run(args, env={"PEFT_BENCH_CACHE": str(cache)})["time_to_first_step_s"])
-                warm.append(self.subprocess_run(args, env={"PEFT_BENCH_CACHE": str(cache)})["time_to_first_step_s"])
-            out[name] = {"cold_s": cold, "warm_s": warm, "target": 0.25, "median_ratio": statistics.median(
-                [w / c for w, c in zip(warm, cold, strict=True)])}
+                for kind in ("cold", "warm"):
+                    r = self.subprocess_run(args, env={"PEFT_BENCH_CACHE": str(cache)})
+                    times[f"{kind}_s"].append(r["time_to_first_step_s"])
+                    times[f"{kind}_process_s"].append(r.get("process_to_first_step_s"))
+            ratio = statistics.median([w / c for w, c in zip(times["warm_s"], times["cold_s"], strict=True)])
+            process = [w / c for w, c in zip(times["warm_process_s"], times["cold_process_s"], strict=True) if w and c]
+            out[name] = {**times, "target": 0.25, "median_ratio": ratio,
+                         "median_ratio_process": statistics.median(process) if process else None}
         self.figures["startup"] = out
 
     def seeds_pipeline(self) -> None:
@@ -534,9 +539,13 @@ def markdown(f: dict, notes: str = "") -> str:
                   f"{f['reps']} repetitions; whole-run time ratios {fmt_list(p['time_ratios'])}"]]
     if "startup" in f:
         for name, s in f["startup"].items():
+            process = ""
+            if s.get("median_ratio_process") is not None:
+                process = (f"; from the process start (imports included): {s['median_ratio_process']:.2f}, cold "
+                           f"{statistics.median(s['cold_process_s']):.2f} s, warm {statistics.median(s['warm_process_s']):.2f} s")
             rows += [[f"6 start-up ({name}), warm / cold (job start → first step)", f"{s['median_ratio']:.2f}", "≤ 0.25",
                       ok(s["median_ratio"], 0.25, higher=False), f"cold {statistics.median(s['cold_s']):.2f} s, "
-                      f"warm {statistics.median(s['warm_s']):.2f} s"]]
+                      f"warm {statistics.median(s['warm_s']):.2f} s{process}"]]
     lines += ["| case | measured | target | | detail |", "|---|---|---|---|---|",
               *["| " + " | ".join(r) + " |" for r in rows]]
     if "scaling" in f:

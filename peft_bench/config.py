@@ -274,6 +274,9 @@ class TrainerConfig:
     log_every_n_steps: int = 10  # also how often the loss is checked for NaN/inf on an accelerator
     deterministic: bool = False
     compile: bool = False  # torch.compile the model (inductor; needs a C++ compiler; first steps compile)
+    # validation batches run before training (the longest first, so an evaluation OOM shows at once);
+    # None: 1 on an accelerator, 0 on a CPU (where one 64 x 512-token batch costs seconds per job); -1: all
+    num_sanity_val_steps: int | None = None
 
 
 @dataclass
@@ -449,6 +452,10 @@ def check_config(cfg: DictConfig) -> RunConfig:
 
 
 def trainer_problems(run: RunConfig) -> list[str]:
+    sanity = run.trainer.num_sanity_val_steps
+    if sanity is not None and sanity < -1:
+        return [f"trainer.num_sanity_val_steps={sanity}: give a number of batches >= 0, -1 for all, "
+                "or null (1 on an accelerator, 0 on a CPU)"]
     if run.trainer.compile:
         compilers = [c for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c]
         if not any(shutil.which(c) for c in compilers):

@@ -15,6 +15,7 @@ from pathlib import Path
 import datasets
 import hydra
 import lightning as L
+import psutil
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -66,8 +67,13 @@ def main(cfg: DictConfig) -> float | None:
     return results.get("val_f1", results.get("val_ppl"))  # for sweepers that optimise
 
 
+_first_job_in_process = True  # a local sweep runs its jobs in one process: only the first pays the imports
+
+
 def run(cfg: DictConfig) -> dict:
+    global _first_job_in_process
     started = time.perf_counter()
+    first_in_process, _first_job_in_process = _first_job_in_process, False
     run_cfg = check_config(cfg)  # every config problem at once, before any data or weights
     run_dir = Path(run_cfg.run_dir).absolute()
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -138,6 +144,9 @@ def run(cfg: DictConfig) -> dict:
             precision=trainer.precision, device=str(module.device),
             **module.throughput_figures(str(trainer.precision), run_cfg.cache_dir),
             time_to_first_step_s=module.first_batch_at - started if module.first_batch_at else None,
+            # from the process start, imports (torch, Lightning, transformers: seconds) included
+            process_to_first_step_s=(module.first_batch_wall - psutil.Process().create_time()
+                                     if module.first_batch_wall and first_in_process else None),
             **module.method_results(),
         )
         results.update(module.export(run_dir))  # last: a merged export folds the adapter in for good
@@ -176,6 +185,11 @@ def build_trainer(run_cfg: RunConfig, run_dir: Path, logger,
     t = run_cfg.trainer
     precision = t.precision or ("bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
                                 else "32-true")
+    sanity = t.num_sanity_val_steps
+    if sanity is None:  # on a CPU, seconds per job (IMDB) for an out-of-memory check that matters on a GPU
+        on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available()
+                                            and not torch.backends.mps.is_available())
+        sanity = 0 if on_cpu else 1
     callbacks: list = []  # a method adds its own through LightningModule.configure_callbacks
     checkpoints = None
     if run_cfg.checkpoint:
@@ -197,6 +211,7 @@ def build_trainer(run_cfg: RunConfig, run_dir: Path, logger,
         limit_test_batches=t.limit_test_batches, val_check_interval=t.val_check_interval,
         accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, default_root_dir=run_dir,
+        num_sanity_val_steps=sanity,
         logger=logger if logger is not None else False, callbacks=callbacks,
         enable_checkpointing=run_cfg.checkpoint, enable_progress_bar=interactive, enable_model_summary=False,
         # no_grad, not inference_mode, for evaluation: metric states reset inside inference mode become

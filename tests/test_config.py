@@ -158,3 +158,17 @@ def test_attention_dropout_on_an_architecture_without_one_is_a_config_error():
         check_config(compose(["model=tiny", "model.architecture.model_type=t5"]))
     with pytest.raises(ConfigError, match=r"model.attention_dropout=1.0: must be in \[0, 1\)"):
         check_config(compose(["model=tiny", "model.attention_dropout=1.0"]))
+
+
+def test_sanity_validation_is_off_on_a_cpu_by_default_and_can_be_asked_for(tmp_path):
+    from peft_bench.train import build_trainer
+
+    def sanity(*overrides):
+        run_cfg = check_config(compose([*TINY, *overrides]))
+        return build_trainer(run_cfg, tmp_path, None)[0].num_sanity_val_steps
+
+    assert sanity() == 0  # this machine has no accelerator
+    assert sanity("trainer.num_sanity_val_steps=2") == 2
+    assert sanity("trainer.num_sanity_val_steps=-1") == float("inf")
+    with pytest.raises(ConfigError, match=r"trainer.num_sanity_val_steps=-2: .*-1 for all"):
+        check_config(compose([*TINY, "trainer.num_sanity_val_steps=-2"]))

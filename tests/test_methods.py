@@ -12,7 +12,8 @@ from peft_bench.config import check_config
 from peft_bench.train import run
 from tests.conftest import TINY, compose, run_cli
 
-FAST = [*TINY, "trainer=fast", "trainer.limit_train_batches=20"]
+# a sanity validation before training (off by default on a CPU): eval -> train switches are exercised
+FAST = [*TINY, "trainer=fast", "trainer.limit_train_batches=20", "trainer.num_sanity_val_steps=1"]
 DIM, FFN, LAYERS = 64, 128, 2  # conf/model/tiny.yaml
 
 

@@ -97,6 +97,10 @@ def test_two_job_sweep_writes_two_results_and_hits_the_tokenization_cache(tmp_pa
     assert [r["data"]["cache"] for r in results] == ["miss", "hit"]
     assert results[0]["data"]["cache_key"] == results[1]["data"]["cache_key"]
     assert len(list((tmp_path / "cache" / "tokenized").iterdir())) == 1
+    # start-up: both jobs timed from run(); from the process start (imports included) only the first
+    assert all(0 < r["time_to_first_step_s"] < 120 for r in results)
+    assert results[0]["process_to_first_step_s"] > results[0]["time_to_first_step_s"]
+    assert results[1]["process_to_first_step_s"] is None
     assert "runs in" in out.stdout and "lora" in out.stdout  # the sweep summary table
     report = (tmp_path / "report" / "report.md").read_text()  # and the sweep's report
     assert f"report of the sweep: {tmp_path / 'report' / 'report.md'}" in out.stdout

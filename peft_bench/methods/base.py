@@ -54,7 +54,8 @@ class BenchModule(L.LightningModule):
         self.prior = {"train_time_s": 0.0, "train_compute_s": 0.0}
         self._fit_start: float | None = None
         self._epoch_start: float | None = None  # set while a training epoch runs
-        self.first_batch_at: float | None = None
+        self.first_batch_at: float | None = None  # perf_counter at the first training step
+        self.first_batch_wall: float | None = None  # ... and wall-clock time (against the process start)
         self._finite: torch.Tensor | None = None  # all training losses finite since the last check (accelerators)
 
     # ------------------------------------------------------------------ what a method defines
@@ -228,7 +229,7 @@ class BenchModule(L.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         if self.first_batch_at is None:  # start-up cost of a job: everything before its first step
-            self.first_batch_at = time.perf_counter()
+            self.first_batch_at, self.first_batch_wall = time.perf_counter(), time.time()
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
