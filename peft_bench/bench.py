@@ -138,7 +138,9 @@ class Bench:
 
     def overhead(self) -> None:
         ours_runs, bare_runs, ours, bare, mfu = [], [], [], [], []
-        for _ in range(self.reps):
+        # 5 repetitions in full mode: a busy spell on a shared machine can slow one framework's run
+        # by 5% for dozens of steps (measured here: 0.953 and 1.008 for the same code, minutes apart)
+        for _ in range(self.reps if self.short else max(self.reps, 5)):
             a = self.ours([])
             b = self.bare([])
             ours_runs.append(a)
@@ -325,18 +327,27 @@ class Bench:
                    if n != fixed_length]
         points += [{"method": m, "rank": fixed_rank, "length": fixed_length} for m in self.RANK_METHODS
                    if fixed_rank not in ranks]
+        # Rounds over all points, one after another: a busy spell of the machine then slows one round
+        # of a point, not both; each point keeps its fastest round (peak memory: the largest).
+        rounds: list[list[dict]] = []
+        for _ in range(1 if self.short else 2):
+            rounds.append([])
+            for spec in points:
+                spec = {**spec, "batch_size": 8, "steps": 2 if self.short else 5}
+                if self.short:  # in this process: quick, and enough to show the case runs
+                    rounds[-1].append(scaling_point(spec, short=True, data=self.data))
+                    continue
+                cmd = [sys.executable, "-m", "peft_bench.bench", "--point", json.dumps(spec), "--data", str(self.data)]
+                out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+                if out.returncode != 0:
+                    raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr[-2000:]}")
+                rounds[-1].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"bench: scaling round {len(rounds)} {rounds[-1][-1]}", flush=True)
         figures = []
-        for spec in points:
-            spec = {**spec, "batch_size": 8, "steps": 2 if self.short else 5}
-            if self.short:  # in this process: quick, and enough to show the case runs
-                figures.append(scaling_point(spec, short=True, data=self.data))
-                continue
-            cmd = [sys.executable, "-m", "peft_bench.bench", "--point", json.dumps(spec), "--data", str(self.data)]
-            out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-            if out.returncode != 0:
-                raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr[-2000:]}")
-            figures.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"bench: scaling {figures[-1]}", flush=True)
+        for tries in zip(*rounds, strict=True):
+            best = max(tries, key=lambda p: p["examples_per_s"])
+            figures.append({**best, "examples_per_s_rounds": [p["examples_per_s"] for p in tries],
+                            "peak_memory_bytes": max(p["peak_memory_bytes"] for p in tries)})
         self.figures["scaling"] = {"ranks": ranks, "lengths": lengths, "fixed_length": fixed_length,
                                    "fixed_rank": fixed_rank, "points": figures}
         scaling_plot(self.figures["scaling"], self.out)
@@ -497,7 +508,7 @@ def markdown(f: dict, notes: str = "") -> str:
         o = f["overhead"]
         rows += [
             ["1 framework overhead: peft_bench / hand-written loop, examples/s", f"{o['median_ratio']:.3f}", "≥ 0.97",
-             ok(o["median_ratio"], 0.97), f"steps at their fastest of {f['reps']} repetitions; whole runs: ours "
+             ok(o["median_ratio"], 0.97), f"steps at their fastest of {len(o['ratios'])} repetitions; whole runs: ours "
              f"{statistics.median(o['ours_examples_per_s']):.1f}, bare {statistics.median(o['bare_examples_per_s']):.1f} "
              f"examples/s (ratios {fmt_list(o['ratios'])})"]]
     if "seeds_pipeline" in f:
