@@ -18,7 +18,8 @@ Cases:
  5 pruning overhead: Sparse LoRA (L1 + gradual pruning) against LoRA at equal settings;
  6 sweep start-up: job start to first optimizer step, cold (empty cache) and warm (tokenized data cached);
  7 how cost grows: examples/s and peak memory of each method against rank (1..32) and sequence length
-   (64..512), one process per point (its peak memory is its own), plotted to scaling.png/.svg.
+   (64..512), one process per point (its peak memory is its own), two interleaved rounds (the
+   fastest of each point kept), plotted to scaling.png/.svg.
 --cases NAME... runs only those cases and merges their figures into the existing bench.json.
 """
 
@@ -566,6 +567,11 @@ def markdown(f: dict, notes: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def rounds_note(points: list[dict]) -> str:
+    rounds = len(points[0].get("examples_per_s_rounds", [None]))
+    return f"; {rounds} rounds over all points, each point at its fastest round" if rounds > 1 else ""
+
+
 def fmt_list(values: list[float] | None) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")" if values else ""
 
@@ -592,7 +598,8 @@ def scaling_tables(f: dict) -> list[str]:
 
     return ["## 7 How cost grows", "",
             f"Batch {points[0]['batch_size']}, every sequence exactly its length in real tokens, "
-            f"median of {points[0]['steps']} steps timed one by one after one warm-up, one process per point. Plot: scaling.png / scaling.svg. "
+            f"median of {points[0]['steps']} steps timed one by one after one warm-up, one process per point"
+            f"{rounds_note(points)}. Plot: scaling.png / scaling.svg. "
             "Full fine-tuning has no rank: its figure is repeated across the rank columns.", "",
             *table("rank", "length", f["fixed_length"], f["ranks"]),
             *table("length", "rank", f["fixed_rank"], f["lengths"])]
