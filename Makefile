@@ -53,5 +53,5 @@ lint: ## ruff
 clean: ## remove Hydra outputs and the tokenization cache (keeps .venv)
 	rm -rf outputs multirun .cache
 
-bench: ## benchmarks (real SST-2/IMDB in $(DATA), MiniLM; ~15 min on 2 cores): ratios against references -> benchmarks/BENCHMARKS.md
+bench: ## benchmarks (real SST-2/IMDB in $(DATA), MiniLM; ~52 min on 2 cores): ratios against references -> benchmarks/BENCHMARKS.md
 	$(PY) -m peft_bench.bench --data $(DATA)

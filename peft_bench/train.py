@@ -183,13 +183,12 @@ def evaluate(trainer: L.Trainer, module, datamodule, ckpt: str | None, validate:
 def build_trainer(run_cfg: RunConfig, run_dir: Path, logger,
                   monitor: tuple[str, str] = ("val/f1", "max")) -> tuple[L.Trainer, ModelCheckpoint | None]:
     t = run_cfg.trainer
-    precision = t.precision or ("bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-                                else "32-true")
+    # the device Lightning will pick: trainer.accelerator=cpu on a GPU machine is a CPU run
+    gpu = t.accelerator != "cpu" and torch.cuda.is_available()
+    precision = t.precision or ("bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true")
     sanity = t.num_sanity_val_steps
     if sanity is None:  # on a CPU, seconds per job (IMDB) for an out-of-memory check that matters on a GPU
-        on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available()
-                                            and not torch.backends.mps.is_available())
-        sanity = 0 if on_cpu else 1
+        sanity = 1 if gpu or (t.accelerator != "cpu" and torch.backends.mps.is_available()) else 0
     callbacks: list = []  # a method adds its own through LightningModule.configure_callbacks
     checkpoints = None
     if run_cfg.checkpoint:
