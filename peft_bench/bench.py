@@ -69,22 +69,18 @@ class Bench:
 
     def ours(self, extra: list[str]) -> dict:
         """A peft_bench run; its results plus `step_starts`: the clock at the start of every training step."""
-        from peft_bench.methods.base import BenchModule
+        import lightning as L
+
         from peft_bench.train import run
 
         starts: list[float] = []
-        hook = BenchModule.on_train_batch_start
 
-        def timed(module, batch, batch_idx):  # instrumentation only: one clock read per step
-            starts.append(time.perf_counter())
-            return hook(module, batch, batch_idx)
+        class StepClock(L.Callback):  # instrumentation only: one clock read per step
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                starts.append(time.perf_counter())
 
-        BenchModule.on_train_batch_start = timed
-        try:
-            out = run(compose_job([*self.base, *self.quiet, *self.val, f"trainer.max_steps={self.steps}", *extra],
-                                  self.run_dir()))
-        finally:
-            BenchModule.on_train_batch_start = hook
+        out = run(compose_job([*self.base, *self.quiet, *self.val, f"trainer.max_steps={self.steps}", *extra],
+                              self.run_dir()), callbacks=[StepClock()])
         return {**out, "step_starts": starts}
 
     def bare(self, extra: list[str]) -> dict:

@@ -7,7 +7,6 @@ import hashlib
 import importlib.util
 import os
 import re
-import shlex
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -19,22 +18,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
+from peft_bench.errors import ConfigError, DivergedError, PeftBenchError, prepare_command  # noqa: F401  (re-exported)
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the repo's conf/ (editable install)
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # method, dataset and model names: table rows, cache folders
+SEED_MAX = 2**32 - 1  # numpy's seed range, which seed_everything enforces
 
 
-class PeftBenchError(Exception):
-    """An error the user can fix from the command line; printed as one message, no traceback."""
-
-
-class DivergedError(Exception):
-    """The training loss became NaN or infinite."""
-
-
-class ConfigError(PeftBenchError):
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"invalid configuration ({len(problems)} problem{'s' * (len(problems) > 1)}):\n{lines}")
+def name_problems(group: str, name: str) -> list[str]:
+    if isinstance(name, str) and NAME.fullmatch(name):
+        return []
+    return [f"{group}.name={name!r}: use letters, digits, '_', '-' and '.' (at most 64, not starting with '.'): "
+            "it names cache folders, run names and table rows"]
 
 
 # --------------------------------------------------------------------------- method
@@ -49,7 +44,7 @@ class MethodConfig:
     warmup_ratio: float = 0.06  # fraction of optimizer steps spent warming up
 
     def problems(self) -> list[str]:
-        out = []
+        out = name_problems("method", self.name)
         if not self.lr > 0:
             out.append(f"method.lr={self.lr}: the learning rate must be > 0")
         if not 0 <= self.warmup_ratio < 1:
@@ -161,18 +156,29 @@ class DatasetConfig:
     num_workers: int = 0  # DataLoader workers; collation is cheap, and on few cores workers steal compute
 
     def problems(self) -> list[str]:
-        out = []
+        out = name_problems("dataset", self.name)
         for path in data_file_paths(self.data_files):
             if not Path(path).is_file():
                 out.append(f"dataset.data_files: no such file: {path}")
+        if isinstance(self.data_files, dict):
+            unknown = [k for k in self.data_files if k not in ("train", "validation", "test")]
+            if unknown:
+                out.append(f"dataset.data_files: unknown split(s) {unknown}: the splits are train, validation, test")
+            elif "train" not in self.data_files:
+                out.append(f"dataset.data_files names no train file (got {sorted(self.data_files)}): add train: ...")
         if self.generator not in (None, "demo"):
             out.append(f"dataset.generator={self.generator!r}: valid values are null or 'demo'")
         if self.data_files is None and self.generator is None and not self.hub_id:
             out.append("dataset: give one of dataset.data_files=, dataset.generator= or dataset.hub_id=")
         if self.task not in TASKS:
             out.append(f"dataset.task={self.task!r}: valid values are {list(TASKS)}")
-        if self.batch_size < 1:
-            out.append(f"dataset.batch_size={self.batch_size}: must be >= 1")
+        for key in ("batch_size", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                out.append(f"dataset.{key}={getattr(self, key)}: must be >= 1")
+        if self.max_train_examples is not None and self.max_train_examples < 1:
+            out.append(f"dataset.max_train_examples={self.max_train_examples}: must be >= 1, or null for all")
+        if self.num_workers < 0:
+            out.append(f"dataset.num_workers={self.num_workers}: must be >= 0")
         if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1
                 and self.val_fraction + self.test_fraction < 1):
             out.append(f"dataset.val_fraction={self.val_fraction}, dataset.test_fraction={self.test_fraction}:"
@@ -195,6 +201,10 @@ class ClassificationDatasetConfig(DatasetConfig):
         out = super().problems()
         if self.max_length < 8:
             out.append(f"dataset.max_length={self.max_length}: must be >= 8")
+        if self.num_labels < 2:
+            out.append(f"dataset.num_labels={self.num_labels}: a classification task needs >= 2 classes")
+        if self.text_field == self.label_field:
+            out.append(f"dataset.text_field and dataset.label_field are both {self.text_field!r}")
         return out
 
 
@@ -210,6 +220,9 @@ class LMDatasetConfig(DatasetConfig):
         out = super().problems()
         if self.block_size < 2:
             out.append(f"dataset.block_size={self.block_size}: must be >= 2")
+        if self.max_train_examples is not None:
+            out.append(f"dataset.max_train_examples={self.max_train_examples}: not used by causal language "
+                       "modelling (its examples are packed blocks); cap training with trainer.max_steps=")
         return out
 
 
@@ -244,6 +257,8 @@ class ModelConfig:
     attention_dropout: float | None = 0.0
 
     def problems(self) -> list[str]:
+        if name_problems("model", self.name):
+            return name_problems("model", self.name)
         if (self.pretrained is None) == (self.architecture is None):
             return [f"model {self.name}: set exactly one of model.pretrained and model.architecture"]
         if self.architecture is not None and "model_type" not in self.architecture:
@@ -325,6 +340,8 @@ class RunConfig:
     cache_dir: str = MISSING  # tokenized datasets, shared by every job of a sweep
     run_name: str = MISSING
     checkpoint: bool = True  # save last and best (by val F1) checkpoints, adapter weights only
+    # also save last.ckpt every N optimizer steps (null: at each validation and epoch end only)
+    checkpoint_every_n_steps: int | None = None
     eval_before_training: bool = False  # also validate and test the un-tuned model (results: before_training)
     skip_completed: bool = True  # a job whose results.json says completed (same config) is not run again
     resume: bool = True  # continue from <run_dir>/checkpoints/last.ckpt when an earlier attempt left one
@@ -379,16 +396,6 @@ def command_key() -> str:
 
     args, _ = get_args_parser().parse_known_args(sys.argv[1:])
     return overrides_key([o for o in args.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))])
-
-
-def prepare_command() -> str:
-    """The command that fetches and caches what this run (or sweep) needs: its own overrides."""
-    try:
-        overrides = [o for o in HydraConfig.get().overrides.task
-                     if not o.startswith(("hydra.", "hydra/", "run_dir=", "cache_dir="))]
-    except ValueError:  # outside a Hydra run
-        overrides = ["<the same overrides as the run>"]
-    return " ".join(["python -m peft_bench.prepare", *map(shlex.quote, overrides)])
 
 
 def sweep_id() -> str:
@@ -452,16 +459,47 @@ def check_config(cfg: DictConfig) -> RunConfig:
 
 
 def trainer_problems(run: RunConfig) -> list[str]:
-    sanity = run.trainer.num_sanity_val_steps
+    """Trainer and run values that would fail deep inside Lightning, or train nothing and still
+    'complete' with the untrained model's scores."""
+    t, out = run.trainer, []
+    if not 0 <= run.seed <= SEED_MAX:
+        out.append(f"seed={run.seed}: must be in [0, {SEED_MAX}]")
+    if run.checkpoint_every_n_steps is not None and run.checkpoint_every_n_steps < 1:
+        out.append(f"checkpoint_every_n_steps={run.checkpoint_every_n_steps}: must be >= 1, or null")
+    if t.accumulate_grad_batches < 1:
+        out.append(f"trainer.accumulate_grad_batches={t.accumulate_grad_batches}: must be >= 1")
+    if t.log_every_n_steps < 1:
+        out.append(f"trainer.log_every_n_steps={t.log_every_n_steps}: must be >= 1")
+    if t.max_steps == 0 or t.max_steps < -1:
+        out.append(f"trainer.max_steps={t.max_steps}: give a number of optimizer steps >= 1, or -1 for max_epochs")
+    if t.max_steps == -1 and (t.max_epochs is None or t.max_epochs < 1):
+        out.append(f"trainer.max_epochs={t.max_epochs}: trains nothing; give >= 1 (or trainer.max_steps=)")
+    for key, what in (("limit_train_batches", "trains nothing"), ("limit_val_batches", "validates nothing "
+                      "(validation picks the checkpoint to keep)"), ("limit_test_batches", "tests nothing")):
+        value = getattr(t, key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            out.append(f"trainer.{key}={value!r}: give a number of batches (int) or a fraction (float in (0, 1])")
+        elif value <= 0:
+            out.append(f"trainer.{key}={value}: {what}; give a number of batches >= 1, a fraction in (0, 1], or null")
+        elif isinstance(value, float) and value > 1:
+            out.append(f"trainer.{key}={value}: a fraction must be <= 1.0 (an int counts batches)")
+    v = t.val_check_interval
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v <= 0
+                          or (isinstance(v, float) and v > 1)):
+        out.append(f"trainer.val_check_interval={v!r}: give a number of batches >= 1, a fraction of an epoch "
+                   "in (0, 1], or null for once per epoch")
+    sanity = t.num_sanity_val_steps
     if sanity is not None and sanity < -1:
-        return [f"trainer.num_sanity_val_steps={sanity}: give a number of batches >= 0, -1 for all, "
-                "or null (1 on an accelerator, 0 on a CPU)"]
-    if run.trainer.compile:
+        out.append(f"trainer.num_sanity_val_steps={sanity}: give a number of batches >= 0, -1 for all, "
+                   "or null (1 on an accelerator, 0 on a CPU)")
+    if t.compile:
         compilers = [c for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c]
         if not any(shutil.which(c) for c in compilers):
-            return [f"trainer.compile=true: torch.compile's inductor needs a C++ compiler and none of {compilers} "
-                    "is on PATH: install one (apt-get install g++) or set trainer.compile=false"]
-    return []
+            out.append(f"trainer.compile=true: torch.compile's inductor needs a C++ compiler and none of {compilers} "
+                       "is on PATH: install one (apt-get install g++) or set trainer.compile=false")
+    return out
 
 
 _MODULE_NAMES: dict[str, list[str] | None] = {}  # per model and task: a sweep's jobs share one meta-device build
@@ -483,6 +521,24 @@ def module_names(run: RunConfig) -> list[str] | None:
     return _MODULE_NAMES[key]
 
 
+_POSITIONS: dict[str, int | None] = {}
+
+
+def position_limit(run: RunConfig) -> int | None:
+    """The longest input the model's position embeddings take (None if it has no such limit, e.g. RoPE
+    models report one but extrapolate; we still hold to the reported one)."""
+    from peft_bench.models import load_model_config
+
+    key = repr(run.model)
+    if key not in _POSITIONS:
+        config = load_model_config(run.model, run.dataset.num_labels)
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if limit is not None and config.model_type in ("roberta", "xlm-roberta", "camembert"):
+            limit -= 2  # positions start after the padding index
+        _POSITIONS[key] = limit
+    return _POSITIONS[key]
+
+
 def module_problems(run: RunConfig) -> list[str]:
     try:
         names = module_names(run)
@@ -498,6 +554,12 @@ def module_problems(run: RunConfig) -> list[str]:
         if not any(n == t or n.endswith("." + t) for n in names):
             out.append(f"method.target_modules: model {run.model.name} has no Linear module {t!r}; "
                        f"its Linear modules are {leaf}")
+    limit = position_limit(run)
+    length = run.dataset.block_size if run.dataset.task == "causal_lm" else run.dataset.max_length
+    key = "block_size" if run.dataset.task == "causal_lm" else "max_length"
+    if limit is not None and length > limit:
+        out.append(f"dataset.{key}={length}: model {run.model.name} takes at most {limit} positions; "
+                   f"give dataset.{key}<={limit}")
     layers = getattr(run.method, "layers", None) or []
     if not isinstance(layers, list) or not all(isinstance(i, int) for i in layers):
         return out + [f"method.layers={layers!r}: give a list of layer indices, e.g. [3,4,5], or null for all"]

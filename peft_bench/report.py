@@ -26,7 +26,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peft_bench.results import RESULTS_FILE
+from peft_bench.results import RESULTS_FILE, collect, unfinished_reason
 
 # Config keys that say where or how a run was logged, not what was run: settings ignore them. The
 # top-level rank and sparsity are read where they act (method.r, method.pruning.target), so a method
@@ -91,35 +91,42 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def load_runs(dirs: list[Path]) -> tuple[list[dict], list[tuple[Path, str]]]:
-    """(completed runs, [(folder, why it is left out)] for the unreadable, partial, failed, unfinished)."""
-    from peft_bench.sweep_summary import collect
-
-    good, left_out = [], []
+    """(completed runs, [(folder, why it is left out)] for the unreadable, partial, failed, running,
+    stale (killed) and duplicate runs). A run of the same setting and seed as one already read (the same
+    sweep twice, `rank=4,4`) is left out as a duplicate: seeds are counted once each."""
+    good, left_out, seen = [], [], {}
     for root in dirs:
         if not root.is_dir():
             left_out.append((root, "no such folder"))
             continue
         for run_dir, r in collect(root):
-            if r is None:
-                left_out.append((run_dir, f"unreadable {RESULTS_FILE} (not valid JSON)"))
-            elif not isinstance(r, dict) or "status" not in r:
-                left_out.append((run_dir, f"unreadable {RESULTS_FILE} (no status)"))
-            elif r["status"] != "completed":
-                left_out.append((run_dir, f"{r['status']}" + (f": {r['error']}" if r.get("error") else "")))
+            if (why := unfinished_reason(r)) is not None:
+                left_out.append((run_dir, why))
             elif missing := [k for k in (*REQUIRED, "config") if k not in r] + (
                     [] if "val_acc" in r or "val_ppl" in r else ["val_acc or val_ppl"]):
                 left_out.append((run_dir, f"partial {RESULTS_FILE}: no {', '.join(missing)}"))
+            elif (key := (setting_key(r), r["seed"])) in seen:
+                left_out.append((run_dir, f"duplicate of {seen[key]} (same setting and seed): counted once"))
             else:
+                seen[key] = run_dir
                 good.append({**r, "_dir": str(run_dir)})
     return good, left_out
+
+
+def setting_config(r: dict) -> dict:
+    return {k: v for k, v in flatten(r["config"]).items()
+            if k not in NOT_SETTING and not k.startswith(NOT_SETTING_PREFIX)}
+
+
+def setting_key(r: dict) -> str:
+    return json.dumps([r["dataset"], setting_config(r)], sort_keys=True, default=str)
 
 
 def settings_of(runs: list[dict]) -> dict[str, list[Setting]]:
     """Runs grouped into settings (same configuration but the seed), per dataset, labelled."""
     by_dataset: dict[str, dict[str, Setting]] = defaultdict(dict)
     for r in runs:
-        cfg = {k: v for k, v in flatten(r["config"]).items()
-               if k not in NOT_SETTING and not k.startswith(NOT_SETTING_PREFIX)}
+        cfg = setting_config(r)
         key = json.dumps(cfg, sort_keys=True, default=str)
         s = by_dataset[r["dataset"]].setdefault(key, Setting(r["dataset"], r["method"], cfg))
         s.runs.append(r)
@@ -242,10 +249,16 @@ def runs_by_setting(settings: list[Setting]) -> list[str]:
         ("Test Acc", "test_acc", ".4f")]
     header = ["Method", "Rank", "Setting", "Seeds", "Trainable Params / Total", "Ratio", *[h for h, _, _ in scores],
               "Sparsity (<1e-3)", "Train Time (s)"]
-    rows = [[s.method, str(s.rank) if s.rank is not None else "-", s.label or "-", str(len(s.runs)), *params(s),
+    rows = [[s.method + warned(s), str(s.rank) if s.rank is not None else "-", s.label or "-", str(len(s.runs)),
+             *params(s),
              *[fmt(s.values(k), spec) for _, k, spec in scores], fmt(s.values("sparsity_below_1e-3"), ".3f"),
              fmt(s.values("train_time_s"), ".1f")] for s in settings]
     return md_table(header, rows)
+
+
+def warned(s: Setting) -> str:
+    """A mark on a setting whose runs carry warnings (single-class split, ...): listed under Warnings."""
+    return " ⚠" if any(r.get("warnings") for r in s.runs) else ""
 
 
 def pruning_change(s: Setting) -> str:
@@ -268,7 +281,7 @@ def method_comparison(settings: list[Setting]) -> tuple[list[str], list[Setting]
     rows = []
     for s in chosen:
         setting = " ".join(x for x in (f"rank={s.rank}" if s.rank is not None else "", s.label) if x) or "-"
-        rows.append([s.method, setting, str(len(s.runs)), *[fmt(s.values(k), spec) for _, k, spec in scores],
+        rows.append([s.method + warned(s), setting, str(len(s.runs)), *[fmt(s.values(k), spec) for _, k, spec in scores],
                      f"{s.runs[0]['trainable_params']:,}", fmt(s.values("train_time_s"), ".1f"),
                      fmt(s.values("mean_time_per_epoch_s"), ".1f"),
                      fmt([v / 2**20 for v in s.values("peak_memory_bytes")], ".0f"),
@@ -519,6 +532,10 @@ def write_report(dirs: list[Path], out: Path | None = None, wandb_mode: str = "a
         if written:
             lines += ["", "### Plots", "", *[f"![{name}]({name})" for name in written]]
         lines.append("")
+    warned_runs = [(r["_dir"], w) for r in runs for w in r.get("warnings", [])]
+    if warned_runs:
+        lines += ["## Warnings", "", "Runs in the tables (marked ⚠) whose figures need care:", "",
+                  *[f"- `{d}`: {w}" for d, w in warned_runs], ""]
     lines += ["## Runs left out of the tables", ""]
     lines += [f"- `{d}`: {why}" for d, why in left_out] or ["None: every run completed."]
     (out / "report.md").write_text("\n".join(lines) + "\n")

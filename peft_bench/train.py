@@ -1,11 +1,13 @@
-"""One run: validate the config -> build data and model -> fit -> validate and test the best
-checkpoint -> results.json. Hydra's multirun calls this once per job of a sweep."""
+"""One run: check the config -> lock the run folder -> build data and model -> fit -> validate and
+test the best checkpoint -> results.json. Hydra's multirun calls this once per job of a sweep."""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -15,7 +17,6 @@ from pathlib import Path
 import datasets
 import hydra
 import lightning as L
-import psutil
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -25,7 +26,18 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from peft_bench.config import CONF_DIR, DivergedError, PeftBenchError, RunConfig, check_config
+from peft_bench.callbacks.checkpointing import (
+    LAST,
+    Fingerprint,
+    LatestCheckpoint,
+    check_resume,
+    fingerprint,
+    read_checkpoint,
+)
+from peft_bench.callbacks.run_stats import RunStats
+from peft_bench.config import CONF_DIR, RunConfig, check_config
+from peft_bench.errors import DivergedError, PeftBenchError, RunInProgress
+from peft_bench.io import AtomicCheckpointIO, RunLock, process_identity, set_aside
 from peft_bench.measure import peak_memory, reset_peak_memory
 from peft_bench.models import load_tokenizer
 from peft_bench.results import RESULTS_FILE, environment, read_results, write_results
@@ -33,12 +45,17 @@ from peft_bench.results import RESULTS_FILE, environment, read_results, write_re
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 log = logging.getLogger("peft_bench")
 
+# What a run writes besides results.json: removed when a run starts over (skip_completed=false on a
+# completed run, resume=false), so a redo is a clean slate and never writes last-v1.ckpt beside last.ckpt.
+RUN_OUTPUTS = ("checkpoints", "csv", "adapter", "merged")
+
 
 def quiet_third_party() -> None:
     """Silence library chatter that says nothing about this run (deprecations inside the libraries,
     advertising, bitsandbytes' optional CPU kernel), so the run's own lines stand out."""
     for message in (".*is_gradient_checkpointing.*", ".*null_placement.*", ".*LeafSpec.*",
-                    ".*does not have many workers.*", ".*overridden `on_before_batch_transfer`.*"):
+                    ".*does not have many workers.*", ".*overridden `on_before_batch_transfer`.*",
+                    ".*Experiment logs directory.*exists and is not empty.*"):
         warnings.filterwarnings("ignore", message=message)
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     chatter = ("litlogger", "returned in `LightningModule.configure_callbacks` will override")
@@ -56,11 +73,15 @@ def main(cfg: DictConfig) -> float | None:
     try:
         results = run(cfg)
     except Exception as e:
+        expected = isinstance(e, PeftBenchError | DivergedError)  # the user's to act on: no traceback
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # one job's failure must not stop the sweep: results.json says why, the summary lists it
-            log.error("job failed, the sweep goes on: %s", e, exc_info=not isinstance(e, PeftBenchError))
+            log.error("job failed, the sweep goes on: %s", e, exc_info=not expected)
             return None
-        if isinstance(e, PeftBenchError):  # the user's to fix: one message on stderr, no traceback
+        if isinstance(e, DivergedError):
+            print(f"peft_bench: diverged: {e} (results.json says status: diverged)", file=sys.stderr)
+            sys.exit(1)
+        if isinstance(e, PeftBenchError):
             print(f"peft_bench: error: {e}", file=sys.stderr)
             sys.exit(2)
         raise
@@ -70,40 +91,98 @@ def main(cfg: DictConfig) -> float | None:
 _first_job_in_process = True  # a local sweep runs its jobs in one process: only the first pays the imports
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, callbacks: tuple[L.Callback, ...] | list[L.Callback] = ()) -> dict:
+    """One run of a composed config; `callbacks` are added to the Trainer (instrumentation, tuning).
+    Returns what it wrote to results.json."""
     global _first_job_in_process
     started = time.perf_counter()
     first_in_process, _first_job_in_process = _first_job_in_process, False
     run_cfg = check_config(cfg)  # every config problem at once, before any data or weights
     run_dir = Path(run_cfg.run_dir).absolute()
+    lock = RunLock(run_dir)
+    lock.acquire(holder=peek_results(run_dir))  # a second identical command stops here, touching nothing
+    try:
+        return run_locked(cfg, run_cfg, run_dir, started, first_in_process, list(callbacks))
+    finally:
+        lock.release()
+
+
+def peek_results(run_dir: Path) -> dict | None:
+    try:
+        return read_results(run_dir)
+    except (OSError, ValueError):
+        return None
+
+
+def start_over(run_dir: Path, why: str) -> None:
+    """Remove what an earlier attempt wrote (checkpoints, logs, exports): a clean slate."""
+    removed = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    for name in removed:
+        shutil.rmtree(run_dir / name)
+    if removed:
+        log.info("%s: %s; removed the earlier attempt's %s", run_dir, why, ", ".join(removed))
+
+
+def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, started: float, first_in_process: bool,
+               extra_callbacks: list[L.Callback]) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
-    prior = read_results(run_dir) if (run_dir / RESULTS_FILE).is_file() else None
-    if prior is not None and prior.get("status") == "completed" and run_cfg.skip_completed:
+    notes: list[str] = []  # what peft_bench did on its own about this folder (set aside a corrupt file, ...)
+    prior = None
+    if (run_dir / RESULTS_FILE).is_file():
+        try:
+            prior = read_results(run_dir)
+        except (OSError, ValueError) as e:
+            aside = set_aside(run_dir / RESULTS_FILE, f"unreadable ({type(e).__name__}: {e})")
+            notes.append(f"{RESULTS_FILE} was unreadable and set aside as {aside.name}")
+    completed = prior is not None and prior.get("status") == "completed"
+    if completed and run_cfg.skip_completed:
         if prior.get("config") != json.loads(json.dumps(config, default=str)):
             raise PeftBenchError(f"{run_dir} holds a completed run of another configuration; run with "
                                  "skip_completed=false to redo it there, or choose another hydra.run.dir=")
         log.info("%s: completed before, skipped (skip_completed=false runs it again)", run_cfg.run_name)
         return prior
-    last = run_dir / "checkpoints" / "last.ckpt"
-    resume_from = last if run_cfg.resume and last.is_file() and (prior or {}).get("status") != "completed" else None
+    if completed or not run_cfg.resume:
+        start_over(run_dir, "redoing a completed run" if completed else "resume=false")
+
+    # Resume from last.ckpt only if it is readable and was trained on this very configuration.
+    last = run_dir / "checkpoints" / LAST
+    resume_from, ckpt = None, None
+    if last.is_file():
+        try:
+            ckpt = read_checkpoint(last)
+        except Exception as e:  # noqa: BLE001  truncated (a kill or full disk mid-save), or not a checkpoint
+            aside = set_aside(run_dir / "checkpoints", f"{LAST} is unreadable ({type(e).__name__}); starting over")
+            notes.append(f"checkpoints/{LAST} was unreadable ({type(e).__name__}: {e}); the checkpoints folder was "
+                         f"set aside as {aside.name} and the run started over")
+    if ckpt is not None:
+        check_resume(ckpt, fingerprint(config, None) | {"data": ckpt.get("peft_bench_fingerprint", {}).get("data")},
+                     last)
+        resume_from = last
+
     reset_peak_memory()
     results: dict = {
-        "status": "running", "run_name": run_cfg.run_name, "method": run_cfg.method.name,
-        "dataset": run_cfg.dataset.name, "model": run_cfg.model.name, "rank": run_cfg.rank,
-        "seed": run_cfg.seed, "run_dir": str(run_dir), "config": config, **environment(),
+        "status": "running", "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **process_identity(),
+        "run_name": run_cfg.run_name, "method": run_cfg.method.name, "dataset": run_cfg.dataset.name,
+        "model": run_cfg.model.name, "rank": run_cfg.rank, "seed": run_cfg.seed, "run_dir": str(run_dir),
+        "config": config, **environment(), "warnings": [], "notes": notes,
     }
     if resume_from is not None:
-        step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"]
-        results["resumed_from"] = {"checkpoint": str(resume_from.relative_to(run_dir)), "step": step}
-        log.info("%s: resuming from %s (step %d)", run_cfg.run_name, resume_from, step)
+        results["resumed_from"] = {"checkpoint": str(resume_from.relative_to(run_dir)), "step": ckpt["global_step"]}
+        log.info("%s: resuming from %s (step %d)", run_cfg.run_name, resume_from, ckpt["global_step"])
+        trim_csv_log(run_dir / "csv" / "metrics.csv", ckpt["global_step"])
+    write_results(run_dir, results)  # a job that is killed now still shows up: status running, pid, host
     logger = None
     try:
-        L.seed_everything(run_cfg.seed, workers=True)
+        L.seed_everything(run_cfg.seed, workers=True, verbose=False)
         datamodule = get_class(run_cfg.dataset._target_)(
             dataset=run_cfg.dataset, tokenizer=load_tokenizer(run_cfg.model),
             cache_dir=run_cfg.cache_dir, seed=run_cfg.seed)
-        datamodule.prepare_data()  # data problems (offline Hub, bad columns) surface before the weights load
+        datamodule.prepare_data()  # data problems (offline Hub, bad rows) surface before the weights load
         results["data"] = datamodule.info
+        results["warnings"] += datamodule.info.get("warnings", [])
+        print_ = fingerprint(config, datamodule.info["cache_key"])
+        if ckpt is not None:
+            check_resume(ckpt, print_, last)
         module = get_class(run_cfg.method._target_)(method=run_cfg.method, model=run_cfg.model, dataset=run_cfg.dataset)
         trainable, total = module.parameter_counts()
         if run_cfg.trainer.compile:  # compiles the model's forward in place (state_dict keys unchanged)
@@ -113,40 +192,34 @@ def run(cfg: DictConfig) -> dict:
         logger = instantiate(cfg.logger) if cfg.logger.get("_target_") else None
         if logger is not None:
             logger.log_hyperparams(results["config"])
-        trainer, checkpoints = build_trainer(run_cfg, run_dir, logger, monitor=module.monitor)
+        stats = RunStats(started, first_in_process)
+        trainer, best = build_trainer(run_cfg, run_dir, logger, monitor=module.monitor,
+                                      callbacks=[stats, Fingerprint(print_), *extra_callbacks])
 
         if run_cfg.eval_before_training:
-            results["before_training"] = evaluate(trainer, module, datamodule, None)
-        start = time.perf_counter()
+            results["before_training"] = evaluate(trainer, module, datamodule, None, stats)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-        train_time = time.perf_counter() - start + module.prior["train_time_s"]  # resumed: the whole run
+        if trainer.global_step == 0:
+            raise PeftBenchError("training ran no optimizer step (check trainer.max_steps, max_epochs, "
+                                 "limit_train_batches and the size of the training split): no scores to report")
         # Best by val F1 (perplexity for language models), unless the method's final weights are what it claims (pruned to the target).
-        ckpt = "best" if checkpoints is not None and checkpoints.best_model_path and module.evaluate_best else None
-        results.update(evaluate(trainer, module, datamodule, ckpt))
+        ckpt_path = best.best_model_path if best is not None and best.best_model_path and module.evaluate_best else None
+        results.update(evaluate(trainer, module, datamodule, ckpt_path, stats))
         before = {k: v for k, v in results.items() if k.startswith(("val_", "test_"))}
         if module.after_training():  # e.g. one-shot pruning: the model changed, evaluate it again
             results["before_pruning"] = {**before, **module.figures_before_change}
-            results.update(evaluate(trainer, module, datamodule, None))
+            results.update(evaluate(trainer, module, datamodule, None, stats))
         if module.mergeable:
             with module.merged():
-                merged = evaluate(trainer, module, datamodule, None, validate=False)
+                merged = evaluate(trainer, module, datamodule, None, stats, validate=False)
             results["inference_latency_merged_ms_per_example"] = merged["inference_latency_ms_per_example"]
             results.update({f"merged_{k}": v for k, v in merged.items() if k.startswith("test_")})
         results.update(
-            evaluated_checkpoint=str(Path(checkpoints.best_model_path).relative_to(run_dir)) if ckpt else "final weights",
+            evaluated_checkpoint=str(Path(ckpt_path).relative_to(run_dir)) if ckpt_path else "final weights",
             optimizer_steps=trainer.global_step, epochs=trainer.current_epoch,
-            train_time_s=train_time, time_per_epoch_s=module.epoch_times,
-            mean_time_per_epoch_s=sum(module.epoch_times) / max(1, len(module.epoch_times)),
-            train_examples=module.examples_seen, train_examples_per_s=module.examples_seen / train_time,
-            train_tokens=int(module.tokens_seen), train_tokens_per_s=int(module.tokens_seen) / train_time,
-            train_loss_per_epoch=module.epoch_train_loss,
             inference_batch_size=run_cfg.dataset.eval_batch_size,
             precision=trainer.precision, device=str(module.device),
-            **module.throughput_figures(str(trainer.precision), run_cfg.cache_dir),
-            time_to_first_step_s=module.first_batch_at - started if module.first_batch_at else None,
-            # from the process start, imports (torch, Lightning, transformers: seconds) included
-            process_to_first_step_s=(module.first_batch_wall - psutil.Process().create_time()
-                                     if module.first_batch_wall and first_in_process else None),
+            **stats.figures(str(trainer.precision), module.device, run_cfg.cache_dir),
             **module.method_results(),
         )
         results.update(module.export(run_dir))  # last: a merged export folds the adapter in for good
@@ -159,16 +232,39 @@ def run(cfg: DictConfig) -> dict:
             raise SystemExit(128 + signal.SIGTERM) from e
         raise
     finally:
+        results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         results.update(peak_memory())
         write_results(run_dir, results)
         finish_logging(results["status"])
+    for warning in results["warnings"]:
+        log.warning("%s: %s", run_cfg.run_name, warning)
     scores = " ".join(f"{k} {results[k]:.4f}" for k in ("val_acc", "val_f1", "test_acc", "test_f1", "val_ppl",
                                                           "test_ppl") if k in results)
-    log.info("%s: %s | %.1f s -> %s", run_cfg.run_name, scores, results["train_time_s"], run_dir / "results.json")
+    log.info("%s: %s | %.1f s -> %s", run_cfg.run_name, scores, results["train_time_s"], run_dir / RESULTS_FILE)
     return results
 
 
-def evaluate(trainer: L.Trainer, module, datamodule, ckpt: str | None, validate: bool = True) -> dict:
+def trim_csv_log(path: Path, step: int) -> None:
+    """A resumed run logs again the steps after its checkpoint: drop those rows of the CSV log first,
+    so the training curves have each step once."""
+    if not path.is_file():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+        fields = rows[0].keys() if rows else []
+    kept = [r for r in rows if not r.get("step") or not r["step"].isdigit() or int(r["step"]) < step]
+    if len(kept) == len(rows):
+        return
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields))
+        writer.writeheader()
+        writer.writerows(kept)
+    os.replace(tmp, path)
+
+
+def evaluate(trainer: L.Trainer, module, datamodule, ckpt: str | None, stats: RunStats,
+             validate: bool = True) -> dict:
     """val_* and test_* metrics of `ckpt` (None: the module's current weights), and test-set latency."""
     out = {}
     if validate:
@@ -176,12 +272,12 @@ def evaluate(trainer: L.Trainer, module, datamodule, ckpt: str | None, validate:
         out.update({f"val_{k.removeprefix('val/')}": float(v) for k, v in val.items()})
     test = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
     out.update({f"test_{k.removeprefix('test/')}": float(v) for k, v in test.items()})
-    out["inference_latency_ms_per_example"] = 1000 * module.infer_seconds / max(1, module.infer_examples)
+    out["inference_latency_ms_per_example"] = stats.latency_ms()
     return out
 
 
-def build_trainer(run_cfg: RunConfig, run_dir: Path, logger,
-                  monitor: tuple[str, str] = ("val/f1", "max")) -> tuple[L.Trainer, ModelCheckpoint | None]:
+def build_trainer(run_cfg: RunConfig, run_dir: Path, logger, monitor: tuple[str, str] = ("val/f1", "max"),
+                  callbacks: list[L.Callback] | None = None) -> tuple[L.Trainer, ModelCheckpoint | None]:
     t = run_cfg.trainer
     # the device Lightning will pick: trainer.accelerator=cpu on a GPU machine is a CPU run
     gpu = t.accelerator != "cpu" and torch.cuda.is_available()
@@ -189,13 +285,14 @@ def build_trainer(run_cfg: RunConfig, run_dir: Path, logger,
     sanity = t.num_sanity_val_steps
     if sanity is None:  # on a CPU, seconds per job (IMDB) for an out-of-memory check that matters on a GPU
         sanity = 1 if gpu or (t.accelerator != "cpu" and torch.backends.mps.is_available()) else 0
-    callbacks: list = []  # a method adds its own through LightningModule.configure_callbacks
-    checkpoints = None
+    callbacks = list(callbacks or [])  # a method adds its own through LightningModule.configure_callbacks
+    best = None
     if run_cfg.checkpoint:
-        checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-epoch{epoch}-step{step}",
-                                      monitor=monitor[0], mode=monitor[1], save_top_k=1, save_last=True,
-                                      auto_insert_metric_name=False)
-        callbacks.append(checkpoints)
+        best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-epoch{epoch}-step{step}",
+                               monitor=monitor[0], mode=monitor[1], save_top_k=1, save_last=False,
+                               auto_insert_metric_name=False, enable_version_counter=False)
+        # after `best` (Lightning runs checkpoint callbacks last, in this order): last.ckpt holds its state
+        callbacks += [best, LatestCheckpoint(run_dir / "checkpoints", run_cfg.checkpoint_every_n_steps)]
     if logger is not None:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     interactive = sys.stderr.isatty()
@@ -203,7 +300,9 @@ def build_trainer(run_cfg: RunConfig, run_dir: Path, logger,
         callbacks.append(RichProgressBar())
     # One owner of requeueing: submitit (SIGUSR2 -> checkpoint -> requeue; the job then resumes from
     # last.ckpt in its run folder). Lightning's own SLURM auto-requeue stays off.
-    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
+    plugins: list = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer = L.Trainer(
         plugins=plugins, accelerator=t.accelerator, devices=t.devices, precision=precision, max_epochs=t.max_epochs,
         max_steps=t.max_steps, limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
@@ -217,7 +316,7 @@ def build_trainer(run_cfg: RunConfig, run_dir: Path, logger,
         # inference tensors that a later validation (fit after eval_before_training) cannot update
         inference_mode=False,
     )
-    return trainer, checkpoints
+    return trainer, best
 
 
 def finish_logging(status: str) -> None:
@@ -230,3 +329,6 @@ def finish_logging(status: str) -> None:
             # never let it replace the run's own outcome (a requeue's SystemExit must reach submitit)
             log.warning("W&B run not finished cleanly (%s: %s); its log is on disk, `wandb sync` uploads it",
                         type(e).__name__, e)
+
+
+__all__ = ["main", "run", "RunInProgress"]

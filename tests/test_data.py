@@ -10,13 +10,8 @@ from datasets import Dataset, DatasetDict
 
 from peft_bench.config import ClassificationDatasetConfig as DatasetConfig
 from peft_bench.config import PeftBenchError
-from peft_bench.data.classification import (
-    LengthGroupedSampler,
-    TextClassificationDataModule,
-    builder_for,
-    load_raw,
-    make_splits,
-)
+from peft_bench.data.base import LengthGroupedSampler, RawData, builder_for
+from peft_bench.data.classification import TextClassificationDataModule, make_splits
 from peft_bench.data.demo import build_demo, clause
 from peft_bench.models import load_tokenizer
 from tests.conftest import compose
@@ -32,11 +27,12 @@ def labelled(n: int, offset: int = 0, label=None) -> Dataset:
 
 
 def test_sst2_shape_keeps_validation_and_carves_a_labelled_test_from_train():
-    raw = DatasetDict(train=labelled(1000), validation=labelled(100, 5000), test=labelled(200, 9000, label=-1))
-    splits, how = make_splits(raw, dataset_cfg())
+    # the Hub's SST-2 test split is unlabelled (every label -1): the raw data leaves it out, and says so
+    raw = DatasetDict(train=labelled(1000), validation=labelled(100, 5000))
+    splits, how = make_splits(raw, dataset_cfg(), unlabelled=["test"])
     assert {k: len(v) for k, v in splits.items()} == {"train": 900, "validation": 100, "test": 100}
     assert how["validation"] == "given split 'validation'"
-    assert "10% of 'train'" in how["test"] and "split_seed=42" in how["test"]
+    assert "10% of 'train'" in how["test"] and "split_seed=42" in how["test"] and "unlabelled" in how["test"]
     assert set(splits["test"]["sentence"]).isdisjoint(splits["train"]["sentence"])
     assert min(splits["test"]["label"]) >= 0
 
@@ -61,9 +57,10 @@ def test_imdb_shape_keeps_test_and_carves_validation():
 
 
 def test_wrong_column_names_say_which_field_to_set():
-    raw = DatasetDict(train=labelled(10))
+    cfg = dataset_cfg(text_field="text")
+    validate = TextClassificationDataModule(cfg, None, "/nonexistent", 0).validate
     with pytest.raises(PeftBenchError, match="no column 'text'.*dataset.text_field="):
-        make_splits(raw, dataset_cfg(text_field="text"))
+        validate(labelled(10), "data file x.jsonl")
 
 
 def test_demo_is_deterministic_disjoint_and_reads_negation():
@@ -95,8 +92,10 @@ def test_local_jsonl_gz_files_load_with_a_content_fingerprint(tmp_path):
     with gzip.open(path, "wt") as f:
         for i in range(20):
             f.write(json.dumps({"text": f"review {i}", "label": i % 2}) + "\n")
-    raw, fingerprint, source = load_raw(dataset_cfg(data_files=str(path), text_field="text"))
-    assert len(raw["train"]) == 20 and fingerprint.startswith("files:") and str(path) in source
+    cfg = dataset_cfg(data_files=str(path), text_field="text")
+    raw = RawData(cfg, TextClassificationDataModule(cfg, None, "/nonexistent", 0).validate)
+    assert len(raw.splits["train"]) == 20 and json.loads(raw.fingerprint)["files"] == "path"
+    assert str(path) in raw.source
     assert builder_for("a/b.parquet") == "parquet" and builder_for("x.csv") == "csv"
     with pytest.raises(PeftBenchError, match="cannot read x.txt"):
         builder_for("x.txt")
@@ -174,8 +173,8 @@ def test_a_cache_hit_on_local_files_does_not_parse_them(tmp_path, monkeypatch):
     def no_parse(*args, **kwargs):
         raise AssertionError("the raw files were parsed on a cache hit")
 
-    monkeypatch.setattr("peft_bench.data.classification.load_dataset", no_parse)
+    monkeypatch.setattr("peft_bench.data.base.load_dataset", no_parse)
     assert module().info["cache"] == "hit"
     files.write_text(files.read_text().replace("s 1", "s one"))  # changed content: a miss, parsed again
-    with pytest.raises(AssertionError, match="parsed"):
+    with pytest.raises(Exception, match="parsed on a cache hit"):
         module()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +57,13 @@ def sweep(tmp_path) -> Path:
         runs[f"hira-{seed}"] = result("hira", seed, hira)
     runs["full-1"] = result("full", 1, 0.86, rank=None)
     runs["failed"] = {"status": "failed", "error": "RuntimeError: boom", "method": "lora"}
-    runs["running"] = {"status": "running", "method": "lora"}
+    runs["running"] = {"status": "running", "method": "lora", "host": platform.node(), "pid": os.getpid(),
+                       "started_at": "T0"}  # this very process: alive
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    runs["killed"] = {"status": "running", "method": "lora", "host": platform.node(), "pid": int(gone.stdout),
+                      "started_at": "T1"}  # a process that has exited: a job killed with -9 looks like this
+    runs["elsewhere"] = {"status": "running", "method": "lora", "host": "node-7", "pid": 12, "started_at": "T2"}
+    runs["rerun"] = result("lora", 1, 0.99)  # the same setting and seed as lora-1: counted once
     runs["corrupt"] = '{"status": "completed", "method": "lo'
     partial = result("lora", 4, 0.9)
     del partial["train_time_s"]
@@ -92,12 +100,16 @@ def test_runs_that_did_not_complete_are_listed_with_their_reason(sweep, tmp_path
     out = write_report([sweep], tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
     reasons = {Path(d).name: why for d, why in out["left_out"]}
-    assert reasons == {"failed": "failed: RuntimeError: boom", "running": "running",
-                       "corrupt": "unreadable results.json (not valid JSON)",
+    assert reasons.pop("running").startswith(f"running (pid {os.getpid()} on host {platform.node()}")
+    assert reasons.pop("killed").startswith("stale: results.json says running but its process")
+    assert reasons.pop("elsewhere") == ("running or killed on another host (pid 12 on host node-7, started T2): "
+                                        "this host cannot tell")
+    assert reasons.pop("rerun") == f"duplicate of {sweep / 'lora-1'} (same setting and seed): counted once"
+    assert reasons == {"failed": "failed: RuntimeError: boom", "corrupt": "unreadable results.json (not valid JSON)",
                        "partial": "partial results.json: no train_time_s"}
     for name, why in reasons.items():
         assert f"`{sweep / name}`: {why}" in md
-    assert "10 completed runs in the tables, 4 left out" in md
+    assert "10 completed runs in the tables, 7 left out" in md
 
 
 def test_runs_csv_has_one_row_per_run_with_every_scalar_field(sweep, tmp_path):
@@ -150,7 +162,7 @@ def test_cli_names_the_folder_and_a_wandb_summary_run_is_written_offline(sweep, 
     out = subprocess.run([sys.executable, "-m", "peft_bench", "report", str(sweep), "--out", str(tmp_path / "r"),
                           "--wandb", "on"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"report: {tmp_path / 'r' / 'report.md'} (10 runs, 4 left out, 3 plots, W&B run " in out.stdout
+    assert f"report: {tmp_path / 'r' / 'report.md'} (10 runs, 7 left out, 3 plots, W&B run " in out.stdout
     assert "left out" in out.stderr and "boom" in out.stderr
     runs = list((tmp_path / "r" / "wandb").glob("offline-run-*"))  # WANDB_MODE=offline (conftest)
     assert len(runs) == 1 and runs[0].name.endswith(out.stdout.split("W&B run ")[1].split(")")[0])

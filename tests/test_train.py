@@ -77,7 +77,7 @@ def test_run_writes_exactly_its_files(minilm_run):
     files = {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
     best = [f for f in files if f.startswith("checkpoints/best-")]
     assert len(best) == 1
-    assert files == {"results.json", "checkpoints/last.ckpt", best[0], "csv/metrics.csv", "csv/hparams.yaml",
+    assert files == {"results.json", ".lock", "checkpoints/last.ckpt", best[0], "csv/metrics.csv", "csv/hparams.yaml",
                      "adapter/README.md", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"}
     # checkpoints hold the trainable weights only, not the frozen backbone
     state = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["state_dict"]

@@ -3,17 +3,26 @@ fixed blocks, cached on disk like the classification data."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import lightning as L
 import torch
-from datasets import Dataset, DatasetDict, load_from_disk
+from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
 
-from peft_bench.config import LMDatasetConfig, PeftBenchError
-from peft_bench.data.classification import EpochSeededSampler, RawData, cache_key, save_atomically
+from peft_bench.config import LMDatasetConfig
+from peft_bench.data.base import (
+    EpochSeededSampler,
+    RawData,
+    ResumableLoader,
+    batches_done_in_epoch,
+    cache_key,
+    check_text,
+    load_cached,
+    save_atomically,
+)
+from peft_bench.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -30,27 +39,35 @@ class CausalLMDataModule(L.LightningDataModule):
         self.data: DatasetDict | None = None
         self.info: dict = {}
 
+    def validate(self, ds: Dataset, where: str) -> tuple[Dataset, bool]:
+        return Dataset.from_dict({self.cfg.text_field: check_text(ds, self.cfg.text_field, where)}), False
+
     def prepare_data(self) -> None:
         if self.data is not None:
             return
-        raw = RawData(self.cfg)
-        recipe = {"kind": "causal_lm", "block_size": self.cfg.block_size, "text": self.cfg.text_field,
+        raw = RawData(self.cfg, self.validate)
+        recipe = {"task": "causal_lm", "block_size": self.cfg.block_size, "text": self.cfg.text_field,
                   "split": [self.cfg.val_fraction, self.cfg.test_fraction]}
         key = cache_key(self.cfg.name, self.tokenizer, raw.fingerprint, recipe)
         path = self.cache_root / key
-        if (path / "dataset_dict.json").is_file():
-            self.data = load_from_disk(str(path))
-            self.info = {**json.loads((path / "info.json").read_text()), "cache": "hit"}
-            return
-        splits, how = split_lm(raw.splits, self.cfg)
-        packed = DatasetDict({name: pack(tokenize_concat(ds, self.tokenizer, self.cfg.text_field),
-                                         self.cfg.block_size) for name, ds in splits.items()})
-        self.info = {"source": raw.source, "splits": how, "cache_key": key,
-                     "sizes": {k: len(v) for k, v in packed.items()},
-                     "tokens": {k: sum(v["length"]) for k, v in packed.items()}, "block_size": self.cfg.block_size}
-        save_atomically(packed, self.info, path)
-        self.data = load_from_disk(str(path))
-        self.info["cache"] = "miss"
+        cached, hit = load_cached(path), "hit"
+        if cached is None:
+            splits, how = split_lm(raw.splits, self.cfg)
+            packed = DatasetDict({name: pack(tokenize_concat(ds, self.tokenizer, self.cfg.text_field),
+                                             self.cfg.block_size) for name, ds in splits.items()})
+            for name, ds in packed.items():
+                if len(ds) == 0:
+                    raise DataError(f"dataset {self.cfg.name}: split '{name}' ({how[name]}) has no tokens: "
+                                    "give it text")
+            info = {"source": raw.source, "splits": how, "cache_key": key,
+                    "sizes": {k: len(v) for k, v in packed.items()},
+                    "tokens": {k: sum(v["length"]) for k, v in packed.items()}, "block_size": self.cfg.block_size}
+            save_atomically(packed, info, path)
+            cached, hit = load_cached(path), "miss"
+        if cached is None:
+            raise DataError(f"the tokenized data just written to {path} cannot be read back: is the disk full?")
+        self.data, info = cached
+        self.info = {**{k: v for k, v in info.items() if k != "file_digests"}, "cache": hit}
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
@@ -67,7 +84,8 @@ class CausalLMDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = EpochSeededSampler(len(self.data["train"]), self.seed)
-        return self._loader("train", self.cfg.batch_size, sampler=sampler)
+        return self._loader("train", self.cfg.batch_size, sampler=sampler, loader=ResumableLoader,
+                            batches_done=batches_done_in_epoch(self))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", self.cfg.eval_batch_size)
@@ -75,8 +93,8 @@ class CausalLMDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.cfg.eval_batch_size)
 
-    def _loader(self, split: str, batch_size: int, **kwargs) -> DataLoader:
-        return DataLoader(self.data[split].remove_columns("length"), batch_size=batch_size, collate_fn=self.collate,
+    def _loader(self, split: str, batch_size: int, loader: type[DataLoader] = DataLoader, **kwargs) -> DataLoader:
+        return loader(self.data[split].remove_columns("length"), batch_size=batch_size, collate_fn=self.collate,
                           num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available(), **kwargs)
 
 
@@ -84,10 +102,7 @@ def split_lm(raw: DatasetDict, cfg: LMDatasetConfig) -> tuple[DatasetDict, dict[
     """Given splits are kept; missing ones are the *last* rows of train, in order (contiguous text,
     so held-out articles are not interleaved with training ones)."""
     if "train" not in raw:
-        raise PeftBenchError(f"dataset {cfg.name}: no 'train' split (got {sorted(raw)})")
-    if cfg.text_field not in raw["train"].column_names:
-        raise PeftBenchError(f"dataset {cfg.name}: no column {cfg.text_field!r} "
-                             f"(columns: {raw['train'].column_names}); set dataset.text_field=")
+        raise DataError(f"dataset {cfg.name}: no 'train' split (got {sorted(raw)})")
     out = {s: raw[s] for s in ("validation", "test") if s in raw}
     how = {s: f"given split '{s}'" for s in out}
     train, how["train"] = raw["train"], "given split 'train'"

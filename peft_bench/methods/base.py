@@ -1,9 +1,9 @@
-"""The LightningModule every method shares: optimisation, metrics, timing and the run's figures.
-A method subclass only says how to turn the pretrained backbone into the model it trains."""
+"""The LightningModule every method shares: the training step, optimisation, metrics and the
+divergence check. A method subclass only says how to turn the pretrained backbone into the model it
+trains (timing, throughput and latency live in callbacks/run_stats.py)."""
 
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -15,8 +15,8 @@ from torchmetrics.classification import Accuracy, F1Score, Precision, Recall
 from torchmetrics.text import Perplexity
 from transformers import get_linear_schedule_with_warmup
 
-from peft_bench.config import DatasetConfig, DivergedError, MethodConfig, ModelConfig
-from peft_bench.flops import TrainFlops, gemm_peak
+from peft_bench.config import DatasetConfig, MethodConfig, ModelConfig
+from peft_bench.errors import DivergedError
 from peft_bench.models import load_backbone
 
 
@@ -41,21 +41,6 @@ class BenchModule(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         # Checkpoints hold the trainable weights only; the frozen base comes from `pretrained`.
         self.strict_loading = False
-        self.epoch_times: list[float] = []
-        self.epoch_train_loss: list[float] = []
-        self.infer_seconds = 0.0
-        self.infer_examples = 0
-        self.examples_seen = 0
-        self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long), persistent=False)  # no host sync
-        self.flops: TrainFlops | None = None
-        self.train_flops = 0  # model FLOPs of the training steps (peft_bench.flops), counted on the host
-        self.fit_val_seconds = 0.0  # validation inside training epochs: not training compute
-        # A resumed run's totals include the time before its checkpoint (restored by on_load_checkpoint)
-        self.prior = {"train_time_s": 0.0, "train_compute_s": 0.0}
-        self._fit_start: float | None = None
-        self._epoch_start: float | None = None  # set while a training epoch runs
-        self.first_batch_at: float | None = None  # perf_counter at the first training step
-        self.first_batch_wall: float | None = None  # ... and wall-clock time (against the process start)
         self._finite: torch.Tensor | None = None  # all training losses finite since the last check (accelerators)
 
     # ------------------------------------------------------------------ what a method defines
@@ -109,12 +94,6 @@ class BenchModule(L.LightningModule):
         # RNG streams (dropout), so a resumed run continues exactly as an uninterrupted one would
         checkpoint["rng"] = {"torch": torch.get_rng_state(),
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-        # what the run has done so far, so a resumed run reports the whole run's time, examples and FLOPs
-        now = time.perf_counter()
-        checkpoint["peft_bench_progress"] = {
-            "train_time_s": self.prior["train_time_s"] + (now - self._fit_start if self._fit_start else 0.0),
-            "train_compute_s": self.compute_seconds(), "examples_seen": self.examples_seen,
-            "tokens_seen": int(self.tokens_seen), "train_flops": self.train_flops}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         rng = checkpoint.get("rng")
@@ -122,11 +101,6 @@ class BenchModule(L.LightningModule):
             torch.set_rng_state(rng["torch"])
             if rng["cuda"] is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
-        progress = checkpoint.get("peft_bench_progress")
-        if progress is not None and self.trainer.state.fn == "fit":
-            self.prior = {k: progress[k] for k in ("train_time_s", "train_compute_s")}
-            self.examples_seen, self.train_flops = progress["examples_seen"], progress["train_flops"]
-            self.tokens_seen.fill_(progress["tokens_seen"])
 
     # ------------------------------------------------------------------ steps
 
@@ -136,8 +110,6 @@ class BenchModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.model(**batch).loss
-        self.examples_seen += len(batch["labels"])
-        self.tokens_seen += batch["attention_mask"].sum()
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["labels"]))
         for name, term in self.extra_losses().items():
             self.log(f"train/{name}", term, on_step=True, on_epoch=True)
@@ -172,75 +144,24 @@ class BenchModule(L.LightningModule):
         logits = self(batch)
         self.update_metrics(self.val_metrics, logits, batch["labels"])
 
-    def on_test_epoch_start(self) -> None:
-        self.infer_seconds, self.infer_examples = 0.0, 0
-
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        start = time.perf_counter()
-        logits = self(batch)
-        if logits.is_cuda:
-            torch.cuda.synchronize()
-        self.infer_seconds += time.perf_counter() - start
-        self.infer_examples += len(batch["labels"])
-        self.update_metrics(self.test_metrics, logits, batch["labels"])
+        self.update_metrics(self.test_metrics, self(batch), batch["labels"])
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute())
         self.test_metrics.reset()
 
-    # ------------------------------------------------------------------ timing and FLOPs
-
-    def on_fit_start(self) -> None:
-        self._fit_start = time.perf_counter()
-        vocab = getattr(self.model.config, "vocab_size", 100) or 100
-        self.flops = TrainFlops(self.model, vocab=min(100, vocab))
-
-    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        if self.flops is not None and self.trainer.training:  # the CPU batch: counting needs no device sync
-            self.train_flops += self.flops.batch(batch["attention_mask"])
-        return batch
+    # ------------------------------------------------------------------ checks at the boundaries
 
     def on_validation_epoch_start(self) -> None:
-        self._val_start = time.perf_counter()
         self.check_finite()  # before validation picks a checkpoint to keep
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
-            self.fit_val_seconds += time.perf_counter() - self._val_start
         self.log_dict(self.val_metrics.compute(), prog_bar=True)
         self.val_metrics.reset()
 
-    def throughput_figures(self, precision: str, cache_dir: str | None = None) -> dict:
-        """Achieved model FLOP/s of the training steps against the device's measured matmul peak."""
-        seconds = self.compute_seconds()
-        if not self.train_flops or seconds <= 0:
-            return {}
-        dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if precision.startswith("16") else torch.float32
-        peak = gemm_peak(self.device, dtype, cache_file=Path(cache_dir) / "gemm_peak.json" if cache_dir else None)
-        achieved = self.train_flops / seconds
-        return {"train_flops": self.train_flops, "train_compute_s": seconds, "model_flops_per_s": achieved,
-                "gemm_peak_flops_per_s": peak, "gemm_peak_dtype": str(dtype).removeprefix("torch."),
-                "mfu": achieved / peak}
-
-    def compute_seconds(self) -> float:
-        """Training time so far without the validation inside it, including the runs before a resume."""
-        current = time.perf_counter() - self._epoch_start if self._epoch_start is not None else 0.0
-        return self.prior["train_compute_s"] + sum(self.epoch_times) + current - self.fit_val_seconds
-
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        if self.first_batch_at is None:  # start-up cost of a job: everything before its first step
-            self.first_batch_at, self.first_batch_wall = time.perf_counter(), time.time()
-
-    def on_train_epoch_start(self) -> None:
-        self._epoch_start = time.perf_counter()
-
     def on_train_epoch_end(self) -> None:
         self.check_finite()
-        self.epoch_times.append(time.perf_counter() - self._epoch_start)
-        self._epoch_start = None
-        loss = self.trainer.callback_metrics.get("train/loss_epoch")
-        if loss is not None:
-            self.epoch_train_loss.append(float(loss))
 
     # ------------------------------------------------------------------ optimisation
 

@@ -1,0 +1,126 @@
+"""Checkpoints a run can resume from without mixing two runs: `last.ckpt` is always the latest state
+(every validation, every epoch end and every N optimizer steps), and every checkpoint carries a
+fingerprint of what it was trained on (the training-relevant config and the data's cache key), which
+a resume must match."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.trainer.states import TrainerFn
+
+from peft_bench.errors import PeftBenchError
+
+FINGERPRINT_KEY = "peft_bench_fingerprint"
+LAST = "last.ckpt"
+
+# Keys that say where, how fast or how visibly a run runs, not what it trains: a resume may change them.
+# Everything else of the resolved config (method, model, dataset recipe, seed, schedule, limits) must match.
+NOT_TRAINING = ("run_dir", "run_name", "cache_dir", "skip_completed", "resume", "checkpoint",
+                "checkpoint_every_n_steps", "eval_before_training", "dataset.data_files", "dataset.num_workers",
+                "dataset.eval_batch_size", "method.export_merged", "trainer.compile", "trainer.log_every_n_steps",
+                "trainer.num_sanity_val_steps", "trainer.limit_test_batches", "trainer.devices",
+                "trainer.accelerator", "trainer.precision")
+NOT_TRAINING_PREFIX = ("logger.",)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def fingerprint(config: dict, data_key: str | None) -> dict:
+    """What a checkpoint was trained on: the training-relevant config keys (flattened, JSON values) and
+    the tokenized data's cache key (the data's content, layout and recipe; file paths may move)."""
+    flat = {k: v for k, v in flatten(config).items()
+            if k not in NOT_TRAINING and not k.startswith(NOT_TRAINING_PREFIX)}
+    return {"config": json.loads(json.dumps(flat, default=str)), "data": data_key}
+
+
+def differences(saved: dict, current: dict) -> list[str]:
+    """`key: checkpoint value -> this run's value` for every key that differs."""
+    out = []
+    a, b = saved.get("config", {}), current.get("config", {})
+    for key in sorted(set(a) | set(b)):
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            out.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+    if saved.get("data") != current.get("data"):
+        out.append(f"data (tokenized cache key): {saved.get('data')} -> {current.get('data')}")
+    return out
+
+
+def check_resume(ckpt: dict, current: dict, path: Path) -> None:
+    """Refuse to resume from a checkpoint of another configuration (or one without a fingerprint),
+    naming the keys that differ and the ways out."""
+    saved = ckpt.get(FINGERPRINT_KEY)
+    diff = ["the checkpoint has no fingerprint (written by an older peft_bench)"] if saved is None else \
+        differences(saved, current)
+    if diff:
+        lines = "\n".join(f"  - {d}" for d in diff)
+        raise PeftBenchError(
+            f"{path} was trained with another configuration than this run:\n{lines}\n"
+            "Resuming would mix two runs. Start this configuration over in the same folder with resume=false "
+            "(the old checkpoints are removed), run it in another folder (hydra.run.dir=, hydra.sweep.dir=), "
+            "or run the original command again to finish that run.")
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint as a dict; raises (any exception) if it is truncated or not a checkpoint."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or "global_step" not in ckpt or "state_dict" not in ckpt:
+        raise ValueError("not a Lightning checkpoint (no global_step / state_dict)")
+    return ckpt
+
+
+class Fingerprint(L.Callback):
+    """Writes the run's fingerprint into every checkpoint it saves."""
+
+    def __init__(self, value: dict):
+        self.value = value
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint[FINGERPRINT_KEY] = self.value
+
+
+class LatestCheckpoint(Checkpoint):
+    """`<dirpath>/last.ckpt`, always the latest state: saved after every validation during training, at
+    every epoch end and every `every_n_steps` optimizer steps (None: only those), written atomically by
+    the trainer's CheckpointIO. Lightning's ModelCheckpoint(save_last=True) advances last.ckpt only when
+    its monitored metric improves, so a killed run went back to its best epoch and redid the rest."""
+
+    def __init__(self, dirpath: Path, every_n_steps: int | None = None):
+        self.path = Path(dirpath) / LAST
+        self.every_n_steps = every_n_steps
+        self._saved_step: int | None = None
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        trainer.save_checkpoint(self.path)
+        self._saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step and step % self.every_n_steps == 0 and step != self._saved_step:
+            self._save(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._saved_step != trainer.global_step:  # max_steps reached mid-epoch: keep the final state
+            self._save(trainer)

@@ -1,0 +1,362 @@
+"""What every task's data shares: reading the raw splits (Hub, local files or the demo generator) with
+row-level checks that name the file and row, the on-disk cache of tokenized splits (keyed by
+everything that shapes them, verified on every hit), and the resumable, epoch-seeded samplers."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
+from torch.utils.data import DataLoader
+
+from peft_bench.data.demo import build_demo
+from peft_bench.errors import DataError, PeftBenchError, prepare_command
+from peft_bench.io import atomic_write, set_aside
+
+log = logging.getLogger("peft_bench")
+
+CACHE_VERSION = 2  # bump when tokenization, checks or split logic change: old cache entries are not reused
+BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+SPLITS = ("train", "validation", "test")
+DATA_FILES = "data-*.arrow"  # what save_to_disk writes per split; their digests are kept in info.json
+
+# A validator checks the rows of one file (or Hub split) and returns them reduced to the task's
+# columns, plus whether the whole file is unlabelled (every label -1, GLUE's mark for a hidden test set).
+Validator = Callable[[Dataset, str], tuple[Dataset, bool]]
+
+
+# ---------------------------------------------------------------------------------- local files
+
+
+def builder_for(path: str) -> str:
+    """The datasets builder that reads a file, by its extension (a compression suffix is looked through)."""
+    suffixes = Path(path).suffixes
+    ext = suffixes[-2] if len(suffixes) > 1 and suffixes[-1] in COMPRESSED else Path(path).suffix
+    if ext not in BUILDERS:
+        raise PeftBenchError(f"dataset.data_files: cannot read {path}: use one of {sorted(BUILDERS)} (optionally .gz)")
+    return BUILDERS[ext]
+
+
+def files_by_split(data_files) -> tuple[str, dict[str, list[str]]]:
+    """(how data_files was given: path, list or mapping; {split: [paths]}). A path or a list feeds train."""
+    if isinstance(data_files, str):
+        return "path", {"train": [data_files]}
+    if isinstance(data_files, dict):
+        return "mapping", {k: [v] if isinstance(v, str) else [str(p) for p in v] for k, v in data_files.items()}
+    return "list", {"train": [str(p) for p in data_files]}
+
+
+def file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_file(path: str) -> Dataset:
+    """One local file as a Dataset; any failure is one DataError naming the file (and the line, for
+    JSON lines) and what to do."""
+    if os.path.getsize(path) == 0:
+        raise DataError(f"data file {path} is empty (0 bytes): give a file with rows")
+    builder = builder_for(path)
+    try:
+        ds = load_dataset(builder, data_files={"train": [path]}, split="train")
+    except Exception as e:  # datasets wraps the reader's error; find the cause ourselves
+        raise DataError(f"data file {path}: {diagnose(path, builder) or describe(e)}") from None
+    if len(ds) == 0:
+        raise DataError(f"data file {path} has no rows: give a file with rows")
+    return ds
+
+
+def describe(e: BaseException) -> str:
+    """The innermost cause of a library error, in one line."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__
+    return f"cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+
+
+def diagnose(path: str, builder: str) -> str | None:
+    """Why a file cannot be read, found by reading it plainly: compression, encoding, JSON line."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, gzip.BadGzipFile, OSError) as e:
+        return f"is not a complete gzip file ({type(e).__name__}: {e}): the file is truncated or corrupt"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        return f"is not UTF-8 text (byte {e.start}, line {line}): re-encode it as UTF-8"
+    if builder != "json":
+        return None
+    stripped = text.lstrip()
+    if stripped.startswith("["):  # one JSON array of rows
+        try:
+            rows = json.loads(text)
+        except ValueError as e:
+            return f"is not valid JSON ({e})"
+        bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
+        return None if bad is None else f"element {bad + 1} of its JSON array is not an object"
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            return f"line {n} is not valid JSON ({e}): {line[:80]!r}"
+        if not isinstance(row, dict):
+            return f"line {n} is not a JSON object: {line[:80]!r}"
+    return None
+
+
+# ---------------------------------------------------------------------------------- raw splits
+
+
+class RawData:
+    """A dataset config's raw splits, checked row by row, with a fingerprint of everything they are
+    made of (which file feeds which split, each file's bytes; the Hub's fingerprints; the generator's
+    settings) and a description of the source. Local files are fingerprinted without being parsed:
+    a job that finds its tokenized data cached never reads the raw text."""
+
+    def __init__(self, cfg, validate: Validator):
+        self.cfg, self.validate = cfg, validate
+        self._splits: DatasetDict | None = None
+        self.unlabelled: list[str] = []  # given splits whose every label is -1
+        if cfg.data_files is not None:
+            shape, self.files = files_by_split(cfg.data_files)
+            for split in self.files:
+                if split not in SPLITS:
+                    raise PeftBenchError(f"dataset.data_files: unknown split {split!r}: valid splits are {list(SPLITS)}")
+            if "train" not in self.files:
+                raise PeftBenchError(f"dataset.data_files names no 'train' file (got {sorted(self.files)})")
+            self.fingerprint = json.dumps({"files": shape, "splits": {
+                s: [file_digest(p) for p in paths] for s, paths in sorted(self.files.items())}}, sort_keys=True)
+            self.source = f"local files {json.dumps(self.files)}"
+        elif cfg.generator == "demo":
+            self.fingerprint = f"demo-v1:{cfg.generator_size}:{cfg.split_seed}"
+            self.source = f"generated demo sentences (size {cfg.generator_size}, seed {cfg.split_seed})"
+        else:  # the Hub: its fingerprint comes with the (cached) download
+            self._hub = load_hub(cfg)
+            fingerprint = ":".join(f"{k}={v._fingerprint}" for k, v in sorted(self._hub.items()))
+            self.fingerprint, self.source = f"hub:{cfg.hub_id}:{cfg.hub_config}:{fingerprint}", f"hub {cfg.hub_id}"
+
+    @property
+    def splits(self) -> DatasetDict:
+        """train, and validation / test where the source has them labelled, each checked."""
+        if self._splits is None:
+            if self.cfg.data_files is not None:
+                parts = {s: [(p, read_file(p)) for p in paths] for s, paths in self.files.items()}
+                where = {s: [f"data file {p}" for p in paths] for s, paths in self.files.items()}
+            else:
+                raw = (build_demo(self.cfg.generator_size, self.cfg.split_seed) if self.cfg.generator == "demo"
+                       else self._hub)
+                parts = {s: [(s, raw[s])] for s in SPLITS if s in raw}
+                where = {s: [f"split '{s}' of {self.source}"] for s in parts}
+            self._splits = DatasetDict()
+            for split, files in parts.items():
+                checked = [self.validate(ds, w) for (_, ds), w in zip(files, where[split], strict=True)]
+                unlabelled = [w for (_, u), w in zip(checked, where[split], strict=True) if u]
+                if unlabelled and len(unlabelled) < len(checked):
+                    raise DataError(f"{unlabelled[0]}: every label is -1 (unlabelled) while the other files of "
+                                    f"split '{split}' are labelled: drop it from dataset.data_files")
+                if unlabelled:
+                    if split == "train":
+                        raise DataError(f"{unlabelled[0]}: every label is -1: the training split has no labels")
+                    self.unlabelled.append(split)
+                    continue
+                datasets = [ds for ds, _ in checked]
+                self._splits[split] = datasets[0] if len(datasets) == 1 else concatenate_datasets(datasets)
+            if "train" not in self._splits:
+                raise DataError(f"dataset {self.cfg.name}: no 'train' split in {self.source}")
+        return self._splits
+
+
+def load_hub(cfg) -> DatasetDict:
+    try:
+        return load_dataset(cfg.hub_id, cfg.hub_config)
+    except Exception as e:  # offline: ConnectionError, OSError, or datasets' own errors, by version
+        raise PeftBenchError(
+            f"dataset {cfg.name}: cannot load {cfg.hub_id!r} from the Hugging Face Hub "
+            f"({e.__class__.__name__}) and it is not in the local cache. Where there is network (a login node), "
+            f"`{prepare_command()}` fetches and caches it (jobs then run with HF_DATASETS_OFFLINE=1); "
+            f"or give local files with dataset.data_files= (json, jsonl, jsonl.gz, csv, parquet)."
+        ) from None
+
+
+def check_text(ds: Dataset, field: str, where: str) -> list[str]:
+    """The text column as a list of strings; DataError naming the first bad row."""
+    if field not in ds.column_names:
+        raise DataError(f"{where}: no column {field!r} (columns: {ds.column_names}); set dataset.text_field=")
+    texts = ds[field]
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise DataError(f"{where}, row {i + 1}: {field!r} is {t!r}, not text: mend or drop that row")
+    return texts
+
+
+def check_labels(ds: Dataset, field: str, num_labels: int, where: str) -> tuple[list[int], bool]:
+    """The label column as ints in [0, num_labels) (0.0 / 1.0 are taken as 0 / 1), and whether the whole
+    file is unlabelled (every label -1); DataError naming the first bad row."""
+    if field not in ds.column_names:
+        raise DataError(f"{where}: no column {field!r} (columns: {ds.column_names}); set dataset.label_field=")
+    labels = ds[field]
+    if labels and all(y == -1 and not isinstance(y, bool) for y in labels):
+        return labels, True
+    out = []
+    for i, y in enumerate(labels):
+        ok = isinstance(y, int | float) and not isinstance(y, bool) and float(y).is_integer()
+        if not ok or not 0 <= y < num_labels:
+            what = "not an integer class" if not ok else f"outside [0, {num_labels})"
+            raise DataError(f"{where}, row {i + 1}: label {y!r} is {what}: labels must be integers 0.."
+                            f"{num_labels - 1} (dataset.num_labels={num_labels}); mend or drop that row")
+        out.append(int(y))
+    return out, False
+
+
+# ------------------------------------------------------------------------------ tokenized cache
+
+
+def safe_name(name: str) -> str:
+    """A dataset name as one harmless path component (the config check refuses odd names already)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:64] or "data"
+
+
+def cache_key(name: str, tokenizer, fingerprint: str, recipe: dict) -> str:
+    """Tokenizer content x data content and layout x the recipe (max_length, fields, labels, split or
+    packing): anything that changes the tokenized splits changes the key."""
+    tok_id = tokenizer.backend_tokenizer.to_str() if getattr(tokenizer, "is_fast", False) else repr(tokenizer)
+    full = {"v": CACHE_VERSION, "tokenizer": hashlib.sha256(tok_id.encode()).hexdigest(), "data": fingerprint,
+            **recipe}
+    return f"{safe_name(name)}-{hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16]}"
+
+
+def load_cached(path: Path) -> tuple[DatasetDict, dict] | None:
+    """A cache entry, verified against the digests it was written with; None if there is none. A
+    damaged entry (truncated or changed file, unreadable info.json) is set aside and None returned, so
+    the caller tokenizes again: a corrupt cache never fails a run for good."""
+    if not path.exists():
+        return None
+    try:
+        info = json.loads((path / "info.json").read_text())
+        digests = info["file_digests"]
+        found = {str(p.relative_to(path)) for p in path.rglob(DATA_FILES)}
+        if found != set(digests):
+            raise ValueError(f"files {sorted(found ^ set(digests))} missing or unexpected")
+        for rel, digest in digests.items():
+            if file_digest(str(path / rel)) != digest:
+                raise ValueError(f"{rel} does not match its digest")
+        return load_from_disk(str(path)), info
+    except Exception as e:  # noqa: BLE001  (any damage: bad JSON, missing keys, pyarrow errors)
+        set_aside(path, f"tokenized-data cache entry is damaged ({type(e).__name__}: {e}); tokenizing again")
+        return None
+
+
+def save_atomically(data: DatasetDict, info: dict, path: Path) -> dict:
+    """Write to a temporary folder, then rename: a concurrent job sees all or nothing. Returns the info
+    with the digests of the data files, which every later hit verifies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    data.save_to_disk(str(tmp))
+    info = {**info, "file_digests": {str(p.relative_to(tmp)): file_digest(str(p)) for p in tmp.rglob(DATA_FILES)}}
+    atomic_write(tmp / "info.json", json.dumps(info, indent=2))
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another job got there first: its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+# ------------------------------------------------------------------------------------ samplers
+
+
+class EpochSeededSampler(torch.utils.data.Sampler):
+    """A random order that depends only on (seed, epoch), so a resumed run sees the same order as an
+    uninterrupted one. Lightning calls set_epoch each epoch; `resume_at` makes the next pass of that
+    epoch skip the examples already trained on (a checkpoint taken mid-epoch)."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+        self._resume: tuple[int, int] | None = None  # (epoch, examples to skip)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, examples: int) -> None:
+        self._resume = (epoch, examples)
+
+    def order(self) -> list[int]:
+        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+
+    def __iter__(self):
+        order = self.order()
+        if self._resume is not None:
+            epoch, skip = self._resume
+            self._resume = None
+            if epoch == self.epoch:
+                order = order[skip:]
+        return iter(order)
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class LengthGroupedSampler(EpochSeededSampler):
+    """Batches of similar length (little padding), in an order that depends only on (seed, epoch).
+    Each epoch: a random permutation cut into megabatches of `megabatch` batches, each sorted by
+    length; the full batches then go in random order, the epoch's longest first (an out-of-memory
+    shows at step one), the one short batch last. HF's LengthGroupedSampler, but seeded per epoch
+    (a resumed run sees the same order) and with batches shuffled across megabatches."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, megabatch: int = 50):
+        super().__init__(len(lengths), seed)
+        self.lengths, self.batch_size, self.megabatch = torch.as_tensor(lengths), batch_size, megabatch
+
+    def order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        batches = []
+        for chunk in torch.randperm(self.size, generator=g).split(self.megabatch * self.batch_size):
+            batches += chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)].split(self.batch_size)
+        short = [batches.pop()] if len(batches[-1]) < self.batch_size else []
+        if not batches:
+            return torch.cat(short).tolist()
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        longest = max(range(len(batches)), key=lambda i: int(self.lengths[batches[i]].max()))
+        batches[0], batches[longest] = batches[longest], batches[0]
+        return torch.cat(batches + short).tolist()
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, stateful for Lightning: its state (the epoch and how many batches of
+    it were trained) travels in every checkpoint, and a run resumed from a mid-epoch checkpoint goes on
+    with the next batch of the same order instead of starting the epoch over."""
+
+    def __init__(self, *args, batches_done: Callable[[], int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self._batches_done = batches_done
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches_done": int(self._batches_done())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.resume_at(state["epoch"], state["batches_done"] * self.batch_size)
+
+
+def batches_done_in_epoch(datamodule) -> Callable[[], int]:
+    """How many training batches of the current epoch the datamodule's trainer has processed."""
+    def count() -> int:
+        trainer = getattr(datamodule, "trainer", None)
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
+    return count
