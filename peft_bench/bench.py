@@ -276,14 +276,17 @@ class Bench:
         from transformers import Trainer, TrainingArguments
 
         from peft_bench.config import check_config
-        from peft_bench.data.classification import load_raw, make_splits
+        from peft_bench.data.base import RawData
+        from peft_bench.data.classification import TextClassificationDataModule, make_splits
         from peft_bench.models import load_tokenizer
 
         run = check_config(compose_job([*self.dataset_args(name), *self.quiet, "model.attention_dropout=null", *extra],
                                        self.run_dir()))
         tok = load_tokenizer(run.model)
         if name not in self._raw:  # parsed once per dataset, not per repetition
-            self._raw[name] = make_splits(load_raw(run.dataset)[0], run.dataset)[0]
+            validate = TextClassificationDataModule(run.dataset, tok, run.cache_dir, run.seed).validate
+            raw = RawData(run.dataset, validate)
+            self._raw[name] = make_splits(raw.splits, run.dataset, raw.unlabelled)[0]
         splits = self._raw[name]
         field = run.dataset.text_field
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -17,6 +18,39 @@ from peft_bench.errors import ConfigError, PeftBenchError
 from peft_bench.results import RESULTS_FILE, collect, unfinished_reason
 
 MISSING = "missing"  # a job folder without results.json: never started, or died before writing one
+FAILURES = "job_failures.jsonl"  # in the sweep folder: one line per job that raised, from any process
+
+
+def record_job_failure(error: BaseException) -> None:
+    """Note a failed job in its sweep's ledger: some failures leave no results.json of this attempt
+    (the folder is another process's, or holds a completed run of another configuration), and the
+    sweep's end must still count and show them. One short appended line: safe from concurrent jobs."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    line = json.dumps({"job": str(hc.job.num), "overrides": list(hc.overrides.task), "at": time.time(),
+                       "error": f"{type(error).__name__}: {error}"})
+    path = Path(hc.sweep.dir) / FAILURES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(line + "\n")
+
+
+def job_failures(root: Path, since: float) -> dict[str, str]:
+    """{job number: error} for the jobs that failed since `since` (this sweep's start)."""
+    out = {}
+    try:
+        lines = (root / FAILURES).read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("at", 0) >= since:
+            out[str(rec.get("job"))] = str(rec.get("error"))
+    return out
 
 
 def majority_share(results: dict, split: str) -> float | None:
@@ -25,9 +59,22 @@ def majority_share(results: dict, split: str) -> float | None:
     return max(counts.values()) / sum(counts.values()) if counts else None
 
 
-def runs_table(root: Path, runs: list[tuple[Path, dict | str | None]] | None = None) -> Table:
+def job_reason(root: Path, run_dir: Path, r: dict | str | None, failures: dict[str, str]) -> str | None:
+    """Why a job of the sweep did not complete (None if it did): its own failure in this sweep first
+    (its results.json may be an older attempt's), then what its results.json says."""
+    failed = failures.get(str(run_dir.relative_to(root)))
+    if failed is not None:
+        return f"failed: {failed}"
+    if r == MISSING:
+        return f"{MISSING}: no {RESULTS_FILE} (never started, or died before writing it)"
+    return unfinished_reason(r if isinstance(r, dict) else None)
+
+
+def runs_table(root: Path, runs: list[tuple[Path, dict | str | None]] | None = None,
+               failures: dict[str, str] | None = None) -> Table:
     """One row per job; a job is its results.json (dict), None if unreadable, or MISSING."""
     runs = collect(root) if runs is None else runs
+    failures = failures or {}
     table = Table(title=f"runs in {root}")
     done = [r for _, r in runs if isinstance(r, dict)]
     lm = any("val_ppl" in r for r in done)
@@ -40,9 +87,8 @@ def runs_table(root: Path, runs: list[tuple[Path, dict | str | None]] | None = N
         table.add_column(col, justify="left" if col in ("run", "method", "status") else "right")
     for run_dir, r in runs:
         name = str(run_dir.relative_to(root)) or "."
+        why = job_reason(root, run_dir, r, failures)
         if not isinstance(r, dict):
-            why = f"{MISSING}: no {RESULTS_FILE} (never started, or died before writing it)" if r == MISSING \
-                else unfinished_reason(None)
             table.add_row(name, *[""] * (5 + len(scores)), why)
             continue
 
@@ -50,7 +96,7 @@ def runs_table(root: Path, runs: list[tuple[Path, dict | str | None]] | None = N
             return format(r[key], spec) if isinstance(r.get(key), int | float) else "-"
 
         params = f"{r['trainable_params']:,} / {r['total_params']:,}" if "total_params" in r else "-"
-        status = unfinished_reason(r) or "completed"
+        status = why or "completed"
         if r.get("warnings") and status == "completed":
             status += f" ⚠ {'; '.join(r['warnings'])}"
         table.add_row(name, r.get("method", "?"), str(r.get("rank", "-")), params, fmt("trainable_ratio", ".4%"),
@@ -118,6 +164,7 @@ class SweepSummary(Callback):
     exits non-zero unless every job completed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.started = time.time()
         try:
             check_sweep(config)
         except PeftBenchError as e:
@@ -126,9 +173,11 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         root = Path(config.hydra.sweep.dir)
+        failures = job_failures(root, getattr(self, "started", 0.0))
         runs = sweep_runs(config, root) if root.is_dir() else []
+        runs += [(root / n, MISSING) for n in failures if (root / n) not in {d for d, _ in runs}]
         if runs:
-            Console(width=200).print(runs_table(root, runs))
+            Console(width=200).print(runs_table(root, runs, failures))
             try:  # the comparison report of the sweep; never what decides the sweep's exit status
                 from peft_bench.report import write_report
 
@@ -138,11 +187,9 @@ class SweepSummary(Callback):
             except Exception as e:  # noqa: BLE001
                 print(f"peft_bench: the sweep's report failed ({type(e).__name__}: {e}); "
                       f"`python -m peft_bench.report {root}` retries it", file=sys.stderr)
-        bad = [(d, r) for d, r in runs if not isinstance(r, dict) or unfinished_reason(r) is not None]
-        for d, r in bad:
-            reason = (f"{MISSING}: no {RESULTS_FILE}" if r == MISSING else
-                      unfinished_reason(r if isinstance(r, dict) else None))
-            print(f"peft_bench: job {d.relative_to(root)} {reason}", file=sys.stderr)
+        bad = [(d, why) for d, r in runs if (why := job_reason(root, d, r, failures)) is not None]
+        for d, why in bad:
+            print(f"peft_bench: job {d.relative_to(root)} {why}", file=sys.stderr)
         if bad or not runs:
             print(f"peft_bench: {len(bad)} of {len(runs)} jobs did not complete", file=sys.stderr)
             sys.exit(1)

@@ -41,6 +41,7 @@ from peft_bench.io import AtomicCheckpointIO, RunLock, process_identity, set_asi
 from peft_bench.measure import peak_memory, reset_peak_memory
 from peft_bench.models import load_tokenizer
 from peft_bench.results import RESULTS_FILE, environment, read_results, write_results
+from peft_bench.sweep_summary import record_job_failure
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 log = logging.getLogger("peft_bench")
@@ -77,6 +78,7 @@ def main(cfg: DictConfig) -> float | None:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # one job's failure must not stop the sweep: results.json says why, the summary lists it
             log.error("job failed, the sweep goes on: %s", e, exc_info=not expected)
+            record_job_failure(e)
             return None
         if isinstance(e, DivergedError):
             print(f"peft_bench: diverged: {e} (results.json says status: diverged)", file=sys.stderr)
@@ -155,8 +157,6 @@ def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, started: floa
             notes.append(f"checkpoints/{LAST} was unreadable ({type(e).__name__}: {e}); the checkpoints folder was "
                          f"set aside as {aside.name} and the run started over")
     if ckpt is not None:
-        check_resume(ckpt, fingerprint(config, None) | {"data": ckpt.get("peft_bench_fingerprint", {}).get("data")},
-                     last)
         resume_from = last
 
     reset_peak_memory()
@@ -173,6 +173,8 @@ def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, started: floa
     write_results(run_dir, results)  # a job that is killed now still shows up: status running, pid, host
     logger = None
     try:
+        if ckpt is not None:  # the config part now, before any data is read; the data part below
+            check_resume(ckpt, fingerprint(config, None), last, data=False)
         L.seed_everything(run_cfg.seed, workers=True, verbose=False)
         datamodule = get_class(run_cfg.dataset._target_)(
             dataset=run_cfg.dataset, tokenizer=load_tokenizer(run_cfg.model),

@@ -65,8 +65,8 @@ def test_one_invalid_value_fails_the_sweep_before_any_job_starts(tmp_path):
 
 @pytest.mark.slow  # two runs of ~15 s and one that is killed
 def test_sigterm_then_same_command_resumes_and_matches_an_uninterrupted_run(tmp_path):
-    # 3 epochs of 1,000 steps on the tiny model; a checkpoint at each epoch's end.
-    args = [*TINY, "dataset.generator_size=20000", "trainer.max_epochs=3", "trainer.limit_val_batches=5",
+    # 3 epochs of 300 steps on the tiny model; a checkpoint at each epoch's end.
+    args = [*TINY, "dataset.generator_size=6000", "trainer.max_epochs=3", "trainer.limit_val_batches=5",
             "trainer.limit_test_batches=5", "method.lr=3e-3"]
     env = {**os.environ, "PEFT_BENCH_CACHE": os.environ["PEFT_BENCH_CACHE"]}
     reference = run_cli([*args, f"hydra.run.dir={tmp_path / 'reference'}"])
@@ -87,18 +87,19 @@ def test_sigterm_then_same_command_resumes_and_matches_an_uninterrupted_run(tmp_
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     resumed, ref = results(run_dir), results(tmp_path / "reference")
-    assert resumed["status"] == "completed" and resumed["resumed_from"]["step"] == 1000  # not step 0
-    assert resumed["optimizer_steps"] == ref["optimizer_steps"] == 3000
+    assert resumed["status"] == "completed" and resumed["resumed_from"]["step"] % 300 == 0  # an epoch's end
+    assert resumed["resumed_from"]["step"] > 0  # not step 0
+    assert resumed["optimizer_steps"] == ref["optimizer_steps"] == 900
     # CPU, same seed, data order a function of (seed, epoch), RNG state restored from the checkpoint:
     # the resumed run repeats the uninterrupted one to float rounding
     for key in ("val_acc", "val_f1", "test_acc", "test_f1"):
         assert resumed[key] == pytest.approx(ref[key], abs=1e-6), key
-    assert resumed["train_loss_per_epoch"] == pytest.approx(ref["train_loss_per_epoch"][1:], abs=1e-6)
-    # the whole run's totals, carried in the checkpoint: not only the 2 epochs after the resume
+    # the whole run's figures, carried in the checkpoint: not only the 2 epochs after the resume
+    assert resumed["train_loss_per_epoch"] == pytest.approx(ref["train_loss_per_epoch"], abs=1e-6)
     for key in ("train_examples", "train_tokens", "train_flops"):
         assert resumed[key] == ref[key], key
-    assert len(resumed["time_per_epoch_s"]) == 2  # the epochs this process timed
-    assert resumed["train_time_s"] > 1.3 * sum(resumed["time_per_epoch_s"])  # + epoch 0, before the kill
+    assert len(resumed["time_per_epoch_s"]) == 3
+    assert resumed["train_time_s"] >= sum(resumed["time_per_epoch_s"])
 
 
 def test_a_deferred_finite_check_still_stops_a_diverging_run_before_its_checkpoint(tmp_path, monkeypatch):

@@ -47,24 +47,24 @@ def fingerprint(config: dict, data_key: str | None) -> dict:
     return {"config": json.loads(json.dumps(flat, default=str)), "data": data_key}
 
 
-def differences(saved: dict, current: dict) -> list[str]:
-    """`key: checkpoint value -> this run's value` for every key that differs."""
+def differences(saved: dict, current: dict, data: bool = True) -> list[str]:
+    """`key: checkpoint value -> this run's value` for every key that differs (the data too if `data`)."""
     out = []
     a, b = saved.get("config", {}), current.get("config", {})
     for key in sorted(set(a) | set(b)):
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             out.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
-    if saved.get("data") != current.get("data"):
+    if data and saved.get("data") != current.get("data"):
         out.append(f"data (tokenized cache key): {saved.get('data')} -> {current.get('data')}")
     return out
 
 
-def check_resume(ckpt: dict, current: dict, path: Path) -> None:
+def check_resume(ckpt: dict, current: dict, path: Path, data: bool = True) -> None:
     """Refuse to resume from a checkpoint of another configuration (or one without a fingerprint),
     naming the keys that differ and the ways out."""
     saved = ckpt.get(FINGERPRINT_KEY)
     diff = ["the checkpoint has no fingerprint (written by an older peft_bench)"] if saved is None else \
-        differences(saved, current)
+        differences(saved, current, data)
     if diff:
         lines = "\n".join(f"  - {d}" for d in diff)
         raise PeftBenchError(

@@ -29,6 +29,9 @@ class RunStats(L.Callback):
         self.examples = 0
         self._sums: torch.Tensor | None = None  # [tokens, sum of squared lengths] on the batch's device: no sync
         self._sequences = 0
+        self._loss: torch.Tensor | None = None  # the running epoch's sum of task loss x examples, on device
+        self._loss_examples = 0
+        self._loss_prior = 0.0  # ... of the part of that epoch before a resume
         self.flops: TrainFlops | None = None
         self._fit_start: float | None = None
         self._epoch_start: float | None = None  # perf_counter when the running epoch's timing began
@@ -64,6 +67,13 @@ class RunStats(L.Callback):
         self._sequences += len(lengths)
         self.examples += len(lengths)
 
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        n = len(batch["attention_mask"])
+        term = outputs["task_loss"] * n
+        self._loss = term if self._loss is None else self._loss + term
+        self._loss_examples += n
+
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val_start = time.perf_counter()
 
@@ -81,9 +91,12 @@ class RunStats(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.epoch_times.append(self.epoch_compute())
         self._epoch_start, self._epoch_offset, self._val_in_epoch = None, 0.0, 0.0
-        loss = trainer.callback_metrics.get("train/loss_epoch")
-        if loss is not None:
-            self.epoch_losses.append(float(loss))
+        if self._loss_examples:  # mean task loss over the epoch's examples (the whole epoch, across a resume)
+            self.epoch_losses.append(self.epoch_loss_sum() / self._loss_examples)
+        self._loss, self._loss_examples, self._loss_prior = None, 0, 0.0
+
+    def epoch_loss_sum(self) -> float:
+        return self._loss_prior + (float(self._loss) if self._loss is not None else 0.0)
 
     # ------------------------------------------------------------------ totals
 
@@ -111,7 +124,8 @@ class RunStats(L.Callback):
             "train_time_s": self.train_time(), "train_compute_s": self.compute_time(),
             "examples": self.prior["examples"] + self.examples, "tokens": self.tokens(), "flops": self.train_flops(),
             "epoch_times": list(self.epoch_times), "epoch_losses": list(self.epoch_losses),
-            "epoch_compute_s": self.epoch_compute()}
+            "epoch_compute_s": self.epoch_compute(),
+            "epoch_loss_sum": self.epoch_loss_sum(), "epoch_loss_examples": self._loss_examples}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         state = checkpoint.get(STATE_KEY)
@@ -124,6 +138,7 @@ class RunStats(L.Callback):
         self.epoch_times, self.epoch_losses = list(state["epoch_times"]), list(state["epoch_losses"])
         self._epoch_offset = state["epoch_compute_s"]  # the epoch the checkpoint was taken in goes on
         self._epoch_start = None
+        self._loss, self._loss_prior, self._loss_examples = None, state["epoch_loss_sum"], state["epoch_loss_examples"]
 
     # ------------------------------------------------------------------ test-set latency
 

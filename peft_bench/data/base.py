@@ -14,9 +14,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning as L
 import torch
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
-from torch.utils.data import DataLoader
 
 from peft_bench.data.demo import build_demo
 from peft_bench.errors import DataError, PeftBenchError, prepare_command
@@ -70,10 +70,14 @@ def read_file(path: str) -> Dataset:
     if os.path.getsize(path) == 0:
         raise DataError(f"data file {path} is empty (0 bytes): give a file with rows")
     builder = builder_for(path)
+    text = read_text(path) if builder != "parquet" else None  # compression and encoding, checked first
+    if text is not None and not any(line.strip() for line in text.splitlines()[1 if builder == "csv" else 0:]):
+        raise DataError(f"data file {path} has no rows{' (a header only)' * (builder == 'csv')}: give a file with rows")
     try:
         ds = load_dataset(builder, data_files={"train": [path]}, split="train")
     except Exception as e:  # datasets wraps the reader's error; find the cause ourselves
-        raise DataError(f"data file {path}: {diagnose(path, builder) or describe(e)}") from None
+        why = diagnose_json(text) if builder == "json" and text is not None else None
+        raise DataError(f"data file {path}: {why or describe(e)}") from None
     if len(ds) == 0:
         raise DataError(f"data file {path} has no rows: give a file with rows")
     return ds
@@ -86,23 +90,26 @@ def describe(e: BaseException) -> str:
     return f"cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
 
 
-def diagnose(path: str, builder: str) -> str | None:
-    """Why a file cannot be read, found by reading it plainly: compression, encoding, JSON line."""
+def read_text(path: str) -> str:
+    """A text file's content (decompressed); DataError if it is a broken archive or not UTF-8."""
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
             raw = f.read()
     except (EOFError, gzip.BadGzipFile, OSError) as e:
-        return f"is not a complete gzip file ({type(e).__name__}: {e}): the file is truncated or corrupt"
+        raise DataError(f"data file {path}: is not a complete gzip file ({type(e).__name__}: {e}): the file is "
+                        "truncated or corrupt") from None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        return f"is not UTF-8 text (byte {e.start}, line {line}): re-encode it as UTF-8"
-    if builder != "json":
-        return None
-    stripped = text.lstrip()
-    if stripped.startswith("["):  # one JSON array of rows
+        raise DataError(f"data file {path}: is not UTF-8 text (byte {e.start}, line {line}): "
+                        "re-encode it as UTF-8") from None
+
+
+def diagnose_json(text: str) -> str | None:
+    """Why JSON (lines) text cannot be read as rows: the first line that is not a JSON object."""
+    if text.lstrip().startswith("["):  # one JSON array of rows
         try:
             rows = json.loads(text)
         except ValueError as e:
@@ -338,25 +345,35 @@ class LengthGroupedSampler(EpochSeededSampler):
         return torch.cat(batches + short).tolist()
 
 
-class ResumableLoader(DataLoader):
-    """The training DataLoader, stateful for Lightning: its state (the epoch and how many batches of
-    it were trained) travels in every checkpoint, and a run resumed from a mid-epoch checkpoint goes on
-    with the next batch of the same order instead of starting the epoch over."""
+class ResumableDataModule(L.LightningDataModule):
+    """What the task datamodules share for exact resumes. Its state (the epoch of the training order and
+    how many of its batches were trained) travels in every checkpoint; a run restored from a mid-epoch
+    checkpoint goes on with the next batch of the same order instead of starting the epoch over.
+    (Lightning's own stateful-loader path cannot do this here: `estimated_stepping_batches`, which the
+    LR schedule needs, builds the train loader before the loop state is restored.) Every loader also
+    has its own generator, so building one draws nothing from the global RNG stream that dropout uses."""
 
-    def __init__(self, *args, batches_done: Callable[[], int], **kwargs):
-        super().__init__(*args, **kwargs)
-        self._batches_done = batches_done
+    seed: int
+    _sampler: EpochSeededSampler | None = None
+    _resume: dict | None = None
 
     def state_dict(self) -> dict:
-        return {"epoch": self.sampler.epoch, "batches_done": int(self._batches_done())}
+        trainer = getattr(self, "trainer", None)
+        if self._sampler is None or trainer is None:
+            return {}
+        return {"epoch": self._sampler.epoch,
+                "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sampler.resume_at(state["epoch"], state["batches_done"] * self.batch_size)
+        self._resume = state or None
 
+    def train_sampler(self, sampler: EpochSeededSampler, batch_size: int) -> EpochSeededSampler:
+        """Keep the training sampler, and hand it a pending resume position."""
+        if self._resume:
+            sampler.resume_at(self._resume["epoch"], self._resume["batches_done"] * batch_size)
+            self._resume = None
+        self._sampler = sampler
+        return sampler
 
-def batches_done_in_epoch(datamodule) -> Callable[[], int]:
-    """How many training batches of the current epoch the datamodule's trainer has processed."""
-    def count() -> int:
-        trainer = getattr(datamodule, "trainer", None)
-        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
-    return count
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed)

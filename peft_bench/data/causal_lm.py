@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import lightning as L
 import torch
 from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
@@ -15,8 +14,7 @@ from peft_bench.config import LMDatasetConfig
 from peft_bench.data.base import (
     EpochSeededSampler,
     RawData,
-    ResumableLoader,
-    batches_done_in_epoch,
+    ResumableDataModule,
     cache_key,
     check_text,
     load_cached,
@@ -27,7 +25,7 @@ from peft_bench.errors import DataError
 log = logging.getLogger(__name__)
 
 
-class CausalLMDataModule(L.LightningDataModule):
+class CausalLMDataModule(ResumableDataModule):
     def __init__(self, dataset: LMDatasetConfig, tokenizer, cache_dir: str, seed: int):
         super().__init__()
         self.cfg = dataset
@@ -84,8 +82,7 @@ class CausalLMDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = EpochSeededSampler(len(self.data["train"]), self.seed)
-        return self._loader("train", self.cfg.batch_size, sampler=sampler, loader=ResumableLoader,
-                            batches_done=batches_done_in_epoch(self))
+        return self._loader("train", self.cfg.batch_size, sampler=self.train_sampler(sampler, self.cfg.batch_size))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", self.cfg.eval_batch_size)
@@ -93,9 +90,10 @@ class CausalLMDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.cfg.eval_batch_size)
 
-    def _loader(self, split: str, batch_size: int, loader: type[DataLoader] = DataLoader, **kwargs) -> DataLoader:
-        return loader(self.data[split].remove_columns("length"), batch_size=batch_size, collate_fn=self.collate,
-                          num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available(), **kwargs)
+    def _loader(self, split: str, batch_size: int, **kwargs) -> DataLoader:
+        return DataLoader(self.data[split].remove_columns("length"), batch_size=batch_size, collate_fn=self.collate,
+                          num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available(),
+                          generator=self.generator(), **kwargs)
 
 
 def split_lm(raw: DatasetDict, cfg: LMDatasetConfig) -> tuple[DatasetDict, dict[str, str]]:

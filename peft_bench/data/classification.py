@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import lightning as L
 import torch
 from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
@@ -17,8 +16,7 @@ from peft_bench.data.base import (
     EpochSeededSampler,
     LengthGroupedSampler,
     RawData,
-    ResumableLoader,
-    batches_done_in_epoch,
+    ResumableDataModule,
     cache_key,
     check_labels,
     check_text,
@@ -30,7 +28,7 @@ from peft_bench.errors import DataError
 log = logging.getLogger("peft_bench")
 
 
-class TextClassificationDataModule(L.LightningDataModule):
+class TextClassificationDataModule(ResumableDataModule):
     def __init__(self, dataset: ClassificationDatasetConfig, tokenizer, cache_dir: str, seed: int):
         super().__init__()
         self.cfg = dataset
@@ -110,8 +108,7 @@ class TextClassificationDataModule(L.LightningDataModule):
             sampler = LengthGroupedSampler(list(ds["length"]), self.cfg.batch_size, self.seed)
         else:
             sampler = EpochSeededSampler(len(ds), self.seed)
-        return self._loader(ds, self.cfg.batch_size, sampler=sampler, loader=ResumableLoader,
-                            batches_done=batches_done_in_epoch(self))
+        return self._loader(ds, self.cfg.batch_size, sampler=self.train_sampler(sampler, self.cfg.batch_size))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")
@@ -124,10 +121,10 @@ class TextClassificationDataModule(L.LightningDataModule):
         ds = self.data[split].sort("length", reverse=True)
         return self._loader(ds, self.cfg.eval_batch_size)
 
-    def _loader(self, ds, batch_size: int, loader: type[DataLoader] = DataLoader, **kwargs) -> DataLoader:
-        return loader(ds.remove_columns("length"), batch_size=batch_size, collate_fn=self.collate,
-                      num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0,
-                      pin_memory=torch.cuda.is_available(), **kwargs)
+    def _loader(self, ds, batch_size: int, **kwargs) -> DataLoader:
+        return DataLoader(ds.remove_columns("length"), batch_size=batch_size, collate_fn=self.collate,
+                          num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0,
+                          pin_memory=torch.cuda.is_available(), generator=self.generator(), **kwargs)
 
 
 # ---------------------------------------------------------------------- helpers

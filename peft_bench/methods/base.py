@@ -108,8 +108,8 @@ class BenchModule(L.LightningModule):
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         return self.model(**inputs).logits
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.model(**batch).loss
+    def training_step(self, batch: dict, batch_idx: int) -> dict:
+        task_loss = loss = self.model(**batch).loss
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["labels"]))
         for name, term in self.extra_losses().items():
             self.log(f"train/{name}", term, on_step=True, on_epoch=True)
@@ -120,7 +120,7 @@ class BenchModule(L.LightningModule):
             self._finite = finite if self._finite is None else self._finite & finite
         elif not finite:  # free on the host: stop before the optimizer writes non-finite weights
             raise DivergedError(f"training loss became {loss.item()} at optimizer step {self.global_step}")
-        return loss
+        return {"loss": loss, "task_loss": task_loss.detach()}  # the task loss alone: per-epoch figures
 
     def check_finite(self) -> None:
         """Raise if any training loss since the last check was non-finite (one host sync)."""

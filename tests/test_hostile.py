@@ -1,0 +1,389 @@
+"""Hostile but fair inputs (issue 13): no silent wrong result, no invisible failure, resume that loses
+nothing, and one clear message for bad input. Each case names the item of docs/reliability.md it
+proves. Tiny model, small generated files; resume cases kill with SIGKILL, not a polite signal."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import platform
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from peft_bench.errors import ConfigError, DataError, PeftBenchError
+from peft_bench.io import FILE_MODE, AtomicCheckpointIO, RunLock
+from peft_bench.results import unfinished_reason
+from tests.conftest import ROOT, TINY, compose, run_cli
+
+FAST = [*TINY, "trainer=fast", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2"]
+
+
+def rows(n: int, offset: int = 0, label=None) -> list[dict]:
+    words = ["good", "bad", "great", "dull", "moving", "boring"]
+    return [{"sentence": f"the film was {words[(i + offset) % 6]} number {i + offset}",
+             "label": (i % 2) if label is None else label} for i in range(n)]
+
+
+def jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def files_override(files) -> str:
+    if isinstance(files, dict):
+        return "dataset.data_files={" + ",".join(f"{k}:'{v}'" for k, v in files.items()) + "}"
+    return "dataset.data_files=[" + ",".join(f"'{v}'" for v in files) + "]"
+
+
+def datamodule(tmp_path: Path, files, *extra: str):
+    """The real datamodule of `model=tiny dataset=sst2 dataset.data_files=...`, prepared."""
+    from hydra.utils import get_class
+
+    from peft_bench.config import check_config
+    from peft_bench.models import load_tokenizer
+
+    run = check_config(compose(["model=tiny", "dataset=sst2", files_override(files), *extra]))
+    dm = get_class(run.dataset._target_)(dataset=run.dataset, tokenizer=load_tokenizer(run.model),
+                                         cache_dir=str(tmp_path / "cache"), seed=run.seed)
+    dm.prepare_data()
+    return dm
+
+
+def results(folder: Path) -> dict:
+    return json.loads((folder / "results.json").read_text())
+
+
+def tiny_run(run_dir: Path, *extra: str, callbacks=()) -> dict:
+    from peft_bench.train import run
+
+    return run(compose([*FAST, *extra], run_dir), callbacks=callbacks)
+
+
+# ------------------------------------------------------------------ 1. the cache knows which file feeds which split
+
+
+def test_1_cache_key_covers_which_file_feeds_which_split(tmp_path):
+    a, b = jsonl(tmp_path / "a.jsonl", rows(300)), jsonl(tmp_path / "b.jsonl", rows(100, 1000))
+    first = datamodule(tmp_path, {"train": a, "validation": b})
+    swapped = datamodule(tmp_path, {"validation": a, "train": b})
+    as_list = datamodule(tmp_path, [a, b])
+    assert first.info["sizes"] == {"train": 270, "validation": 100, "test": 30}
+    assert swapped.info["cache"] == "miss" and swapped.info["sizes"] == {"train": 90, "validation": 300, "test": 10}
+    assert as_list.info["cache"] == "miss" and as_list.info["sizes"] == {"train": 320, "validation": 40, "test": 40}
+    assert len({first.info["cache_key"], swapped.info["cache_key"], as_list.info["cache_key"]}) == 3
+    again = datamodule(tmp_path, {"train": a, "validation": b})
+    assert again.info["cache"] == "hit" and again.info["sizes"] == first.info["sizes"]
+    for key in ("dataset.max_length=32", "dataset.num_labels=3", "dataset.split_seed=7"):
+        assert datamodule(tmp_path, {"train": a, "validation": b}, key).info["cache"] == "miss", key
+
+
+# ------------------------------------------------------------------ 3. a given split is never silently replaced
+
+
+BAD_ROWS = [  # (what, the validation file's rows, the message)
+    ("one label -1", rows(50, 500)[:3] + [{"sentence": "x", "label": -1}] + rows(50, 500)[3:],
+     r"validation.jsonl, row 4: label -1 is outside \[0, 2\)"),
+    ("label 2", [*rows(5, 500), {"sentence": "x", "label": 2}], r"validation.jsonl, row 6: label 2 is outside"),
+    ("string label", [{"sentence": "x", "label": "pos"}], r"row 1: label 'pos' is not an integer class"),
+    ("fractional label", [{"sentence": "x", "label": 0.5}], r"row 1: label 0.5 is not an integer class"),
+    ("null text", [*rows(2, 500), {"sentence": None, "label": 1}], r"row 3: 'sentence' is None, not text"),
+    ("null label", [*rows(2, 500), {"sentence": "x", "label": None}], r"row 3: label None is not an integer"),
+]
+
+
+@pytest.mark.parametrize("what,bad,message", BAD_ROWS, ids=[c[0] for c in BAD_ROWS])
+def test_3_a_bad_row_in_a_given_split_is_an_error_naming_file_and_row(tmp_path, what, bad, message):
+    train = jsonl(tmp_path / "train.jsonl", rows(100))
+    validation = jsonl(tmp_path / "validation.jsonl", bad)
+    with pytest.raises(DataError, match=message):
+        datamodule(tmp_path, {"train": train, "validation": validation})
+    assert not (tmp_path / "cache" / "tokenized").exists() or not any((tmp_path / "cache" / "tokenized").iterdir())
+
+
+def test_3_a_wholly_unlabelled_split_is_carved_from_train_and_says_so(tmp_path):
+    """GLUE marks a hidden test set with label -1 on every row (the Hub's SST-2 test): replaced, visibly."""
+    train = jsonl(tmp_path / "train.jsonl", rows(200))
+    test = jsonl(tmp_path / "test.jsonl", rows(50, 900, label=-1))
+    dm = datamodule(tmp_path, {"train": train, "test": test})
+    assert "unlabelled" in dm.info["splits"]["test"] and dm.info["sizes"]["test"] == 20
+
+
+def test_float_labels_and_mixed_formats_simply_work(tmp_path):
+    train = jsonl(tmp_path / "train.jsonl", [{**r, "label": float(r["label"])} for r in rows(100)])
+    validation = tmp_path / "validation.csv"
+    validation.write_text("sentence,label\n" + "".join(f"{r['sentence']},{r['label']}\n" for r in rows(40, 500)))
+    dm = datamodule(tmp_path, {"train": train, "validation": validation})
+    assert dm.info["sizes"]["validation"] == 40 and dm.info["label_counts"]["train"] == {"0": 45, "1": 45}
+    assert sorted(set(dm.data["train"]["labels"])) == [0, 1]
+
+
+# ------------------------------------------------------------------ bad files: one message naming the file
+
+
+def truncated_gzip(path: Path) -> None:
+    data = gzip.compress("".join(json.dumps(r) + "\n" for r in rows(400)).encode())
+    path.write_bytes(data[: len(data) // 2])
+
+
+BAD_FILES = [  # (what, file name, how to write it, the message)
+    ("empty file", "train.jsonl", lambda p: p.write_bytes(b""), r"train.jsonl is empty \(0 bytes\)"),
+    ("malformed JSON line", "train.jsonl",
+     lambda p: p.write_text(json.dumps(rows(1)[0]) + "\n" + json.dumps(rows(1)[0]) + "\n{\"sentence\": \"x\", \n"),
+     r"train.jsonl: line 3 is not valid JSON"),
+    ("non-UTF-8 bytes", "train.jsonl", lambda p: p.write_bytes(b'{"sentence": "caf\xe9", "label": 1}\n'),
+     r"train.jsonl: is not UTF-8 text \(byte 17, line 1\)"),
+    ("truncated gzip", "train.jsonl.gz", truncated_gzip, r"train.jsonl.gz: is not a complete gzip file"),
+    ("csv with a header only", "train.csv", lambda p: p.write_text("sentence,label\n"), r"train.csv has no rows"),
+    ("unknown format", "train.txt", lambda p: p.write_text("x"), r"cannot read .*train.txt: use one of"),
+]
+
+
+@pytest.mark.parametrize("what,name,make,message", BAD_FILES, ids=[c[0] for c in BAD_FILES])
+def test_a_bad_file_is_one_message_naming_it(tmp_path, what, name, make, message):
+    make(tmp_path / name)
+    with pytest.raises(PeftBenchError, match=message):
+        datamodule(tmp_path, [tmp_path / name])
+
+
+def test_a_data_error_on_the_command_line_is_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"sentence": "fine", "label": 1}\n{"sentence": oops}\n')
+    out = run_cli(["model=tiny", "logger=none", f"dataset.data_files={bad}", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert f"peft_bench: error: data file {bad}: line 2 is not valid JSON" in out.stderr
+    assert results(tmp_path / "run")["status"] == "failed"  # and the run folder says why
+
+
+def test_a_diverged_single_run_is_one_line_and_its_status(tmp_path):
+    out = run_cli([*FAST, "method.lr=1e12", "trainer.gradient_clip_val=null", f"hydra.run.dir={tmp_path}"])
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "peft_bench: diverged: training loss became nan" in out.stderr
+    assert results(tmp_path)["status"] == "diverged"
+
+
+# ------------------------------------------------------------------ values the pre-check catches before any work
+
+
+BAD_VALUES = [
+    (["dataset.eval_batch_size=0"], "dataset.eval_batch_size=0: must be >= 1"),
+    (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0: must be >= 1"),
+    (["dataset.max_train_examples=0"], "dataset.max_train_examples=0: must be >= 1"),
+    (["seed=-1"], "seed=-1: must be in [0, 4294967295]"),
+    (["dataset.max_length=1024"], "dataset.max_length=1024: model tiny takes at most 512 positions"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0: trains nothing"),
+    (["trainer.limit_train_batches=0"], "trainer.limit_train_batches=0: trains nothing"),
+    (["trainer.limit_train_batches=0.0"], "trainer.limit_train_batches=0.0: trains nothing"),
+    (["trainer.limit_val_batches=0"], "trainer.limit_val_batches=0: validates nothing"),
+    (["trainer.max_steps=0"], "trainer.max_steps=0: give a number of optimizer steps"),
+    (["dataset.name=../../escape"], "dataset.name='../../escape': use letters, digits"),
+    (["checkpoint_every_n_steps=0"], "checkpoint_every_n_steps=0: must be >= 1"),
+    (["dataset.data_files={valid:'/x.jsonl'}"], "dataset.data_files: unknown split(s) ['valid']"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_VALUES, ids=[" ".join(c[0]) for c in BAD_VALUES])
+def test_bad_values_are_config_errors_before_any_work(overrides, message):
+    from peft_bench.config import check_config
+
+    with pytest.raises(ConfigError) as e:
+        check_config(compose([*TINY, *overrides]))
+    assert message in str(e.value)
+
+
+def test_a_bad_seed_fails_the_sweep_pre_check_and_a_repeated_value_is_refused(tmp_path):
+    out = run_cli(["-m", *FAST, "seed=1,-1", "rank=4,4", f"hydra.sweep.dir={tmp_path}"])
+    assert out.returncode == 2 and "no job was started" in out.stderr
+    assert "seed=-1: must be in" in out.stderr
+    assert "are the same run: a repeated value would be counted twice" in out.stderr  # 11: rank=4,4
+    assert not list(tmp_path.rglob("results.json"))
+
+
+# ------------------------------------------------------------------ 4. a single-class training split is flagged
+
+
+def test_4_single_class_training_split_is_warned_recorded_and_flagged(tmp_path):
+    from peft_bench.report import write_report
+
+    train = jsonl(tmp_path / "train.jsonl", rows(200, label=1))
+    validation = jsonl(tmp_path / "validation.jsonl", rows(40, 500))
+    out = tiny_run(tmp_path / "run", "dataset=sst2", files_override({"train": train, "validation": validation}))
+    assert out["status"] == "completed"
+    assert any(w.startswith("single-class train split: all 180 rows have label 1") for w in out["warnings"])
+    assert results(tmp_path / "run")["warnings"] == out["warnings"]
+    report = (write_report([tmp_path / "run"], tmp_path / "report")["out"] / "report.md").read_text()
+    assert "| lora ⚠ |" in report and "## Warnings" in report and "single-class train split" in report
+
+
+# ------------------------------------------------------------------ 7. corrupt files are set aside, not fatal
+
+
+def test_7_a_truncated_results_json_is_set_aside_and_the_run_goes_on(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text('{"status": "completed", "val_f')
+    out = tiny_run(run_dir)
+    assert out["status"] == "completed"
+    assert any("results.json was unreadable and set aside" in n for n in out["notes"])
+    assert len(list(run_dir.glob("results.json.corrupt-*"))) == 1
+    assert stat.S_IMODE((run_dir / "results.json").stat().st_mode) == FILE_MODE  # 0644 under umask 022
+
+
+def test_7_a_truncated_last_checkpoint_is_set_aside_and_the_run_starts_over(tmp_path):
+    run_dir = tmp_path / "run"
+    tiny_run(run_dir)
+    record = results(run_dir)
+    (run_dir / "results.json").write_text(json.dumps({**record, "status": "interrupted"}))  # killed mid-save
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])
+    out = tiny_run(run_dir)
+    assert out["status"] == "completed" and "resumed_from" not in out
+    assert any("checkpoints/last.ckpt was unreadable" in n for n in out["notes"])
+    assert len(list(run_dir.glob("checkpoints.corrupt-*"))) == 1
+    assert out["val_acc"] == pytest.approx(record["val_acc"])  # started over: the same run again
+
+
+def test_7_a_corrupt_tokenized_cache_entry_is_set_aside_and_rebuilt(tmp_path):
+    train = jsonl(tmp_path / "train.jsonl", rows(200))
+    first = datamodule(tmp_path, [train])
+    entry = tmp_path / "cache" / "tokenized" / first.info["cache_key"]
+    arrow = next(entry.rglob("data-*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:100])
+    again = datamodule(tmp_path, [train])
+    assert again.info["cache"] == "miss" and again.info["sizes"] == first.info["sizes"]
+    assert len(list(entry.parent.glob(f"{entry.name}.corrupt-*"))) == 1
+
+
+def test_7_a_checkpoint_save_that_dies_midway_leaves_the_previous_one_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, path)
+
+    def dies(obj, f, *a, **k):
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+# ------------------------------------------------------------------ 9. last.ckpt is always the latest state
+
+
+def test_9_last_checkpoint_advances_even_when_validation_gets_worse(tmp_path):
+    import lightning as L
+
+    class Worsening(L.Callback):  # the monitored score falls after the first validation
+        def on_validation_epoch_end(self, trainer, pl_module):
+            trainer.callback_metrics["val/f1"] = torch.tensor(1.0 - 0.1 * trainer.current_epoch)
+
+    out = tiny_run(tmp_path / "run", "trainer.max_epochs=3", "checkpoint_every_n_steps=3", callbacks=[Worsening()])
+    assert out["evaluated_checkpoint"] == "checkpoints/best-epoch0-step4.ckpt"
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == out["optimizer_steps"] == 12 and last["epoch"] == 2
+
+
+# ------------------------------------------------------------------ 11. a redo is a clean slate
+
+
+def test_11_skip_completed_false_redoes_the_run_from_a_clean_slate(tmp_path):
+    run_dir = tmp_path / "run"
+    tiny_run(run_dir, "logger=csv")
+    before = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
+    out = tiny_run(run_dir, "logger=csv", "skip_completed=false")
+    after = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
+    assert out["status"] == "completed" and "resumed_from" not in out
+    assert after == before and not list(run_dir.rglob("*-v1.ckpt"))
+    lines = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    assert sum(1 for line in lines if line.startswith("epoch") or line.startswith("lr")) == 1  # one header
+
+
+# ------------------------------------------------------------------ 6, 10. every job shows up in the sweep
+
+
+def test_6_10_a_job_that_cannot_start_fails_the_sweep_and_shows_in_its_table(tmp_path):
+    """Job 1's folder is held by another process (its lock): that job refuses to run and writes nothing
+    there, yet the sweep lists it as failed and exits 1."""
+    lock = RunLock(tmp_path / "1").acquire()
+    try:
+        out = run_cli(["-m", *FAST, "rank=2,4", f"hydra.sweep.dir={tmp_path}"])
+    finally:
+        lock.release()
+    assert out.returncode == 1
+    assert results(tmp_path / "0")["status"] == "completed" and not (tmp_path / "1" / "results.json").exists()
+    assert "job 1 failed: RunInProgress" in out.stderr and "is in use by another peft_bench process" in out.stderr
+    assert "1 of 2 jobs did not complete" in out.stderr
+
+
+# ------------------------------------------------------------------ 2, 5, 8, 10: SIGKILL mid-epoch, then resume
+
+
+@pytest.mark.slow  # a reference run, a run killed with SIGKILL, two refused commands and the resume: ~80 s
+def test_2_5_8_10_kill9_mid_epoch_then_the_same_command_resumes_exactly(tmp_path):
+    args = [*TINY, "dataset.generator_size=4000", "trainer.max_epochs=2", "trainer.val_check_interval=50",
+            "trainer.limit_val_batches=2", "trainer.limit_test_batches=5", "method.lr=3e-3", "logger=csv"]
+    reference = run_cli([*args, f"hydra.run.dir={tmp_path / 'reference'}"])
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "peft_bench", *args, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGSTOP)  # frozen mid-epoch, its lock held, while the other commands try
+    assert last.exists(), "no checkpoint was written"
+
+    # 10: the same command again while the first runs: refused at once, the folder untouched
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert f"is in use by another peft_bench process (pid {proc.pid} on host {platform.node()}" in second.stderr
+    assert results(run_dir)["status"] == "running"
+
+    os.kill(proc.pid, signal.SIGKILL)  # no handler runs: nothing is written after this
+    proc.wait(timeout=60)
+    killed = results(run_dir)
+    assert killed["status"] == "running" and killed["pid"] == proc.pid  # 5: the killed job is still visible
+    assert unfinished_reason(killed).startswith("stale: results.json says running but its process")
+    step = torch.load(last, weights_only=False)["global_step"]
+    assert 0 < step and step % 200 != 0, step  # 8: a mid-epoch checkpoint
+
+    # 2: another configuration in the same folder is refused, naming what differs and the ways out
+    other = subprocess.run([*cmd, "method.lr=2e-3", "rank=4"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr[-2000:]
+    assert "was trained with another configuration" in other.stderr and "resume=false" in other.stderr
+    assert "method.lr: 0.003 -> 0.002" in other.stderr and "method.r: 8 -> 4" in other.stderr
+    assert torch.load(last, weights_only=False)["global_step"] == step  # the checkpoint is kept
+
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)  # the dead lock: no obstacle
+    assert again.returncode == 0, again.stderr[-2000:]
+    resumed, ref = results(run_dir), results(tmp_path / "reference")
+    assert resumed["status"] == "completed" and resumed["resumed_from"]["step"] == step
+    assert resumed["optimizer_steps"] == ref["optimizer_steps"] == 400
+    # same seed, order a function of (seed, epoch), the loader's position and the RNG in the checkpoint:
+    # the resumed run repeats the uninterrupted one
+    for key in ("val_acc", "val_f1", "test_acc", "test_f1"):
+        assert resumed[key] == pytest.approx(ref[key], abs=1e-6), key
+    assert resumed["train_loss_per_epoch"] == pytest.approx(ref["train_loss_per_epoch"], abs=1e-5)
+    for key in ("train_examples", "train_tokens", "train_flops"):
+        assert resumed[key] == ref[key], key
+    assert len(resumed["time_per_epoch_s"]) == 2
+    with (run_dir / "csv" / "metrics.csv").open() as f:  # each training step logged once, none twice
+        logged = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
+    assert len(logged) == len(set(logged)) and logged
