@@ -160,6 +160,11 @@ class DatasetConfig:
         for path in data_file_paths(self.data_files):
             if not Path(path).is_file():
                 out.append(f"dataset.data_files: no such file: {path}")
+        if isinstance(self.data_files, dict) or isinstance(self.data_files, list | tuple):
+            given = self.data_files.items() if isinstance(self.data_files, dict) else [("train", self.data_files)]
+            for split, files in given:
+                if not files:
+                    out.append(f"dataset.data_files: no file given for {split}: name at least one")
         if isinstance(self.data_files, dict):
             unknown = [k for k in self.data_files if k not in ("train", "validation", "test")]
             if unknown:
@@ -301,7 +306,7 @@ class NoLoggerConfig:
 
 @dataclass
 class CSVLoggerConfig:
-    _target_: str = "lightning.pytorch.loggers.CSVLogger"
+    _target_: str = "peft_bench.loggers.CSVLogger"  # Lightning's, appending across a resume
     save_dir: str = MISSING
     name: str = "csv"
     version: str = ""

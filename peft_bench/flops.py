@@ -91,13 +91,18 @@ class TrainFlops:
         self.per_token = sum(c.flops_per_row for c in costs if c.per == "token")
         self.per_sequence = sum(c.flops_per_row for c in costs if c.per == "sequence")
 
+    def from_sums(self, tokens: int, squared_lengths: int, sequences: int) -> int:
+        """FLOPs of sequences with these real token counts: the Linears per token and per sequence, and
+        attention's QK^T and AV, 2·l²·d each forward and twice that backward, summed over the sequences."""
+        attention = 3 * self.layers * 2 * 2 * squared_lengths * self.hidden
+        return self.per_token * tokens + self.per_sequence * sequences + attention
+
     def attention(self, lengths: list[int]) -> int:
-        """QK^T and AV: 2·l²·d each, forward; backward twice the forward."""
-        return 3 * self.layers * sum(2 * 2 * n * n * self.hidden for n in lengths)
+        return self.from_sums(0, sum(n * n for n in lengths), 0)
 
     def batch(self, attention_mask: torch.Tensor) -> int:
         lengths = attention_mask.sum(dim=1).tolist()
-        return self.per_token * sum(lengths) + self.per_sequence * len(lengths) + self.attention(lengths)
+        return self.from_sums(sum(lengths), sum(n * n for n in lengths), len(lengths))
 
 
 def gemm_peak(device: torch.device | str = "cpu", dtype: torch.dtype | None = None, n: int | None = None,

@@ -58,7 +58,10 @@ def set_aside(path: Path, why: str) -> Path:
     n = 1
     while target.exists():
         target, n = path.with_name(f"{path.name}.corrupt-{stamp}-{n}"), n + 1
-    os.replace(path, target)
+    try:
+        os.replace(path, target)
+    except FileNotFoundError:  # another process set it aside first
+        return target
     log.warning("%s: %s; set aside as %s", path, why, target.name)
     return target
 

@@ -26,7 +26,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peft_bench.results import RESULTS_FILE, collect, unfinished_reason
+from peft_bench.results import RESULTS_FILE, collect, flatten, unfinished_reason
 
 # Config keys that say where or how a run was logged, not what was run: settings ignore them. The
 # top-level rank and sparsity are read where they act (method.r, method.pruning.target), so a method
@@ -79,17 +79,6 @@ class Setting:
 # ---------------------------------------------------------------------------------------- reading
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = json.dumps(v) if isinstance(v, list) else v
-    return out
-
-
 def load_runs(dirs: list[Path]) -> tuple[list[dict], list[tuple[Path, str]]]:
     """(completed runs, [(folder, why it is left out)] for the unreadable, partial, failed, running,
     stale (killed) and duplicate runs). A run of the same setting and seed as one already read (the same
@@ -114,8 +103,13 @@ def load_runs(dirs: list[Path]) -> tuple[list[dict], list[tuple[Path, str]]]:
 
 
 def setting_config(r: dict) -> dict:
-    return {k: v for k, v in flatten(r["config"]).items()
-            if k not in NOT_SETTING and not k.startswith(NOT_SETTING_PREFIX)}
+    """A run's configuration without its seed, paths and logging; with the tokenized data's cache key
+    (the data's content and layout and the tokenizer: the files' paths are left out, their bytes are not)."""
+    cfg = {k: v for k, v in flatten(r["config"], lists_as_json=True).items()
+           if k not in NOT_SETTING and not k.startswith(NOT_SETTING_PREFIX)}
+    if isinstance(r.get("data"), dict) and r["data"].get("cache_key"):
+        cfg["data.cache_key"] = r["data"]["cache_key"]
+    return cfg
 
 
 def setting_key(r: dict) -> str:
@@ -486,7 +480,7 @@ def read_curves(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
 
 
 def write_runs_csv(runs: list[dict], path: Path) -> None:
-    rows = [{"run_dir": r["_dir"], **{k: v for k, v in flatten({k: v for k, v in r.items() if k != "_dir"}).items()
+    rows = [{"run_dir": r["_dir"], **{k: v for k, v in flatten({k: v for k, v in r.items() if k != "_dir"}, lists_as_json=True).items()
                                        if v is None or isinstance(v, str | int | float | bool)}} for r in runs]
     first = ["run_dir", "status", "method", "dataset", "model", "rank", "seed"]
     columns = first + sorted({k for row in rows for k in row} - set(first))

@@ -28,19 +28,32 @@ def read_results(run_dir: Path) -> dict:
     return data
 
 
+def job_order(root: Path, path: Path) -> list[tuple]:
+    """Sort key of a folder below root: job numbers numerically (2 before 10), other names after them."""
+    return [(0, int(x), "") if x.isdigit() else (1, 0, x) for x in Path(path).relative_to(root).parts]
+
+
 def collect(root: Path) -> list[tuple[Path, dict | None]]:
     """Every results.json under root, parsed (None where unreadable), in job order."""
     root = Path(root)
-
-    def job_order(p: Path):
-        return [(0, int(x), "") if x.isdigit() else (1, 0, x) for x in p.relative_to(root).parts]
-
     out = []
-    for path in sorted(root.rglob(RESULTS_FILE), key=job_order):
+    for path in sorted(root.rglob(RESULTS_FILE), key=lambda p: job_order(root, p)):
         try:
             out.append((path.parent, read_results(path.parent)))
         except (OSError, ValueError):
             out.append((path.parent, None))
+    return out
+
+
+def flatten(d: dict, prefix: str = "", lists_as_json: bool = False) -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists kept, or as JSON text (one CSV cell) with lists_as_json."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + ".", lists_as_json))
+        else:
+            out[key] = json.dumps(v) if lists_as_json and isinstance(v, list) else v
     return out
 
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from peft_bench.errors import ConfigError, PeftBenchError
-from peft_bench.results import RESULTS_FILE, collect, unfinished_reason
+from peft_bench.results import RESULTS_FILE, collect, job_order, unfinished_reason
 
 MISSING = "missing"  # a job folder without results.json: never started, or died before writing one
 FAILURES = "job_failures.jsonl"  # in the sweep folder: one line per job that raised, from any process
@@ -28,7 +28,8 @@ def record_job_failure(error: BaseException) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
-    line = json.dumps({"job": str(hc.job.num), "overrides": list(hc.overrides.task), "at": time.time(),
+    line = json.dumps({"job": str(hc.job.num), "run_dir": str(Path(hc.runtime.output_dir).absolute()),
+                       "overrides": list(hc.overrides.task), "at": time.time(),
                        "error": f"{type(error).__name__}: {error}"})
     path = Path(hc.sweep.dir) / FAILURES
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,7 +38,8 @@ def record_job_failure(error: BaseException) -> None:
 
 
 def job_failures(root: Path, since: float) -> dict[str, str]:
-    """{job number: error} for the jobs that failed since `since` (this sweep's start)."""
+    """{job folder (absolute): error} for the jobs that failed since `since` (this sweep's start) without
+    a results.json of theirs saying so."""
     out = {}
     try:
         lines = (root / FAILURES).read_text().splitlines()
@@ -48,8 +50,8 @@ def job_failures(root: Path, since: float) -> dict[str, str]:
             rec = json.loads(line)
         except ValueError:
             continue
-        if isinstance(rec, dict) and rec.get("at", 0) >= since:
-            out[str(rec.get("job"))] = str(rec.get("error"))
+        if isinstance(rec, dict) and rec.get("at", 0) >= since and rec.get("run_dir"):
+            out[rec["run_dir"]] = str(rec.get("error"))
     return out
 
 
@@ -62,7 +64,7 @@ def majority_share(results: dict, split: str) -> float | None:
 def job_reason(root: Path, run_dir: Path, r: dict | str | None, failures: dict[str, str]) -> str | None:
     """Why a job of the sweep did not complete (None if it did): its own failure in this sweep first
     (its results.json may be an older attempt's), then what its results.json says."""
-    failed = failures.get(str(run_dir.relative_to(root)))
+    failed = failures.get(str(run_dir.absolute()))
     if failed is not None:
         return f"failed: {failed}"
     if r == MISSING:
@@ -146,17 +148,19 @@ def check_sweep(config: DictConfig) -> None:
         raise ConfigError(problems)
 
 
-def sweep_runs(config: DictConfig, root: Path) -> list[tuple[Path, dict | str | None]]:
-    """Every job of the sweep with its results: the folders found, plus (for the basic sweeper, whose
-    jobs are known) each job folder that has no results.json, as MISSING."""
+def sweep_runs(config: DictConfig, root: Path, failures: dict[str, str]) -> list[tuple[Path, dict | str | None]]:
+    """Every job of the sweep with its results: the folders found; the jobs that failed without a
+    results.json of theirs (the ledger); and, for the basic sweeper with job-numbered folders (its jobs
+    are known up front), each job folder that has no results.json, as MISSING."""
+    root = root.absolute()
     runs = collect(root)
-    if config.hydra.sweeper.get("_target_") == BASIC_SWEEPER:
-        found = {d for d, _ in runs}
-        jobs = sweep_jobs(list(config.hydra.overrides.task))
-        missing = [root / str(n) for n in range(len(jobs)) if root / str(n) not in found]
-        runs = sorted([*runs, *[(d, MISSING) for d in missing]],
-                      key=lambda x: [int(p) if p.isdigit() else p for p in x[0].relative_to(root).parts])
-    return runs
+    found = {d for d, _ in runs}
+    expected = [Path(d) for d in failures]
+    numbered = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir") == "${hydra.job.num}"
+    if config.hydra.sweeper.get("_target_") == BASIC_SWEEPER and numbered:
+        expected += [root / str(n) for n in range(len(sweep_jobs(list(config.hydra.overrides.task))))]
+    missing = {d.absolute() for d in expected} - found
+    return sorted([*runs, *[(d, MISSING) for d in missing]], key=lambda x: job_order(root, x[0]))
 
 
 class SweepSummary(Callback):
@@ -172,10 +176,9 @@ class SweepSummary(Callback):
             sys.exit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        root = Path(config.hydra.sweep.dir)
+        root = Path(config.hydra.sweep.dir).absolute()
         failures = job_failures(root, getattr(self, "started", 0.0))
-        runs = sweep_runs(config, root) if root.is_dir() else []
-        runs += [(root / n, MISSING) for n in failures if (root / n) not in {d for d, _ in runs}]
+        runs = sweep_runs(config, root, failures) if root.is_dir() else []
         if runs:
             Console(width=200).print(runs_table(root, runs, failures))
             try:  # the comparison report of the sweep; never what decides the sweep's exit status

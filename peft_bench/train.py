@@ -4,8 +4,8 @@ test the best checkpoint -> results.json. Hydra's multirun calls this once per j
 from __future__ import annotations
 
 import csv
-import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -27,15 +27,18 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from peft_bench.callbacks.checkpointing import (
+    CORRUPT,
     LAST,
     Fingerprint,
     LatestCheckpoint,
     check_resume,
+    differences,
     fingerprint,
     read_checkpoint,
 )
 from peft_bench.callbacks.run_stats import RunStats
 from peft_bench.config import CONF_DIR, RunConfig, check_config
+from peft_bench.data.base import local_fingerprint
 from peft_bench.errors import DivergedError, PeftBenchError, RunInProgress
 from peft_bench.io import AtomicCheckpointIO, RunLock, process_identity, set_aside
 from peft_bench.measure import peak_memory, reset_peak_memory
@@ -78,7 +81,8 @@ def main(cfg: DictConfig) -> float | None:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # one job's failure must not stop the sweep: results.json says why, the summary lists it
             log.error("job failed, the sweep goes on: %s", e, exc_info=not expected)
-            record_job_failure(e)
+            if not getattr(e, "recorded", False):  # no results.json of this attempt says it: the ledger does
+                record_job_failure(e)
             return None
         if isinstance(e, DivergedError):
             print(f"peft_bench: diverged: {e} (results.json says status: diverged)", file=sys.stderr)
@@ -136,11 +140,13 @@ def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, started: floa
         except (OSError, ValueError) as e:
             aside = set_aside(run_dir / RESULTS_FILE, f"unreadable ({type(e).__name__}: {e})")
             notes.append(f"{RESULTS_FILE} was unreadable and set aside as {aside.name}")
+    current = fingerprint(config, None)
     completed = prior is not None and prior.get("status") == "completed"
     if completed and run_cfg.skip_completed:
-        if prior.get("config") != json.loads(json.dumps(config, default=str)):
-            raise PeftBenchError(f"{run_dir} holds a completed run of another configuration; run with "
-                                 "skip_completed=false to redo it there, or choose another hydra.run.dir=")
+        differ = completed_differences(prior, current, run_cfg)
+        if differ:
+            raise PeftBenchError(f"{run_dir} holds a completed run of another configuration ({'; '.join(differ)}); "
+                                 "run with skip_completed=false to redo it there, or choose another hydra.run.dir=")
         log.info("%s: completed before, skipped (skip_completed=false runs it again)", run_cfg.run_name)
         return prior
     if completed or not run_cfg.resume:
@@ -148,16 +154,17 @@ def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, started: floa
 
     # Resume from last.ckpt only if it is readable and was trained on this very configuration.
     last = run_dir / "checkpoints" / LAST
-    resume_from, ckpt = None, None
+    ckpt = None
     if last.is_file():
         try:
             ckpt = read_checkpoint(last)
-        except Exception as e:  # noqa: BLE001  truncated (a kill or full disk mid-save), or not a checkpoint
+        except CORRUPT as e:  # truncated (a kill or a full disk mid-save), or not a checkpoint
             aside = set_aside(run_dir / "checkpoints", f"{LAST} is unreadable ({type(e).__name__}); starting over")
             notes.append(f"checkpoints/{LAST} was unreadable ({type(e).__name__}: {e}); the checkpoints folder was "
                          f"set aside as {aside.name} and the run started over")
-    if ckpt is not None:
-        resume_from = last
+    if ckpt is not None:  # the config part now, before anything is written; the data part once it is read
+        check_resume(ckpt, current, last, data=False)
+    resume_from = last if ckpt is not None else None
 
     reset_peak_memory()
     results: dict = {
@@ -166,15 +173,9 @@ def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, started: floa
         "model": run_cfg.model.name, "rank": run_cfg.rank, "seed": run_cfg.seed, "run_dir": str(run_dir),
         "config": config, **environment(), "warnings": [], "notes": notes,
     }
-    if resume_from is not None:
-        results["resumed_from"] = {"checkpoint": str(resume_from.relative_to(run_dir)), "step": ckpt["global_step"]}
-        log.info("%s: resuming from %s (step %d)", run_cfg.run_name, resume_from, ckpt["global_step"])
-        trim_csv_log(run_dir / "csv" / "metrics.csv", ckpt["global_step"])
     write_results(run_dir, results)  # a job that is killed now still shows up: status running, pid, host
-    logger = None
+    logger, restore = None, False
     try:
-        if ckpt is not None:  # the config part now, before any data is read; the data part below
-            check_resume(ckpt, fingerprint(config, None), last, data=False)
         L.seed_everything(run_cfg.seed, workers=True, verbose=False)
         datamodule = get_class(run_cfg.dataset._target_)(
             dataset=run_cfg.dataset, tokenizer=load_tokenizer(run_cfg.model),
@@ -182,9 +183,18 @@ def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, started: floa
         datamodule.prepare_data()  # data problems (offline Hub, bad rows) surface before the weights load
         results["data"] = datamodule.info
         results["warnings"] += datamodule.info.get("warnings", [])
+        results["notes"] += datamodule.info.get("notes", [])
         print_ = fingerprint(config, datamodule.info["cache_key"])
         if ckpt is not None:
-            check_resume(ckpt, print_, last)
+            try:
+                check_resume(ckpt, print_, last)
+            except PeftBenchError:
+                restore = True  # the folder keeps describing the run its checkpoint belongs to
+                raise
+            results["resumed_from"] = {"checkpoint": str(last.relative_to(run_dir)), "step": ckpt["global_step"]}
+            log.info("%s: resuming from %s (step %d)", run_cfg.run_name, last, ckpt["global_step"])
+            trim_csv_log(run_dir / "csv" / "metrics.csv", ckpt["global_step"])
+        check_validation_interval(run_cfg, datamodule)
         module = get_class(run_cfg.method._target_)(method=run_cfg.method, model=run_cfg.model, dataset=run_cfg.dataset)
         trainable, total = module.parameter_counts()
         if run_cfg.trainer.compile:  # compiles the model's forward in place (state_dict keys unchanged)
@@ -230,13 +240,14 @@ def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, started: floa
         results["status"] = ("interrupted" if isinstance(e, KeyboardInterrupt | SystemExit) else
                              "diverged" if isinstance(e, DivergedError) else "failed")
         results["error"] = f"{type(e).__name__}: {e}"
+        e.recorded = not (restore and prior is not None)  # in results.json; else the sweep's ledger says it
         if isinstance(e, SIGTERMException):  # Lightning's stop on SIGTERM exits 0: say it was killed
             raise SystemExit(128 + signal.SIGTERM) from e
         raise
     finally:
         results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         results.update(peak_memory())
-        write_results(run_dir, results)
+        write_results(run_dir, prior if restore and prior is not None else results)
         finish_logging(results["status"])
     for warning in results["warnings"]:
         log.warning("%s: %s", run_cfg.run_name, warning)
@@ -244,6 +255,34 @@ def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, started: floa
                                                           "test_ppl") if k in results)
     log.info("%s: %s | %.1f s -> %s", run_cfg.run_name, scores, results["train_time_s"], run_dir / RESULTS_FILE)
     return results
+
+
+def completed_differences(prior: dict, current: dict, run_cfg: RunConfig) -> list[str]:
+    """What separates a completed run's record from this run: training-relevant config keys (paths,
+    logging and skip/resume flags aside) and, for local files or the generator, the data's content."""
+    differ = differences(fingerprint(prior.get("config", {}), None), current, data=False)
+    before = prior.get("data", {}).get("raw_fingerprint")
+    now = local_fingerprint(run_cfg.dataset) if before is not None else None
+    if now is not None and now != before:
+        differ.append("the data files' content or their split assignment changed")
+    return differ
+
+
+def check_validation_interval(run_cfg: RunConfig, datamodule) -> None:
+    """Lightning's own error for a validation interval longer than an epoch is a traceback after the data
+    is built; say it in one sentence instead."""
+    interval, t = run_cfg.trainer.val_check_interval, run_cfg.trainer
+    if not isinstance(interval, int) or isinstance(interval, bool):
+        return
+    batches = math.ceil(len(datamodule.data["train"]) / run_cfg.dataset.batch_size)
+    limit = t.limit_train_batches
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = int(batches * limit)
+    if interval > batches:
+        raise PeftBenchError(f"trainer.val_check_interval={interval} is more than the {batches} training batches of an "
+                             f"epoch: give at most {batches}, a fraction of an epoch (e.g. 0.25), or null (once per epoch)")
 
 
 def trim_csv_log(path: Path, step: int) -> None:

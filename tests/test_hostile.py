@@ -209,6 +209,40 @@ def test_a_bad_seed_fails_the_sweep_pre_check_and_a_repeated_value_is_refused(tm
     assert not list(tmp_path.rglob("results.json"))
 
 
+def test_a_completed_run_is_not_reported_again_for_changed_data_and_a_redo_is_skipped_after(tmp_path):
+    train = jsonl(tmp_path / "train.jsonl", rows(200))
+    args = ["dataset=sst2", files_override([train])]
+    first = tiny_run(tmp_path / "run", *args)
+    assert tiny_run(tmp_path / "run", *args)["finished_at"] == first["finished_at"]  # skipped
+    redo = tiny_run(tmp_path / "run", *args, "skip_completed=false")
+    assert redo["finished_at"] != first["finished_at"]
+    assert tiny_run(tmp_path / "run", *args)["finished_at"] == redo["finished_at"]  # skip/redo flags: not config
+    jsonl(train, rows(200, 7))  # the same path, other sentences
+    with pytest.raises(PeftBenchError, match="completed run of another configuration .*content"):
+        tiny_run(tmp_path / "run", *args)
+    assert results(tmp_path / "run")["finished_at"] == redo["finished_at"]  # untouched
+
+
+def test_a_validation_interval_longer_than_an_epoch_is_one_sentence(tmp_path):
+    with pytest.raises(PeftBenchError, match=r"val_check_interval=50 is more than the 4 training batches"):
+        tiny_run(tmp_path / "run", "trainer.val_check_interval=50")
+
+
+def test_bz2_and_xz_files_are_read_and_an_empty_file_list_is_a_config_error(tmp_path):
+    import bz2
+    import lzma
+
+    from peft_bench.config import check_config
+
+    text = "".join(json.dumps(r) + "\n" for r in rows(100)).encode()
+    (tmp_path / "train.jsonl.bz2").write_bytes(bz2.compress(text))
+    (tmp_path / "validation.jsonl.xz").write_bytes(lzma.compress("".join(json.dumps(r) + "\n" for r in rows(30)).encode()))
+    dm = datamodule(tmp_path, {"train": tmp_path / "train.jsonl.bz2", "validation": tmp_path / "validation.jsonl.xz"})
+    assert dm.info["sizes"]["train"] == 90
+    with pytest.raises(ConfigError, match="no file given for train"):
+        check_config(compose([*TINY, "dataset.data_files=[]"]))
+
+
 # ------------------------------------------------------------------ 4. a single-class training split is flagged
 
 
@@ -284,17 +318,54 @@ def test_7_a_checkpoint_save_that_dies_midway_leaves_the_previous_one_intact(tmp
 # ------------------------------------------------------------------ 9. last.ckpt is always the latest state
 
 
+def _worsening():
+    """A LoRA module whose logged validation F1 falls after the first validation (the real one of a tiny
+    model barely moves): the best checkpoint stays at epoch 0 while training goes on."""
+    from peft_bench.methods.lora import LoRAModule
+
+    class Worsening(LoRAModule):
+        def on_validation_epoch_end(self) -> None:
+            self.val_metrics.reset()
+            self.log("val/f1", 1.0 - 0.1 * self.current_epoch)
+
+    return Worsening
+
+
+WorseningLoRA = _worsening()
+
+
 def test_9_last_checkpoint_advances_even_when_validation_gets_worse(tmp_path):
-    import lightning as L
-
-    class Worsening(L.Callback):  # the monitored score falls after the first validation
-        def on_validation_epoch_end(self, trainer, pl_module):
-            trainer.callback_metrics["val/f1"] = torch.tensor(1.0 - 0.1 * trainer.current_epoch)
-
-    out = tiny_run(tmp_path / "run", "trainer.max_epochs=3", "checkpoint_every_n_steps=3", callbacks=[Worsening()])
+    out = tiny_run(tmp_path / "run", "trainer.max_epochs=3", "checkpoint_every_n_steps=3",
+                   "method._target_=tests.test_hostile.WorseningLoRA")
     assert out["evaluated_checkpoint"] == "checkpoints/best-epoch0-step4.ckpt"
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == out["optimizer_steps"] == 12 and last["epoch"] == 2
+
+
+def test_8_a_checkpoint_taken_every_n_steps_resumes_exactly(tmp_path):
+    """The on_train_batch_end checkpoint (checkpoint_every_n_steps), crashed 15 steps after it."""
+    import lightning as L
+
+    class Record(L.Callback):
+        def __init__(self, crash_at=None):
+            self.steps, self.crash_at = [], crash_at
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.steps.append((trainer.global_step, float(outputs["task_loss"])))
+            if trainer.global_step == self.crash_at:
+                raise RuntimeError("power cut")
+
+    args = ["dataset.generator_size=1000", "trainer.limit_train_batches=null", "trainer.max_epochs=2",
+            "checkpoint_every_n_steps=30", "method.lr=3e-3"]
+    reference, crashed, resumed = Record(), Record(crash_at=75), Record()
+    ref = tiny_run(tmp_path / "reference", *args, callbacks=[reference])
+    with pytest.raises(RuntimeError, match="power cut"):
+        tiny_run(tmp_path / "run", *args, callbacks=[crashed])
+    out = tiny_run(tmp_path / "run", *args, callbacks=[resumed])
+    assert out["resumed_from"]["step"] == 60 and ref["optimizer_steps"] == out["optimizer_steps"] == 100
+    assert resumed.steps == reference.steps[60:]  # the same batches, losses and dropout, step for step
+    assert out["train_loss_per_epoch"] == pytest.approx(ref["train_loss_per_epoch"], abs=1e-6)
+    assert out["val_f1"] == pytest.approx(ref["val_f1"], abs=1e-6)
 
 
 # ------------------------------------------------------------------ 11. a redo is a clean slate
@@ -384,6 +455,8 @@ def test_2_5_8_10_kill9_mid_epoch_then_the_same_command_resumes_exactly(tmp_path
     for key in ("train_examples", "train_tokens", "train_flops"):
         assert resumed[key] == ref[key], key
     assert len(resumed["time_per_epoch_s"]) == 2
-    with (run_dir / "csv" / "metrics.csv").open() as f:  # each training step logged once, none twice
-        logged = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
-    assert len(logged) == len(set(logged)) and logged
+    def logged(folder: Path) -> list[int]:
+        with (folder / "csv" / "metrics.csv").open() as f:
+            return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
+
+    assert logged(run_dir) == logged(tmp_path / "reference")  # each step logged once: before and after the kill

@@ -63,22 +63,22 @@ def test_one_invalid_value_fails_the_sweep_before_any_job_starts(tmp_path):
     assert not list(tmp_path.rglob("results.json"))
 
 
-@pytest.mark.slow  # two runs of ~15 s and one that is killed
-def test_sigterm_then_same_command_resumes_and_matches_an_uninterrupted_run(tmp_path):
-    # 3 epochs of 300 steps on the tiny model; a checkpoint at each epoch's end.
-    args = [*TINY, "dataset.generator_size=6000", "trainer.max_epochs=3", "trainer.limit_val_batches=5",
-            "trainer.limit_test_batches=5", "method.lr=3e-3"]
+@pytest.mark.slow  # a run stopped with SIGTERM and its resume: ~40 s
+def test_sigterm_then_same_command_resumes_from_the_epoch_checkpoint_and_reports_the_whole_run(tmp_path):
+    """A polite stop (SLURM's SIGTERM before a time limit): status interrupted, a non-zero exit, and the
+    same command resumes from the last epoch's checkpoint. (That a resume repeats the uninterrupted run
+    exactly is test_hostile.py's SIGKILL test.)"""
+    # 3 epochs of 150 steps on the tiny model; a checkpoint at each epoch's end.
+    args = [*TINY, "dataset.generator_size=3000", "trainer.max_epochs=3", "trainer.limit_val_batches=2",
+            "trainer.limit_test_batches=2", "method.lr=3e-3"]
     env = {**os.environ, "PEFT_BENCH_CACHE": os.environ["PEFT_BENCH_CACHE"]}
-    reference = run_cli([*args, f"hydra.run.dir={tmp_path / 'reference'}"])
-    assert reference.returncode == 0, reference.stderr[-2000:]
-
     run_dir = tmp_path / "interrupted"
     cmd = [sys.executable, "-m", "peft_bench", *args, f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.1)
     time.sleep(0.5)  # mid-way through epoch 1
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) != 0
@@ -86,20 +86,12 @@ def test_sigterm_then_same_command_resumes_and_matches_an_uninterrupted_run(tmp_
 
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
-    resumed, ref = results(run_dir), results(tmp_path / "reference")
-    assert resumed["status"] == "completed" and resumed["resumed_from"]["step"] % 300 == 0  # an epoch's end
-    assert resumed["resumed_from"]["step"] > 0  # not step 0
-    assert resumed["optimizer_steps"] == ref["optimizer_steps"] == 900
-    # CPU, same seed, data order a function of (seed, epoch), RNG state restored from the checkpoint:
-    # the resumed run repeats the uninterrupted one to float rounding
-    for key in ("val_acc", "val_f1", "test_acc", "test_f1"):
-        assert resumed[key] == pytest.approx(ref[key], abs=1e-6), key
-    # the whole run's figures, carried in the checkpoint: not only the 2 epochs after the resume
-    assert resumed["train_loss_per_epoch"] == pytest.approx(ref["train_loss_per_epoch"], abs=1e-6)
-    for key in ("train_examples", "train_tokens", "train_flops"):
-        assert resumed[key] == ref[key], key
-    assert len(resumed["time_per_epoch_s"]) == 3
-    assert resumed["train_time_s"] >= sum(resumed["time_per_epoch_s"])
+    resumed = results(run_dir)
+    assert resumed["status"] == "completed" and resumed["resumed_from"]["step"] in (150, 300)  # an epoch's end
+    assert resumed["optimizer_steps"] == 450
+    # the whole run's figures, carried in the checkpoint: not only the epochs after the resume
+    assert resumed["train_examples"] == 3 * 2400 and len(resumed["train_loss_per_epoch"]) == 3
+    assert len(resumed["time_per_epoch_s"]) == 3 and resumed["train_time_s"] >= sum(resumed["time_per_epoch_s"])
 
 
 def test_a_deferred_finite_check_still_stops_a_diverging_run_before_its_checkpoint(tmp_path, monkeypatch):

@@ -6,6 +6,8 @@ a resume must match."""
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +16,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from peft_bench.errors import PeftBenchError
+from peft_bench.results import flatten
 
 FINGERPRINT_KEY = "peft_bench_fingerprint"
 LAST = "last.ckpt"
@@ -26,17 +29,6 @@ NOT_TRAINING = ("run_dir", "run_name", "cache_dir", "skip_completed", "resume", 
                 "trainer.num_sanity_val_steps", "trainer.limit_test_batches", "trainer.devices",
                 "trainer.accelerator", "trainer.precision")
 NOT_TRAINING_PREFIX = ("logger.",)
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def fingerprint(config: dict, data_key: str | None) -> dict:
@@ -74,9 +66,14 @@ def check_resume(ckpt: dict, current: dict, path: Path, data: bool = True) -> No
             "or run the original command again to finish that run.")
 
 
+# What torch.load raises on a truncated or foreign file (not MemoryError, not a permission error).
+CORRUPT = (RuntimeError, EOFError, ValueError, KeyError, IndexError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
 def read_checkpoint(path: Path) -> dict:
-    """The checkpoint as a dict; raises (any exception) if it is truncated or not a checkpoint."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    """The checkpoint as a dict (memory-mapped: no second copy of its tensors); raises one of CORRUPT if
+    it is truncated or not a checkpoint."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     if not isinstance(ckpt, dict) or "global_step" not in ckpt or "state_dict" not in ckpt:
         raise ValueError("not a Lightning checkpoint (no global_step / state_dict)")
     return ckpt

@@ -34,6 +34,7 @@ class RunStats(L.Callback):
         self._loss_prior = 0.0  # ... of the part of that epoch before a resume
         self.flops: TrainFlops | None = None
         self._fit_start: float | None = None
+        self._fit_end: float | None = None  # the clock stops here: evaluation after training is not training
         self._epoch_start: float | None = None  # perf_counter when the running epoch's timing began
         self._epoch_offset = 0.0  # compute time of the running epoch before a mid-epoch resume
         self._val_in_epoch = 0.0  # validation inside the running epoch (not training compute)
@@ -47,10 +48,13 @@ class RunStats(L.Callback):
     # ------------------------------------------------------------------ training
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fit_start = time.perf_counter()
+        self._fit_start, self._fit_end = time.perf_counter(), None
         model = pl_module.model
         vocab = getattr(model.config, "vocab_size", 100) or 100
         self.flops = TrainFlops(model, vocab=min(100, vocab))
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_end = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start, self._epoch_offset, self._val_in_epoch = time.perf_counter(), 0.0, 0.0
@@ -107,13 +111,13 @@ class RunStats(L.Callback):
         if self.flops is None or self._sums is None:
             return self.prior["flops"]
         tokens, squares = (int(v) for v in self._sums.tolist())
-        f = self.flops
-        attention = 3 * f.layers * 2 * 2 * squares * f.hidden  # as TrainFlops.attention, summed over sequences
-        return self.prior["flops"] + f.per_token * tokens + f.per_sequence * self._sequences + attention
+        return self.prior["flops"] + self.flops.from_sums(tokens, squares, self._sequences)
 
     def train_time(self) -> float:
         """Wall-clock time of training (validation inside it included), the whole run."""
-        return self.prior["train_time_s"] + (time.perf_counter() - self._fit_start if self._fit_start else 0.0)
+        if self._fit_start is None:
+            return self.prior["train_time_s"]
+        return self.prior["train_time_s"] + (self._fit_end or time.perf_counter()) - self._fit_start
 
     def compute_time(self) -> float:
         """Training time without the validation inside it, the whole run."""

@@ -4,19 +4,23 @@ everything that shapes them, verified on every hit), and the resumable, epoch-se
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
 import json
 import logging
+import lzma
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import torch
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
+from filelock import FileLock
 
 from peft_bench.data.demo import build_demo
 from peft_bench.errors import DataError, PeftBenchError, prepare_command
@@ -26,7 +30,7 @@ log = logging.getLogger("peft_bench")
 
 CACHE_VERSION = 2  # bump when tokenization, checks or split logic change: old cache entries are not reused
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 SPLITS = ("train", "validation", "test")
 DATA_FILES = "data-*.arrow"  # what save_to_disk writes per split; their digests are kept in info.json
 
@@ -43,7 +47,7 @@ def builder_for(path: str) -> str:
     suffixes = Path(path).suffixes
     ext = suffixes[-2] if len(suffixes) > 1 and suffixes[-1] in COMPRESSED else Path(path).suffix
     if ext not in BUILDERS:
-        raise PeftBenchError(f"dataset.data_files: cannot read {path}: use one of {sorted(BUILDERS)} (optionally .gz)")
+        raise PeftBenchError(f"dataset.data_files: cannot read {path}: use one of {sorted(BUILDERS)} (optionally .gz, .bz2, .xz)")
     return BUILDERS[ext]
 
 
@@ -92,13 +96,15 @@ def describe(e: BaseException) -> str:
 
 def read_text(path: str) -> str:
     """A text file's content (decompressed); DataError if it is a broken archive or not UTF-8."""
-    opener = gzip.open if path.endswith(".gz") else open
+    suffix = Path(path).suffix
+    opener = COMPRESSED.get(suffix, open)
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (EOFError, gzip.BadGzipFile, OSError) as e:
-        raise DataError(f"data file {path}: is not a complete gzip file ({type(e).__name__}: {e}): the file is "
-                        "truncated or corrupt") from None
+    except (EOFError, OSError, lzma.LZMAError) as e:
+        kind = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz"}.get(suffix, "readable")
+        raise DataError(f"data file {path}: is not a complete {kind} file ({type(e).__name__}: {e}): "
+                        "the file is truncated or corrupt") from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -141,18 +147,12 @@ class RawData:
         self.cfg, self.validate = cfg, validate
         self._splits: DatasetDict | None = None
         self.unlabelled: list[str] = []  # given splits whose every label is -1
-        if cfg.data_files is not None:
-            shape, self.files = files_by_split(cfg.data_files)
-            for split in self.files:
-                if split not in SPLITS:
-                    raise PeftBenchError(f"dataset.data_files: unknown split {split!r}: valid splits are {list(SPLITS)}")
-            if "train" not in self.files:
-                raise PeftBenchError(f"dataset.data_files names no 'train' file (got {sorted(self.files)})")
-            self.fingerprint = json.dumps({"files": shape, "splits": {
-                s: [file_digest(p) for p in paths] for s, paths in sorted(self.files.items())}}, sort_keys=True)
+        if cfg.data_files is not None:  # (the config check has made sure of the splits and files)
+            _, self.files = files_by_split(cfg.data_files)
+            self.fingerprint = local_fingerprint(cfg)
             self.source = f"local files {json.dumps(self.files)}"
         elif cfg.generator == "demo":
-            self.fingerprint = f"demo-v1:{cfg.generator_size}:{cfg.split_seed}"
+            self.fingerprint = local_fingerprint(cfg)
             self.source = f"generated demo sentences (size {cfg.generator_size}, seed {cfg.split_seed})"
         else:  # the Hub: its fingerprint comes with the (cached) download
             self._hub = load_hub(cfg)
@@ -188,6 +188,18 @@ class RawData:
             if "train" not in self._splits:
                 raise DataError(f"dataset {self.cfg.name}: no 'train' split in {self.source}")
         return self._splits
+
+
+def local_fingerprint(cfg) -> str | None:
+    """What local data is made of, without parsing it: which file feeds which split, how data_files was
+    given, each file's bytes (or the generator's settings). None for the Hub (known only once loaded)."""
+    if cfg.data_files is not None:
+        shape, files = files_by_split(cfg.data_files)
+        return json.dumps({"files": shape, "splits": {
+            s: [file_digest(p) for p in paths] for s, paths in sorted(files.items())}}, sort_keys=True)
+    if cfg.generator == "demo":
+        return f"demo-v1:{cfg.generator_size}:{cfg.split_seed}"
+    return None
 
 
 def load_hub(cfg) -> DatasetDict:
@@ -249,10 +261,17 @@ def cache_key(name: str, tokenizer, fingerprint: str, recipe: dict) -> str:
     return f"{safe_name(name)}-{hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16]}"
 
 
-def load_cached(path: Path) -> tuple[DatasetDict, dict] | None:
+def cache_lock(path: Path) -> FileLock:
+    """One job builds a cache entry while the others of a sweep wait for it (and then hit)."""
+    locks = path.parent.parent / "locks"  # beside the cache's folders, not among their entries
+    locks.mkdir(parents=True, exist_ok=True)
+    return FileLock(locks / f"{path.parent.name}-{path.name}.lock")
+
+
+def load_cached(path: Path, notes: list[str] | None = None) -> tuple[DatasetDict, dict] | None:
     """A cache entry, verified against the digests it was written with; None if there is none. A
-    damaged entry (truncated or changed file, unreadable info.json) is set aside and None returned, so
-    the caller tokenizes again: a corrupt cache never fails a run for good."""
+    damaged entry (truncated or changed file, unreadable info.json) is set aside (noted in `notes`) and
+    None returned, so the caller tokenizes again: a corrupt cache never fails a run for good."""
     if not path.exists():
         return None
     try:
@@ -266,7 +285,10 @@ def load_cached(path: Path) -> tuple[DatasetDict, dict] | None:
                 raise ValueError(f"{rel} does not match its digest")
         return load_from_disk(str(path)), info
     except Exception as e:  # noqa: BLE001  (any damage: bad JSON, missing keys, pyarrow errors)
-        set_aside(path, f"tokenized-data cache entry is damaged ({type(e).__name__}: {e}); tokenizing again")
+        why = f"tokenized-data cache entry is damaged ({type(e).__name__}: {e}); tokenizing again"
+        aside = set_aside(path, why)
+        if notes is not None:
+            notes.append(f"cache entry {path.name}: {why}; set aside as {aside.name}")
         return None
 
 
@@ -274,8 +296,7 @@ def save_atomically(data: DatasetDict, info: dict, path: Path) -> dict:
     """Write to a temporary folder, then rename: a concurrent job sees all or nothing. Returns the info
     with the digests of the data files, which every later hit verifies."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     data.save_to_disk(str(tmp))
     info = {**info, "file_digests": {str(p.relative_to(tmp)): file_digest(str(p)) for p in tmp.rglob(DATA_FILES)}}
     atomic_write(tmp / "info.json", json.dumps(info, indent=2))
@@ -345,8 +366,9 @@ class LengthGroupedSampler(EpochSeededSampler):
         return torch.cat(batches + short).tolist()
 
 
-class ResumableDataModule(L.LightningDataModule):
-    """What the task datamodules share for exact resumes. Its state (the epoch of the training order and
+class BaseDataModule(L.LightningDataModule):
+    """What the task datamodules share: the tokenized splits from the shared cache (built once, under a
+    lock, by the first job of a sweep that needs them), and exact resumes. Its state (the epoch of the training order and
     how many of its batches were trained) travels in every checkpoint; a run restored from a mid-epoch
     checkpoint goes on with the next batch of the same order instead of starting the epoch over.
     (Lightning's own stateful-loader path cannot do this here: `estimated_stepping_batches`, which the
@@ -354,8 +376,28 @@ class ResumableDataModule(L.LightningDataModule):
     has its own generator, so building one draws nothing from the global RNG stream that dropout uses."""
 
     seed: int
+    cache_root: Path
+    data: DatasetDict | None
+    info: dict
     _sampler: EpochSeededSampler | None = None
     _resume: dict | None = None
+
+    def load_or_build(self, raw: RawData, key: str, build: Callable[[], tuple[DatasetDict, dict]]) -> None:
+        """self.data and self.info from the cache entry `key`, built with `build()` on a miss."""
+        path, notes = self.cache_root / key, []
+        with cache_lock(path):
+            cached, hit = load_cached(path, notes), "hit"
+            if cached is None:
+                data, info = build()
+                save_atomically(data, {**info, "cache_key": key}, path)
+                cached, hit = load_cached(path, notes), "miss"
+        if cached is None:
+            raise DataError(f"the tokenized data just written to {path} cannot be read back: is the disk full?")
+        self.data, info = cached
+        # the source as this run names it (a hit may come from other paths to the same bytes)
+        self.info = {**{k: v for k, v in info.items() if k != "file_digests"}, "source": raw.source,
+                     "raw_fingerprint": raw.fingerprint, "cache": hit, "notes": notes}
+        log.info("tokenized data: cache %s %s", hit, path)
 
     def state_dict(self) -> dict:
         trainer = getattr(self, "trainer", None)

@@ -12,20 +12,18 @@ from torch.utils.data import DataLoader
 
 from peft_bench.config import LMDatasetConfig
 from peft_bench.data.base import (
+    BaseDataModule,
     EpochSeededSampler,
     RawData,
-    ResumableDataModule,
     cache_key,
     check_text,
-    load_cached,
-    save_atomically,
 )
 from peft_bench.errors import DataError
 
 log = logging.getLogger(__name__)
 
 
-class CausalLMDataModule(ResumableDataModule):
+class CausalLMDataModule(BaseDataModule):
     def __init__(self, dataset: LMDatasetConfig, tokenizer, cache_dir: str, seed: int):
         super().__init__()
         self.cfg = dataset
@@ -46,10 +44,8 @@ class CausalLMDataModule(ResumableDataModule):
         raw = RawData(self.cfg, self.validate)
         recipe = {"task": "causal_lm", "block_size": self.cfg.block_size, "text": self.cfg.text_field,
                   "split": [self.cfg.val_fraction, self.cfg.test_fraction]}
-        key = cache_key(self.cfg.name, self.tokenizer, raw.fingerprint, recipe)
-        path = self.cache_root / key
-        cached, hit = load_cached(path), "hit"
-        if cached is None:
+
+        def build() -> tuple[DatasetDict, dict]:
             splits, how = split_lm(raw.splits, self.cfg)
             packed = DatasetDict({name: pack(tokenize_concat(ds, self.tokenizer, self.cfg.text_field),
                                              self.cfg.block_size) for name, ds in splits.items()})
@@ -57,15 +53,11 @@ class CausalLMDataModule(ResumableDataModule):
                 if len(ds) == 0:
                     raise DataError(f"dataset {self.cfg.name}: split '{name}' ({how[name]}) has no tokens: "
                                     "give it text")
-            info = {"source": raw.source, "splits": how, "cache_key": key,
-                    "sizes": {k: len(v) for k, v in packed.items()},
-                    "tokens": {k: sum(v["length"]) for k, v in packed.items()}, "block_size": self.cfg.block_size}
-            save_atomically(packed, info, path)
-            cached, hit = load_cached(path), "miss"
-        if cached is None:
-            raise DataError(f"the tokenized data just written to {path} cannot be read back: is the disk full?")
-        self.data, info = cached
-        self.info = {**{k: v for k, v in info.items() if k != "file_digests"}, "cache": hit}
+            return packed, {"splits": how, "sizes": {k: len(v) for k, v in packed.items()},
+                            "tokens": {k: sum(v["length"]) for k, v in packed.items()},
+                            "block_size": self.cfg.block_size}
+
+        self.load_or_build(raw, cache_key(self.cfg.name, self.tokenizer, raw.fingerprint, recipe), build)
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()

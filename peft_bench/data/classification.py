@@ -13,22 +13,20 @@ from transformers import DataCollatorWithPadding
 
 from peft_bench.config import ClassificationDatasetConfig
 from peft_bench.data.base import (
+    BaseDataModule,
     EpochSeededSampler,
     LengthGroupedSampler,
     RawData,
-    ResumableDataModule,
     cache_key,
     check_labels,
     check_text,
-    load_cached,
-    save_atomically,
 )
 from peft_bench.errors import DataError
 
 log = logging.getLogger("peft_bench")
 
 
-class TextClassificationDataModule(ResumableDataModule):
+class TextClassificationDataModule(BaseDataModule):
     def __init__(self, dataset: ClassificationDatasetConfig, tokenizer, cache_dir: str, seed: int):
         super().__init__()
         self.cfg = dataset
@@ -60,25 +58,15 @@ class TextClassificationDataModule(ResumableDataModule):
         if self.data is not None:
             return
         raw = RawData(self.cfg, self.validate)
-        key = cache_key(self.cfg.name, self.tokenizer, raw.fingerprint, self.recipe())
-        path = self.cache_root / key
-        cached = load_cached(path)
-        if cached is None:
+
+        def build() -> tuple[DatasetDict, dict]:
             splits, how = make_splits(raw.splits, self.cfg, raw.unlabelled)
             tokenized = self.tokenize(splits)
             counts = {k: label_counts(v) for k, v in tokenized.items()}
-            info = {"source": raw.source, "splits": how, "sizes": {k: len(v) for k, v in tokenized.items()},
-                    "label_counts": counts, "cache_key": key, "warnings": class_warnings(counts)}
-            save_atomically(tokenized, info, path)
-            cached, hit = load_cached(path), "miss"
-            log.info("tokenized data: cache miss, wrote %s", path)
-        else:
-            hit = "hit"
-            log.info("tokenized data: cache hit %s", path)
-        if cached is None:
-            raise DataError(f"the tokenized data just written to {path} cannot be read back: is the disk full?")
-        self.data, info = cached
-        self.info = {**{k: v for k, v in info.items() if k != "file_digests"}, "cache": hit}
+            return tokenized, {"splits": how, "sizes": {k: len(v) for k, v in tokenized.items()},
+                               "label_counts": counts, "warnings": class_warnings(counts)}
+
+        self.load_or_build(raw, cache_key(self.cfg.name, self.tokenizer, raw.fingerprint, self.recipe()), build)
         for warning in self.info.get("warnings", []):
             log.warning("data: %s", warning)
 
