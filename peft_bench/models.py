@@ -8,23 +8,18 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PretrainedConfig,
-)
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 from transformers.pytorch_utils import Conv1D
 
-from peft_bench.config import ModelConfig, PeftBenchError, prepare_command
+from peft_bench.config import ModelConfig
+from peft_bench.errors import PeftBenchError, prepare_command
+from peft_bench.tasks import CLASSIFICATION, Task
 
 
 def offline_hint() -> str:
     return ("not in the local cache and the Hugging Face Hub cannot be reached: where there is network (a login "
             f"node), `{prepare_command()}` fetches and caches it; or point model.pretrained at a local folder")
 
-AUTO_CLASS = {"classification": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
 
 
 def is_local(model: ModelConfig) -> bool:
@@ -63,16 +58,16 @@ def load_model_config(model: ModelConfig, num_labels: int | None) -> PretrainedC
     return config
 
 
-def adaptable_module_names(config: PretrainedConfig, task: str = "classification") -> list[str]:
+def adaptable_module_names(config: PretrainedConfig, task: Task = CLASSIFICATION) -> list[str]:
     """Qualified names of the Linear (and GPT-2 Conv1D) modules, built on the meta device."""
     with torch.device("meta"):
-        model = AUTO_CLASS[task].from_config(config)
+        model = task.auto_class().from_config(config)
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear | Conv1D)]
 
 
-def load_backbone(model: ModelConfig, task: str, num_labels: int | None, **kwargs) -> nn.Module:
+def load_backbone(model: ModelConfig, task: Task, num_labels: int | None, **kwargs) -> nn.Module:
     """The model with the task's head; kwargs go to from_pretrained."""
-    auto = AUTO_CLASS[task]
+    auto = task.auto_class()
     if model.architecture is not None:
         return auto.from_config(load_model_config(model, num_labels))
     config = load_model_config(model, num_labels)

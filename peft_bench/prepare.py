@@ -21,8 +21,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from peft_bench.config import ModelConfig, PeftBenchError, RunConfig, check_config
+from peft_bench.checks import compose_job
+from peft_bench.config import ModelConfig, RunConfig
+from peft_bench.errors import PeftBenchError
 from peft_bench.models import is_local
+from peft_bench.sweep import check_jobs
 
 # Weights of other frameworks and formats: never what transformers' PyTorch loader reads.
 OTHER_FORMATS = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "*.onnx_data", "*.tflite", "*.gguf", "*.mlmodel",
@@ -31,20 +34,8 @@ OTHER_FORMATS = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "*.onnx_data", "*.tflite
 
 def job_configs(overrides: list[str]) -> list[tuple[list[str], RunConfig]]:
     """(job overrides, checked config) for every job the overrides sweep; all problems in one error."""
-    from peft_bench.config import ConfigError, compose_job
-    from peft_bench.sweep_summary import sweep_jobs
-
-    jobs, problems = [], []
-    for job in sweep_jobs(overrides):
-        cfg = compose_job(job)
-        try:
-            build_local_model(OmegaConf.to_object(cfg).model)  # before the check, which reads its config.json
-            jobs.append((job, check_config(cfg)))
-        except ConfigError as e:
-            problems += [f"job {' '.join(job)}: {p}" for p in e.problems]
-    if problems:
-        raise ConfigError(problems)
-    return jobs
+    # a missing local model folder with a recipe is built before the check, which reads its config.json
+    return check_jobs(overrides, compose_job, lambda cfg: build_local_model(OmegaConf.to_object(cfg).model))
 
 
 def build_local_model(model: ModelConfig) -> None:

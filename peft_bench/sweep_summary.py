@@ -4,7 +4,6 @@ missing), writes the sweep's report, and exits non-zero unless every job complet
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -14,47 +13,13 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from peft_bench.errors import ConfigError, PeftBenchError
+from peft_bench.errors import PeftBenchError
+from peft_bench.report import write_report
 from peft_bench.results import RESULTS_FILE, collect, job_order, unfinished_reason
+from peft_bench.sweep import check_jobs, job_failures, sweep_jobs
+from peft_bench.tasks import CLASSIFICATION, task_of
 
 MISSING = "missing"  # a job folder without results.json: never started, or died before writing one
-FAILURES = "job_failures.jsonl"  # in the sweep folder: one line per job that raised, from any process
-
-
-def record_job_failure(error: BaseException) -> None:
-    """Note a failed job in its sweep's ledger: some failures leave no results.json of this attempt
-    (the folder is another process's, or holds a completed run of another configuration), and the
-    sweep's end must still count and show them. One short appended line: safe from concurrent jobs."""
-    from hydra.core.hydra_config import HydraConfig
-
-    hc = HydraConfig.get()
-    line = json.dumps({"job": str(hc.job.num), "run_dir": str(Path(hc.runtime.output_dir).absolute()),
-                       "overrides": list(hc.overrides.task), "at": time.time(),
-                       "error": f"{type(error).__name__}: {error}"})
-    path = Path(hc.sweep.dir) / FAILURES
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(line + "\n")
-
-
-def job_failures(root: Path, since: float) -> dict[str, str]:
-    """{job folder (absolute): error} for the jobs that failed since `since` (this sweep's start) without
-    a results.json of theirs saying so."""
-    out = {}
-    try:
-        lines = (root / FAILURES).read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and rec.get("at", 0) >= since and rec.get("run_dir"):
-            out[rec["run_dir"]] = str(rec.get("error"))
-    return out
-
-
 def majority_share(results: dict, split: str) -> float | None:
     """Accuracy of always answering the most frequent class: the chance level to beat."""
     counts = results.get("data", {}).get("label_counts", {}).get(split)
@@ -78,12 +43,12 @@ def runs_table(root: Path, runs: list[tuple[Path, dict | str | None]] | None = N
     runs = collect(root) if runs is None else runs
     failures = failures or {}
     table = Table(title=f"runs in {root}")
-    done = [r for _, r in runs if isinstance(r, dict)]
-    lm = any("val_ppl" in r for r in done)
+    done = [r for _, r in runs if isinstance(r, dict) and r.get("status") == "completed"]
+    task = task_of(done[0]) if done else CLASSIFICATION
     chance = [majority_share(r, "test") for r in done]
-    if chance and chance[0] is not None and not lm:
+    if chance and chance[0] is not None and task.has_classes:
         table.caption = f"chance level (majority class) on the test split: acc {chance[0]:.4f}"
-    scores = ["val_ppl", "test_ppl"] if lm else ["val_acc", "val_f1", "test_acc", "test_f1"]
+    scores = [*task.val_scores, *task.test_scores]
     for col in ("run", "method", "rank", "trainable / total", "ratio", *[k.replace("_", " ") for k in scores],
                 "train time (s)", "status"):
         table.add_column(col, justify="left" if col in ("run", "method", "status") else "right")
@@ -102,18 +67,8 @@ def runs_table(root: Path, runs: list[tuple[Path, dict | str | None]] | None = N
         if r.get("warnings") and status == "completed":
             status += f" ⚠ {'; '.join(r['warnings'])}"
         table.add_row(name, r.get("method", "?"), str(r.get("rank", "-")), params, fmt("trainable_ratio", ".4%"),
-                      *[fmt(k, ".2f" if lm else ".4f") for k in scores], fmt("train_time_s", ".1f"), status)
+                      *[fmt(k, task.spec) for k in scores], fmt("train_time_s", ".1f"), status)
     return table
-
-
-def sweep_jobs(overrides: list[str]) -> list[list[str]]:
-    """The overrides of every job a sweep of these overrides launches (Hydra's basic sweeper's
-    Cartesian product, which the submitit launchers use too)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -121,31 +76,13 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 def check_sweep(config: DictConfig) -> None:
     """Compose and check every job's config before any job starts: one bad value fails the sweep, and
-    so does a job that repeats another (`rank=4,4`: the same run twice would count as two seeds).
-    Only for Hydra's basic sweeper (a grid, known up front); a sweeper that chooses its jobs as it goes
-    (Optuna, Ax) leaves each job to check its own config when it starts."""
+    so does a job that repeats another. Only for Hydra's basic sweeper (a grid, known up front); a
+    sweeper that chooses its jobs as it goes (Optuna, Ax) leaves each job to check its own config."""
     from hydra import compose
 
-    from peft_bench.config import check_config
-
-    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
-        return
-    problems, seen = [], {}
-    for num, job in enumerate(sweep_jobs(list(config.hydra.overrides.task))):
-        cfg = compose(config_name=config.hydra.job.config_name, overrides=[*job, "run_dir=/dev/null"])
-        try:
-            check_config(cfg)
-        except ConfigError as e:
-            problems += [f"job {' '.join(job)}: {p}" for p in e.problems]
-            continue
-        key = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str)
-        if key in seen:
-            problems.append(f"jobs {seen[key][0]} ({' '.join(seen[key][1])}) and {num} ({' '.join(job)}) are the same "
-                            "run: a repeated value would be counted twice; remove the repeat")
-        else:
-            seen[key] = (num, job)
-    if problems:
-        raise ConfigError(problems)
+    if config.hydra.sweeper.get("_target_") == BASIC_SWEEPER:
+        check_jobs(list(config.hydra.overrides.task),
+                   lambda job: compose(config_name=config.hydra.job.config_name, overrides=[*job, "run_dir=/dev/null"]))
 
 
 def sweep_runs(config: DictConfig, root: Path, failures: dict[str, str]) -> list[tuple[Path, dict | str | None]]:
@@ -182,8 +119,6 @@ class SweepSummary(Callback):
         if runs:
             Console(width=200).print(runs_table(root, runs, failures))
             try:  # the comparison report of the sweep; never what decides the sweep's exit status
-                from peft_bench.report import write_report
-
                 wrote = write_report([root])
                 print(f"peft_bench: report of the sweep: {wrote['out'] / 'report.md'} ({len(wrote['images'])} plots, "
                       f"runs.csv{', W&B run ' + wrote['wandb'] if wrote['wandb'] else ''})")

@@ -4,6 +4,7 @@ test the best checkpoint -> results.json. Hydra's multirun calls this once per j
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 import os
@@ -37,14 +38,16 @@ from peft_bench.callbacks.checkpointing import (
     read_checkpoint,
 )
 from peft_bench.callbacks.run_stats import RunStats
-from peft_bench.config import CONF_DIR, RunConfig, check_config
+from peft_bench.checks import check_config
+from peft_bench.config import CONF_DIR, PEFT_BENCH_TRAINER_KEYS, RunConfig
 from peft_bench.data.base import local_fingerprint
 from peft_bench.errors import DivergedError, PeftBenchError, RunInProgress
 from peft_bench.io import AtomicCheckpointIO, RunLock, process_identity, set_aside
 from peft_bench.measure import peak_memory, reset_peak_memory
 from peft_bench.models import load_tokenizer
 from peft_bench.results import RESULTS_FILE, environment, read_results, write_results
-from peft_bench.sweep_summary import record_job_failure
+from peft_bench.sweep import record_job_failure
+from peft_bench.tasks import get_task
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 log = logging.getLogger("peft_bench")
@@ -91,7 +94,7 @@ def main(cfg: DictConfig) -> float | None:
             print(f"peft_bench: error: {e}", file=sys.stderr)
             sys.exit(2)
         raise
-    return results.get("val_f1", results.get("val_ppl"))  # for sweepers that optimise
+    return results.get(get_task(cfg.dataset.task).select_by)  # for sweepers that optimise
 
 
 _first_job_in_process = True  # a local sweep runs its jobs in one process: only the first pays the imports
@@ -195,7 +198,8 @@ def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, started: floa
             log.info("%s: resuming from %s (step %d)", run_cfg.run_name, last, ckpt["global_step"])
             trim_csv_log(run_dir / "csv" / "metrics.csv", ckpt["global_step"])
         check_validation_interval(run_cfg, datamodule)
-        module = get_class(run_cfg.method._target_)(method=run_cfg.method, model=run_cfg.model, dataset=run_cfg.dataset)
+        module = get_class(run_cfg.method._target_)(method=run_cfg.method, model=run_cfg.model, dataset=run_cfg.dataset,
+                                                    accelerator=device_type(run_cfg.trainer))
         trainable, total = module.parameter_counts()
         if run_cfg.trainer.compile:  # compiles the model's forward in place (state_dict keys unchanged)
             module.model.compile()
@@ -251,8 +255,8 @@ def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, started: floa
         finish_logging(results["status"])
     for warning in results["warnings"]:
         log.warning("%s: %s", run_cfg.run_name, warning)
-    scores = " ".join(f"{k} {results[k]:.4f}" for k in ("val_acc", "val_f1", "test_acc", "test_f1", "val_ppl",
-                                                          "test_ppl") if k in results)
+    task = get_task(run_cfg.dataset.task)
+    scores = " ".join(f"{k} {results[k]:{task.spec}}" for k in (*task.val_scores, *task.test_scores) if k in results)
     log.info("%s: %s | %.1f s -> %s", run_cfg.run_name, scores, results["train_time_s"], run_dir / RESULTS_FILE)
     return results
 
@@ -320,12 +324,11 @@ def evaluate(trainer: L.Trainer, module, datamodule, ckpt: str | None, stats: Ru
 def build_trainer(run_cfg: RunConfig, run_dir: Path, logger, monitor: tuple[str, str] = ("val/f1", "max"),
                   callbacks: list[L.Callback] | None = None) -> tuple[L.Trainer, ModelCheckpoint | None]:
     t = run_cfg.trainer
-    # the device Lightning will pick: trainer.accelerator=cpu on a GPU machine is a CPU run
-    gpu = t.accelerator != "cpu" and torch.cuda.is_available()
-    precision = t.precision or ("bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true")
+    device = device_type(t)
+    precision = t.precision or ("bf16-mixed" if device == "cuda" and torch.cuda.is_bf16_supported() else "32-true")
     sanity = t.num_sanity_val_steps
     if sanity is None:  # on a CPU, seconds per job (IMDB) for an out-of-memory check that matters on a GPU
-        sanity = 1 if gpu or (t.accelerator != "cpu" and torch.backends.mps.is_available()) else 0
+        sanity = 0 if device == "cpu" else 1
     callbacks = list(callbacks or [])  # a method adds its own through LightningModule.configure_callbacks
     best = None
     if run_cfg.checkpoint:
@@ -344,13 +347,9 @@ def build_trainer(run_cfg: RunConfig, run_dir: Path, logger, monitor: tuple[str,
     plugins: list = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))
+    passed = {f.name: getattr(t, f.name) for f in dataclasses.fields(t) if f.name not in PEFT_BENCH_TRAINER_KEYS}
     trainer = L.Trainer(
-        plugins=plugins, accelerator=t.accelerator, devices=t.devices, precision=precision, max_epochs=t.max_epochs,
-        max_steps=t.max_steps, limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
-        limit_test_batches=t.limit_test_batches, val_check_interval=t.val_check_interval,
-        accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
-        log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, default_root_dir=run_dir,
-        num_sanity_val_steps=sanity,
+        **passed, precision=precision, num_sanity_val_steps=sanity, plugins=plugins, default_root_dir=run_dir,
         logger=logger if logger is not None else False, callbacks=callbacks,
         enable_checkpointing=run_cfg.checkpoint, enable_progress_bar=interactive, enable_model_summary=False,
         # no_grad, not inference_mode, for evaluation: metric states reset inside inference mode become
@@ -358,6 +357,16 @@ def build_trainer(run_cfg: RunConfig, run_dir: Path, logger, monitor: tuple[str,
         inference_mode=False,
     )
     return trainer, best
+
+
+def device_type(t) -> str:
+    """The device Lightning will train on, decided once for the whole run (precision, sanity checks,
+    where a method places its weights): trainer.accelerator=cpu on a GPU machine is a CPU run."""
+    if t.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return "cuda"
+    if t.accelerator in ("mps", "auto") and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
 
 
 def finish_logging(status: str) -> None:

@@ -7,11 +7,11 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_bench_short_mode_writes_every_case(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "peft_bench.bench", "--short", "--out", str(tmp_path)], cwd=ROOT,
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--short", "--out", str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     figures = json.loads((tmp_path / "bench.json").read_text())
@@ -26,7 +26,7 @@ def test_bench_short_mode_writes_every_case(tmp_path):
     # --cases reruns some cases and keeps the others' figures; the hand-written notes survive
     md_path = tmp_path / "BENCHMARKS.md"
     md_path.write_text(md + "\n<!-- notes: written by hand, kept when the figures are regenerated -->\nmy notes\n")
-    again = subprocess.run([sys.executable, "-m", "peft_bench.bench", "--short", "--out", str(tmp_path),
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--short", "--out", str(tmp_path),
                             "--cases", "pruning"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     merged = json.loads((tmp_path / "bench.json").read_text())

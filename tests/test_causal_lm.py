@@ -9,10 +9,12 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from peft_bench.config import ConfigError, LMDatasetConfig, check_config
+from peft_bench.checks import check_config
+from peft_bench.config import LMDatasetConfig
 from peft_bench.data.causal_lm import pack, split_lm
+from peft_bench.errors import ConfigError
 from peft_bench.train import run
-from tests.conftest import ROOT, compose
+from tests.helpers import ROOT, assert_documented, compose
 
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext2" / "validation.jsonl"
 needs_wikitext = pytest.mark.skipif(not WIKITEXT.is_file(), reason=f"real WikiText-2 text not found at {WIKITEXT}")
@@ -67,7 +69,7 @@ def test_perplexity_is_token_weighted_over_the_split_and_matches_the_logits():
 
 
 def test_a_classification_model_is_refused_for_a_language_modelling_dataset():
-    with pytest.raises(ConfigError, match="model=tiny has no causal_lm head.*tiny_llama"):
+    with pytest.raises(ConfigError, match="model=tiny has no causal language modelling head.*tiny_llama"):
         check_config(compose(["model=tiny", "dataset=wikitext2", f"dataset.data_files={WIKITEXT}"]))
 
 
@@ -90,5 +92,6 @@ def test_tiny_causal_lm_run_lowers_validation_perplexity(method, tmp_path):
     before, after = r["before_training"]["val_ppl"], r["val_ppl"]
     print(method, "val ppl before", before, "after", after)
     assert r["status"] == "completed" and after < 0.9 * before, (before, after)
+    assert_documented(r)
     assert 40 * 8 * 64 - 64 < r["train_tokens"] <= 40 * 8 * 64 and r["train_tokens_per_s"] > 0  # one block may be short
     assert r["data"]["splits"]["test"].endswith("contiguous)")

@@ -8,8 +8,11 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from peft_bench.config import ConfigError, RunConfig, check_config
-from tests.conftest import CONF_DIR, TINY, compose, run_cli
+from peft_bench.checks import check_config
+from peft_bench.config import RunConfig
+from peft_bench.errors import ConfigError
+from peft_bench.tasks import CLASSIFICATION
+from tests.helpers import CONF_DIR, TINY, compose, run_cli
 
 GROUPS = ["method", "dataset", "model", "trainer", "logger"]
 OFFLINE_MODELS = {"tiny", "minilm", "tiny_llama"}  # the others need the Hub (or `make smollm2`)
@@ -142,7 +145,7 @@ def test_attention_dropout_reaches_every_attention_layer():
     from peft_bench.models import load_backbone
 
     def dropouts(overrides):
-        model = load_backbone(compose(overrides).model, "classification", 2)
+        model = load_backbone(compose(overrides).model, CLASSIFICATION, 2)
         # DistilBERT: attention.dropout; BERT: attention.self.dropout (attention.output.dropout is hidden dropout)
         return {m.p for name, m in model.named_modules()
                 if isinstance(m, nn.Dropout) and name.endswith(("attention.dropout", "attention.self.dropout"))}

@@ -9,12 +9,12 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from peft_bench.config import ClassificationDatasetConfig as DatasetConfig
-from peft_bench.config import PeftBenchError
 from peft_bench.data.base import LengthGroupedSampler, RawData, builder_for
 from peft_bench.data.classification import TextClassificationDataModule, make_splits
 from peft_bench.data.demo import build_demo, clause
+from peft_bench.errors import PeftBenchError
 from peft_bench.models import load_tokenizer
-from tests.conftest import compose
+from tests.helpers import compose
 
 
 def dataset_cfg(**kw) -> DatasetConfig:
@@ -104,7 +104,7 @@ def test_local_jsonl_gz_files_load_with_a_content_fingerprint(tmp_path):
 @pytest.fixture(scope="module")
 def demo_module():
     cfg = compose(["model=tiny", "dataset=demo", "dataset.batch_size=8"])
-    from peft_bench.config import check_config
+    from peft_bench.checks import check_config
     run = check_config(cfg)
     dm = TextClassificationDataModule(run.dataset, load_tokenizer(run.model), run.cache_dir, seed=0)
     dm.prepare_data()
@@ -125,7 +125,7 @@ def test_length_grouping_cuts_padding(tmp_path):
     def padding_fraction(group: bool) -> float:
         cfg = compose(["model=tiny", f"dataset.data_files={files}", "dataset.max_length=256",
                        f"dataset.group_by_length={str(group).lower()}"])
-        from peft_bench.config import check_config
+        from peft_bench.checks import check_config
         run = check_config(cfg)
         dm = TextClassificationDataModule(run.dataset, load_tokenizer(run.model), run.cache_dir, seed=0)
         dm.prepare_data()
@@ -160,7 +160,7 @@ def test_a_cache_hit_on_local_files_does_not_parse_them(tmp_path, monkeypatch):
     files = tmp_path / "train.jsonl"
     files.write_text("".join(json.dumps({"sentence": f"s {i}", "label": i % 2}) + "\n" for i in range(50)))
     cfg = compose(["model=tiny", f"dataset.data_files={files}", f"cache_dir={tmp_path / 'cache'}"])
-    from peft_bench.config import check_config
+    from peft_bench.checks import check_config
     run = check_config(cfg)
 
     def module():

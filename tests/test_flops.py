@@ -12,9 +12,9 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from peft_bench.config import check_config
+from peft_bench.checks import check_config
 from peft_bench.flops import TrainFlops, gemm_peak
-from tests.conftest import TINY, compose
+from tests.helpers import TINY, compose
 
 
 class Small(nn.Module):

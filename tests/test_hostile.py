@@ -22,7 +22,7 @@ import torch
 from peft_bench.errors import ConfigError, DataError, PeftBenchError
 from peft_bench.io import FILE_MODE, AtomicCheckpointIO, RunLock
 from peft_bench.results import unfinished_reason
-from tests.conftest import ROOT, TINY, compose, run_cli
+from tests.helpers import ROOT, TINY, compose, run_cli
 
 FAST = [*TINY, "trainer=fast", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
         "trainer.limit_test_batches=2"]
@@ -49,7 +49,7 @@ def datamodule(tmp_path: Path, files, *extra: str):
     """The real datamodule of `model=tiny dataset=sst2 dataset.data_files=...`, prepared."""
     from hydra.utils import get_class
 
-    from peft_bench.config import check_config
+    from peft_bench.checks import check_config
     from peft_bench.models import load_tokenizer
 
     run = check_config(compose(["model=tiny", "dataset=sst2", files_override(files), *extra]))
@@ -194,7 +194,7 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize("overrides,message", BAD_VALUES, ids=[" ".join(c[0]) for c in BAD_VALUES])
 def test_bad_values_are_config_errors_before_any_work(overrides, message):
-    from peft_bench.config import check_config
+    from peft_bench.checks import check_config
 
     with pytest.raises(ConfigError) as e:
         check_config(compose([*TINY, *overrides]))
@@ -232,7 +232,7 @@ def test_bz2_and_xz_files_are_read_and_an_empty_file_list_is_a_config_error(tmp_
     import bz2
     import lzma
 
-    from peft_bench.config import check_config
+    from peft_bench.checks import check_config
 
     text = "".join(json.dumps(r) + "\n" for r in rows(100)).encode()
     (tmp_path / "train.jsonl.bz2").write_bytes(bz2.compress(text))

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from peft_bench.config import check_config
+from peft_bench.checks import check_config
 from peft_bench.train import run
-from tests.conftest import TINY, compose, run_cli
+from tests.helpers import TINY, assert_documented, compose, run_cli
 
 # a sanity validation before training (off by default on a CPU): eval -> train switches are exercised
 FAST = [*TINY, "trainer=fast", "trainer.limit_train_batches=20", "trainer.num_sanity_val_steps=1"]
@@ -38,6 +38,7 @@ def method_runs(tmp_path_factory):
 def test_every_method_completes_with_the_shared_fields(method_runs, method):
     r = method_runs[method]
     assert r["status"] == "completed" and r["method"] == method
+    assert_documented({k: v for k, v in r.items() if k != "_dir"})  # every key typed and in docs/results.md
     for key in ("val_acc", "val_f1", "test_acc", "test_f1", "trainable_params", "total_params", "train_time_s",
                 "peak_memory_bytes", "inference_latency_ms_per_example"):
         assert isinstance(r[key], int | float), key

@@ -8,9 +8,9 @@ import sys
 
 from hydra.utils import get_class
 
-from peft_bench.config import check_config
+from peft_bench.checks import check_config
 from peft_bench.models import load_tokenizer
-from tests.conftest import ROOT, compose
+from tests.helpers import ROOT, compose
 
 
 def prepare_cli(args, cache):

@@ -7,11 +7,11 @@ import lightning as L
 import pytest
 import torch
 
-from peft_bench.callbacks.pruning import GradualPruning, adapter_weights, cubic_sparsity, masks_for
-from peft_bench.config import check_config
+from peft_bench.callbacks.pruning import GradualPruning, cubic_sparsity, masks_for
+from peft_bench.checks import check_config
 from peft_bench.data.classification import TextClassificationDataModule
 from peft_bench.models import load_tokenizer
-from tests.conftest import compose
+from tests.helpers import compose
 
 
 def test_cubic_schedule_by_hand():
@@ -59,7 +59,7 @@ class ZeroWatch(L.Callback):
         self.pruning, self.checked = pruning, 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        for name, p in adapter_weights(pl_module).items():
+        for name, p in pl_module.prunable_parameters().items():
             if name in self.pruning.masks:
                 assert (p[~self.pruning.masks[name]] == 0).all(), name
                 self.checked += 1
@@ -86,8 +86,8 @@ def test_masks_hold_after_every_step_travel_in_the_checkpoint_and_survive_a_resu
     watch = ZeroWatch(module.pruning)
     trainer(tmp_path, 2, watch).fit(module, dm)  # 12 steps: prunes at 3, 6, 9 (at 0 the schedule is 0)
     assert [s for s, _ in module.pruning.history] == [3, 6, 9] and watch.checked > 0
-    zeros = sum(int((p == 0).sum()) for p in adapter_weights(module).values())
-    total = sum(p.numel() for p in adapter_weights(module).values())
+    zeros = sum(int((p == 0).sum()) for p in module.prunable_parameters().values())
+    total = sum(p.numel() for p in module.prunable_parameters().values())
     assert zeros == round(0.6 * total)
 
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
@@ -101,6 +101,6 @@ def test_masks_hold_after_every_step_travel_in_the_checkpoint_and_survive_a_resu
     trainer(tmp_path, 3, watch2).fit(resumed, dm2, ckpt_path=tmp_path / "last.ckpt")
     assert resumed.pruning.history[:3] == module.pruning.history  # restored, not pruned from step 0 again
     assert watch2.checked > 0  # the restored masks held from the first resumed step
-    for name, p in adapter_weights(resumed).items():
+    for name, p in resumed.prunable_parameters().items():
         assert torch.equal(resumed.pruning.masks[name].cpu(), state["masks"][name] & resumed.pruning.masks[name].cpu())
         assert (p[~state["masks"][name].to(p.device)] == 0).all()

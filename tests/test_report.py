@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from peft_bench.report import write_report
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 SST2_COUNTS = {"validation": {"0": 428, "1": 444}, "test": {"0": 300, "1": 322}}
 

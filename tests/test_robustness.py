@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, TINY, run_cli
+from tests.helpers import ROOT, TINY, run_cli
 
 SWEEP = [*TINY, "trainer=fast", "trainer.limit_train_batches=10"]
 
@@ -99,7 +99,7 @@ def test_a_deferred_finite_check_still_stops_a_diverging_run_before_its_checkpoi
     here on CPU: the run still ends diverged and leaves no checkpoint of non-finite weights."""
     from peft_bench.methods.base import BenchModule
     from peft_bench.train import run
-    from tests.conftest import compose
+    from tests.helpers import compose
 
     monkeypatch.setattr(BenchModule, "defer_finite_check", True)
     cfg = compose([*SWEEP, "method.lr=1e12", "trainer.gradient_clip_val=null", "trainer.log_every_n_steps=4"],

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, TINY, run_cli
+from tests.helpers import ROOT, TINY, run_cli
 
 
 def slurm_ready() -> str | None:

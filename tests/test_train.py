@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from peft_bench.train import run
-from tests.conftest import TINY, compose, run_cli
+from tests.helpers import TINY, compose, run_cli
 
 RESULT_FIELDS = {
     "status", "run_name", "method", "dataset", "model", "rank", "seed", "run_dir", "config",
@@ -143,9 +143,10 @@ def test_compile_option_trains_a_compiled_model_with_unchanged_checkpoint_keys(t
 
 
 def test_compile_without_a_cpp_compiler_is_one_clear_error(monkeypatch):
-    from peft_bench.config import ConfigError, check_config
+    from peft_bench.checks import check_config
+    from peft_bench.errors import ConfigError
 
-    monkeypatch.setattr("peft_bench.config.shutil.which", lambda name: None)
+    monkeypatch.setattr("peft_bench.checks.shutil.which", lambda name: None)
     with pytest.raises(ConfigError, match=r"trainer.compile=true: .*needs a C\+\+ compiler.*trainer.compile=false"):
         check_config(compose([*TINY, "trainer.compile=true"]))
     check_config(compose([*TINY, "trainer.compile=false"]))  # off: no compiler needed

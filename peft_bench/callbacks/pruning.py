@@ -12,20 +12,11 @@ initial zeros (wiping the adapter), it prunes only at epoch ends, and its masks 
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 from torch import nn
 
-CRITERIA = ("magnitude_global", "magnitude_per_matrix", "topk_per_row")
-SCHEDULES = ("gradual", "one_shot")
-
-
-def adapter_weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The LoRA A and B matrices (and HiRA's), by name."""
-    return {n: p for n, p in model.named_parameters()
-            if p.requires_grad and any(k in n for k in ("lora_A", "lora_B", "hira_A", "hira_B"))}
+from peft_bench.config import PruningConfig
 
 
 def cubic_sparsity(step: int, target: float, start: int, end: int, initial: float = 0.0) -> float:
@@ -62,13 +53,13 @@ def masks_for(weights: dict[str, torch.Tensor], sparsity: float, criterion: str)
 
 
 class GradualPruning(L.Callback):
-    def __init__(self, target: float, schedule: str = "gradual", criterion: str = "magnitude_global",
-                 start_step: int | None = None, end_step: int | None = None, every_n_steps: int = 100,
-                 initial: float = 0.0):
-        if schedule not in SCHEDULES or criterion not in CRITERIA:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, criterion one of {CRITERIA}")
-        self.target, self.schedule, self.criterion = target, schedule, criterion
-        self.start_step, self.end_step, self.every_n_steps, self.initial = start_step, end_step, every_n_steps, initial
+    """Prunes what the module's `prunable_parameters()` returns, as its PruningConfig says (the config
+    schema is the one home of the defaults and of the checks on them)."""
+
+    def __init__(self, cfg: PruningConfig, initial: float = 0.0):
+        self.target, self.schedule, self.criterion = cfg.target, cfg.schedule, cfg.criterion
+        self.start_step, self.end_step, self.every_n_steps = cfg.start_step, cfg.end_step, cfg.every_n_steps
+        self.initial = initial
         self.masks: dict[str, torch.Tensor] = {}
         self.current = 0.0
         # per-step work is kept small: the adapter's tensors and float masks in step with self.masks,
@@ -104,7 +95,7 @@ class GradualPruning(L.Callback):
 
     def prune(self, pl_module: L.LightningModule, sparsity: float, step: int) -> None:
         self.apply(pl_module)  # re-zero what the last optimizer step revived, so old masks nest in the new
-        weights = adapter_weights(pl_module)
+        weights = pl_module.prunable_parameters()
         new = masks_for(weights, sparsity, self.criterion)
         self.masks = {n: m & self.masks[n].to(m.device) if n in self.masks else m for n, m in new.items()}
         self.current = sparsity
@@ -119,7 +110,7 @@ class GradualPruning(L.Callback):
         if not self.masks:
             return
         if not self._float_masks or self._float_masks[0].device != self._weights[0].device:
-            weights = adapter_weights(pl_module)
+            weights = pl_module.prunable_parameters()
             self._weights = list(weights.values())
             self._float_masks = [self.masks[n].to(device=w.device, dtype=w.dtype) for n, w in weights.items()]
         torch._foreach_mul_(self._weights, self._float_masks)
@@ -143,10 +134,9 @@ class GradualPruning(L.Callback):
         self.pruned_steps = {s for s, _ in self.history}
 
 
-def sparsity_report(model: nn.Module, near_zero: float = 1e-3) -> dict:
+def sparsity_report(weights: dict[str, nn.Parameter], near_zero: float = 1e-3) -> dict:
     """Adapter sparsity, overall and per matrix: exact zeros, |w| < near_zero (the seeds' column),
     and the adapter's size stored sparsely (values + int32 indices of the non-zeros) vs dense."""
-    weights = adapter_weights(model)
     if not weights:
         return {}
     per_matrix, zeros, small, total, dense_bytes = {}, 0, 0, 0, 0
@@ -160,16 +150,3 @@ def sparsity_report(model: nn.Module, near_zero: float = 1e-3) -> dict:
             "adapter_params": total, "adapter_nonzero": nnz, "adapter_dense_bytes": dense_bytes,
             "adapter_sparse_bytes": int(nnz * (itemsize + 4)),
             "sparsity_per_matrix": per_matrix}
-
-
-def check_pruning_args(target: float, schedule: str, criterion: str, every_n_steps: int) -> list[str]:
-    out = []
-    if not 0 <= target < 1 or math.isnan(target):
-        out.append(f"sparsity={target}: the target adapter sparsity must be in [0, 1)")
-    if schedule not in SCHEDULES:
-        out.append(f"pruning.schedule={schedule!r}: valid values are {list(SCHEDULES)}")
-    if criterion not in CRITERIA:
-        out.append(f"pruning.criterion={criterion!r}: valid values are {list(CRITERIA)}")
-    if every_n_steps < 1:
-        out.append(f"pruning.every_n_steps={every_n_steps}: must be >= 1")
-    return out

@@ -11,32 +11,26 @@ import lightning as L
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import Accuracy, F1Score, Precision, Recall
-from torchmetrics.text import Perplexity
 from transformers import get_linear_schedule_with_warmup
 
 from peft_bench.config import DatasetConfig, MethodConfig, ModelConfig
 from peft_bench.errors import DivergedError
 from peft_bench.models import load_backbone
+from peft_bench.tasks import get_task
 
 
 class BenchModule(L.LightningModule):
-    def __init__(self, method: MethodConfig, model: ModelConfig, dataset: DatasetConfig):
+    def __init__(self, method: MethodConfig, model: ModelConfig, dataset: DatasetConfig, accelerator: str = "cpu"):
+        """`accelerator`: the device type the run trains on ("cpu", "cuda", "mps"), decided once by the
+        run (train.device_type), so a method that places weights itself (4-bit loading) agrees with it."""
         super().__init__()
-        self.method_cfg, self.model_cfg, self.task = method, model, dataset.task
+        self.method_cfg, self.model_cfg, self.task = method, model, get_task(dataset.task)
+        self.accelerator_type = accelerator
         self.num_labels = getattr(dataset, "num_labels", None)
         self.model = self.build_model(self.load_backbone())
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps the mode it finds
-        if self.task == "causal_lm":
-            # token-weighted over the whole split: exp(total NLL / predicted tokens)
-            metrics = MetricCollection({"ppl": Perplexity(ignore_index=-100)})
-            self.monitor = ("val/ppl", "min")
-        else:
-            kind = {"task": "binary"} if self.num_labels == 2 else {
-                "task": "multiclass", "num_classes": self.num_labels, "average": "macro"}
-            metrics = MetricCollection({"acc": Accuracy(**kind), "precision": Precision(**kind),
-                                        "recall": Recall(**kind), "f1": F1Score(**kind)})
-            self.monitor = ("val/f1", "max")
+        metrics = self.task.metrics(self.num_labels)
+        self.monitor = (self.task.monitor, self.task.mode)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         # Checkpoints hold the trainable weights only; the frozen base comes from `pretrained`.
@@ -85,6 +79,22 @@ class BenchModule(L.LightningModule):
             return self.model.get_nb_trainable_parameters()
         params = list(self.model.parameters())
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        """The method's trained adapter weights by name (as in the checkpoint's state_dict), for sparsity
+        figures and pruning; {} for a method without one. Found through PEFT's own bookkeeping: every
+        parameter a tuner layer keeps under its `adapter_layer_names` (LoRA's A, B and DoRA magnitude,
+        HiRA's A and B, VeRA's vectors, ...), not by guessing from names."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        ids = set()
+        for module in self.model.modules():
+            if isinstance(module, BaseTunerLayer):
+                for attr in module.adapter_layer_names:
+                    container = getattr(module, attr, None)
+                    for value in (container.values() if hasattr(container, "values") else []):
+                        ids.update(id(p) for p in (value.parameters() if isinstance(value, nn.Module) else [value]))
+        return {n: p for n, p in self.named_parameters() if id(p) in ids and p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.check_finite()  # never keep non-finite weights as a checkpoint to resume from
@@ -135,10 +145,7 @@ class BenchModule(L.LightningModule):
             self.check_finite()
 
     def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        if self.task == "causal_lm":  # token t predicts token t+1
-            metrics.update(logits[:, :-1].float(), labels[:, 1:])
-        else:
-            metrics.update(logits.argmax(-1), labels)
+        self.task.update(metrics, logits, labels)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch)

@@ -25,11 +25,11 @@ class LoRAModule(BenchModule):
                           modules_to_save=self.head_modules())
 
     def peft_task_type(self) -> TaskType:
-        return TaskType.CAUSAL_LM if self.task == "causal_lm" else TaskType.SEQ_CLS
+        return self.task.task_type()
 
     def head_modules(self) -> list[str] | None:
         """A classification head is new and trained in full; a language model's head is pretrained."""
-        return list(self.model_cfg.head_modules) if self.task == "classification" else None
+        return list(self.model_cfg.head_modules) if self.task.trains_head else None
 
     def build_model(self, backbone: nn.Module) -> nn.Module:
         return get_peft_model(backbone, self.peft_config())
@@ -57,7 +57,7 @@ class LoRAModule(BenchModule):
 
     def adapter_figures(self) -> dict:
         """Adapter sparsity (exact zeros, |w| < 1e-3, per matrix) and its sparse vs dense size."""
-        return sparsity_report(self.model)
+        return sparsity_report(self.adapter_parameters())
 
     def method_results(self) -> dict:
         m = self.method_cfg

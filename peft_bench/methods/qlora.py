@@ -14,7 +14,7 @@ from transformers import BitsAndBytesConfig
 
 from peft_bench.config import QLoRAConfig
 from peft_bench.methods.lora import LoRAModule
-from peft_bench.models import AUTO_CLASS, adaptable_module_names, load_backbone, load_model_config
+from peft_bench.models import adaptable_module_names, load_backbone, load_model_config
 
 
 class QLoRAModule(LoRAModule):
@@ -22,7 +22,7 @@ class QLoRAModule(LoRAModule):
     mergeable = False  # merging into 4-bit weights would re-quantize them: not the model that was trained
 
     def load_backbone(self) -> nn.Module:
-        m, cuda = self.method_cfg, torch.cuda.is_available()
+        m, cuda = self.method_cfg, self.accelerator_type == "cuda"  # the run's device, decided once
         quant = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=m.quant_type, bnb_4bit_use_double_quant=m.double_quant,
             bnb_4bit_compute_dtype=torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32,
@@ -36,7 +36,7 @@ class QLoRAModule(LoRAModule):
         else:  # random init: quantization happens on loading, so save the fresh model and load it back
             with tempfile.TemporaryDirectory() as tmp:
                 load_backbone(self.model_cfg, self.task, self.num_labels).save_pretrained(tmp)
-                model = AUTO_CLASS[self.task].from_pretrained(tmp, quantization_config=quant, device_map=device_map)
+                model = self.task.auto_class().from_pretrained(tmp, quantization_config=quant, device_map=device_map)
         self.base_weight_bytes = model.get_memory_footprint()
         for module in model.modules():
             # bitsandbytes 0.50 repacks 4-bit CPU weights for inference on the first eval forward (the
@@ -50,7 +50,7 @@ class QLoRAModule(LoRAModule):
         out = super().method_results()
         config = load_model_config(self.model_cfg, self.num_labels)
         with torch.device("meta"):
-            reference = AUTO_CLASS[self.task].from_config(config)
+            reference = self.task.auto_class().from_config(config)
         full_bytes = sum(p.numel() * 4 for p in reference.parameters())  # the same model in fp32
         linear = adaptable_module_names(config, self.task)
         layers = [mod for mod in self.model.modules() if isinstance(mod, bnb.nn.Linear4bit)]

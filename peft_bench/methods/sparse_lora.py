@@ -3,11 +3,10 @@ sparsity by the GradualPruning callback. Sparsity of the adapter, not of the fro
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import torch
+from torch import nn
 
-from peft_bench.callbacks.pruning import GradualPruning, adapter_weights
+from peft_bench.callbacks.pruning import GradualPruning
 from peft_bench.config import SparseLoRAConfig
 from peft_bench.methods.lora import LoRAModule
 
@@ -18,7 +17,7 @@ class SparseLoRAModule(LoRAModule):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.pruning = GradualPruning(**asdict(self.method_cfg.pruning))
+        self.pruning = GradualPruning(self.method_cfg.pruning)
         self.figures_before_change: dict = {}
         self._adapter: list[torch.Tensor] = []
 
@@ -29,9 +28,13 @@ class SparseLoRAModule(LoRAModule):
         if self.method_cfg.l1_lambda == 0:
             return {}
         if not self._adapter:  # the same Parameter objects for the whole run (.to() moves them in place)
-            self._adapter = list(adapter_weights(self.model).values())
+            self._adapter = list(self.prunable_parameters().values())
         l1 = torch.stack(torch._foreach_norm(self._adapter, 1)).sum()  # one fused kernel, not one per matrix
         return {"l1": self.method_cfg.l1_lambda * l1}
+
+    def prunable_parameters(self) -> dict[str, nn.Parameter]:
+        """The adapter's matrices (LoRA's A and B): what the L1 term and the pruning act on."""
+        return {n: p for n, p in self.adapter_parameters().items() if p.ndim >= 2}
 
     def after_training(self) -> bool:
         self.figures_before_change = self.adapter_figures()

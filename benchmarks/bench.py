@@ -1,6 +1,9 @@
 """Benchmarks: peft_bench's speed and memory against references, as ratios measured side by side.
 
-    python -m peft_bench.bench [--short] [--out DIR] [--data ../shared/data]      (make bench)
+    python benchmarks/bench.py [--short] [--out DIR] [--data ../shared/data]      (make bench)
+
+Kept outside the installed package, beside BENCHMARKS.md (as PEFT keeps method_comparison/ outside
+its library); it runs against whatever peft_bench is installed.
 
 Every comparison alternates A and B in one process (or one after the other as subprocesses where
 peak memory is the measure), several repetitions, and reports the median ratio: absolute times
@@ -38,9 +41,9 @@ from pathlib import Path
 
 import torch
 
-from peft_bench.config import compose_job
+from peft_bench.checks import compose_job
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: benchmarks/ is beside peft_bench/
 
 
 class Bench:
@@ -90,7 +93,7 @@ class Bench:
         from hydra.utils import get_class
         from transformers import get_linear_schedule_with_warmup
 
-        from peft_bench.config import check_config
+        from peft_bench.checks import check_config
         from peft_bench.models import load_tokenizer
 
         run = check_config(compose_job([*self.base, *self.quiet, *self.val, *extra], self.run_dir()))
@@ -275,7 +278,7 @@ class Bench:
         from hydra.utils import get_class
         from transformers import Trainer, TrainingArguments
 
-        from peft_bench.config import check_config
+        from peft_bench.checks import check_config
         from peft_bench.data.base import RawData
         from peft_bench.data.classification import TextClassificationDataModule, make_splits
         from peft_bench.models import load_tokenizer
@@ -337,7 +340,7 @@ class Bench:
                 if self.short:  # in this process: quick, and enough to show the case runs
                     rounds[-1].append(scaling_point(spec, short=True, data=self.data))
                     continue
-                cmd = [sys.executable, "-m", "peft_bench.bench", "--point", json.dumps(spec), "--data", str(self.data)]
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--point", json.dumps(spec), "--data", str(self.data)]
                 out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
                 if out.returncode != 0:
                     raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr[-2000:]}")
@@ -373,7 +376,7 @@ def scaling_point(spec: dict, short: bool, data: Path) -> dict:
     cost is case 1's."""
     from hydra.utils import get_class
 
-    from peft_bench.config import check_config
+    from peft_bench.checks import check_config
     from peft_bench.measure import peak_memory, reset_peak_memory
     from peft_bench.models import load_tokenizer
 
@@ -497,7 +500,7 @@ def markdown(f: dict, notes: str = "") -> str:
         return "meets" if (value >= target if higher else value <= target) else "**misses**"
 
     m = f["machine"]
-    lines = ["# Benchmarks", "", f"Measured by `python -m peft_bench.bench{' --short' if f['short'] else ''}` on "
+    lines = ["# Benchmarks", "", f"Measured by `python benchmarks/bench.py{' --short' if f['short'] else ''}` on "
              f"{m['device']} ({m['cpus']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}); "
              f"{f['reps']} alternated repetition(s) per comparison, medians. Raw figures: bench.json.", ""]
     if f["short"]:
@@ -605,7 +608,7 @@ def scaling_tables(f: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m peft_bench.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", action="store_true", help="tiny model, generated data, one repetition")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks", help="folder for BENCHMARKS.md, bench.json")

@@ -1,0 +1,149 @@
+"""Semantic checks of a composed config, run before any data or weights are touched: every problem
+is collected and raised at once as one ConfigError. Also `compose_job`, the config Hydra builds for a
+job's overrides (tests, prepare, the benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from peft_bench.config import CONF_DIR, SEED_MAX, RunConfig
+from peft_bench.errors import ConfigError, PeftBenchError
+from peft_bench.models import adaptable_module_names, load_model_config
+from peft_bench.tasks import get_task
+
+
+def compose_job(overrides: list[str], run_dir: str | Path = "/dev/null") -> DictConfig:
+    """The job config Hydra builds for these command-line overrides (one job), with HydraConfig set
+    as inside a job (resolvers and hints read it) and the hydra node dropped, as a job sees it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, f"run_dir={run_dir}"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def check_config(cfg: DictConfig) -> RunConfig:
+    """Resolve and check a composed config; raise one ConfigError listing every problem.
+
+    Touches no data and no weights: the target-module check builds the model on the meta device
+    from its config alone."""
+    run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]  # raises on missing values
+    problems = [*run.method.problems(), *run.dataset.problems(), *run.model.problems(), *trainer_problems(run)]
+    if not run.model.problems():
+        problems += module_problems(run)
+    if problems:
+        raise ConfigError(problems)
+    return run
+
+
+def trainer_problems(run: RunConfig) -> list[str]:
+    """Trainer and run values that would fail deep inside Lightning, or train nothing and still
+    'complete' with the untrained model's scores."""
+    t, out = run.trainer, []
+    if not 0 <= run.seed <= SEED_MAX:
+        out.append(f"seed={run.seed}: must be in [0, {SEED_MAX}]")
+    if run.checkpoint_every_n_steps is not None and run.checkpoint_every_n_steps < 1:
+        out.append(f"checkpoint_every_n_steps={run.checkpoint_every_n_steps}: must be >= 1, or null")
+    if t.accumulate_grad_batches < 1:
+        out.append(f"trainer.accumulate_grad_batches={t.accumulate_grad_batches}: must be >= 1")
+    if t.log_every_n_steps < 1:
+        out.append(f"trainer.log_every_n_steps={t.log_every_n_steps}: must be >= 1")
+    if t.max_steps == 0 or t.max_steps < -1:
+        out.append(f"trainer.max_steps={t.max_steps}: give a number of optimizer steps >= 1, or -1 for max_epochs")
+    if t.max_steps == -1 and (t.max_epochs is None or t.max_epochs < 1):
+        out.append(f"trainer.max_epochs={t.max_epochs}: trains nothing; give >= 1 (or trainer.max_steps=)")
+    for key, what in (("limit_train_batches", "trains nothing"), ("limit_val_batches", "validates nothing "
+                      "(validation picks the checkpoint to keep)"), ("limit_test_batches", "tests nothing")):
+        value = getattr(t, key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            out.append(f"trainer.{key}={value!r}: give a number of batches (int) or a fraction (float in (0, 1])")
+        elif value <= 0:
+            out.append(f"trainer.{key}={value}: {what}; give a number of batches >= 1, a fraction in (0, 1], or null")
+        elif isinstance(value, float) and value > 1:
+            out.append(f"trainer.{key}={value}: a fraction must be <= 1.0 (an int counts batches)")
+    v = t.val_check_interval
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v <= 0
+                          or (isinstance(v, float) and v > 1)):
+        out.append(f"trainer.val_check_interval={v!r}: give a number of batches >= 1, a fraction of an epoch "
+                   "in (0, 1], or null for once per epoch")
+    sanity = t.num_sanity_val_steps
+    if sanity is not None and sanity < -1:
+        out.append(f"trainer.num_sanity_val_steps={sanity}: give a number of batches >= 0, -1 for all, "
+                   "or null (1 on an accelerator, 0 on a CPU)")
+    if t.compile:
+        compilers = [c for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c]
+        if not any(shutil.which(c) for c in compilers):
+            out.append(f"trainer.compile=true: torch.compile's inductor needs a C++ compiler and none of {compilers} "
+                       "is on PATH: install one (apt-get install g++) or set trainer.compile=false")
+    return out
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the checks need to know of a model, read from its config.json alone (no weights)."""
+
+    linear_names: list[str] | None  # adaptable Linear / Conv1D modules; None: no head for the task
+    position_limit: int | None  # the longest input its position embeddings take
+
+
+_FACTS: dict[str, ModelFacts] = {}  # per model and task: a sweep's jobs share one meta-device build
+
+
+def model_facts(run: RunConfig) -> ModelFacts:
+    """The model's facts, built once per process from its config on the meta device; PeftBenchError if
+    its config cannot be read (not kept: a missing folder or an unreachable Hub may be mended)."""
+    task = get_task(run.dataset.task)
+    key = repr((run.model, run.dataset.num_labels, task.name))
+    if key not in _FACTS:
+        config = load_model_config(run.model, run.dataset.num_labels)
+        try:
+            names = adaptable_module_names(config, task)
+        except ValueError:  # transformers: no such head for this architecture
+            names = None
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if limit is not None and config.model_type in ("roberta", "xlm-roberta", "camembert"):
+            limit -= 2  # positions start after the padding index
+        _FACTS[key] = ModelFacts(names, limit)
+    return _FACTS[key]
+
+
+def module_problems(run: RunConfig) -> list[str]:
+    task = get_task(run.dataset.task)
+    try:
+        facts = model_facts(run)
+    except PeftBenchError as e:
+        return [str(e)]
+    names = facts.linear_names
+    if names is None:
+        return [f"model={run.model.name} has no {task.label} head for dataset={run.dataset.name}: "
+                f"use {task.models_hint}"]
+    leaf = sorted({n.rsplit(".", 1)[-1] for n in names})
+    out = []
+    targets = getattr(run.method, "target_modules", None) or []
+    for t in targets:
+        if not any(n == t or n.endswith("." + t) for n in names):
+            out.append(f"method.target_modules: model {run.model.name} has no Linear module {t!r}; "
+                       f"its Linear modules are {leaf}")
+    limit, key = facts.position_limit, task.length_key
+    length = getattr(run.dataset, key)
+    if limit is not None and length > limit:
+        out.append(f"dataset.{key}={length}: model {run.model.name} takes at most {limit} positions; "
+                   f"give dataset.{key}<={limit}")
+    layers = getattr(run.method, "layers", None) or []
+    if not isinstance(layers, list) or not all(isinstance(i, int) for i in layers):
+        return out + [f"method.layers={layers!r}: give a list of layer indices, e.g. [3,4,5], or null for all"]
+    bad = [i for i in layers if not 0 <= i < run.model.num_layers]
+    if bad:
+        out.append(f"method.layers: {bad} out of range: model {run.model.name} has layers 0..{run.model.num_layers - 1}")
+    return out

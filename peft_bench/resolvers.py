@@ -1,0 +1,84 @@
+"""The OmegaConf resolvers the configs use: run folders named by the command (`command_key`), W&B ids
+(`sweep_id`, `job_key`), packaged model folders (`pkg_path`), the default cache (`default_cache`)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import sys
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from peft_bench.errors import PeftBenchError
+
+
+def default_cache() -> str:
+    """Where tokenized data, prepared models and the matmul peak are kept: $PEFT_BENCH_CACHE, else
+    ~/.cache/peft_bench. The one default for runs, `prepare` and `prepare_smollm2`."""
+    return os.environ.get("PEFT_BENCH_CACHE") or str(Path.home() / ".cache" / "peft_bench")
+
+
+def package_path(package: str, subpath: str = "") -> str:
+    """Folder of an installed package (without importing it), e.g. a model shipped in a wheel."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise PeftBenchError(f"package {package!r} is not installed: pip install {package.replace('_', '-')}")
+    return str(Path(list(spec.submodule_search_locations)[0]) / subpath)
+
+
+CONTROL_KEYS = ("skip_completed", "resume")  # say how to run, not what: they do not name a run
+
+
+def overrides_key(overrides: list[str]) -> str:
+    """A folder name that is a function of the command-line overrides alone: readable, then a hash."""
+    ordered = sorted(o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in CONTROL_KEYS)
+    if not ordered:
+        return "defaults"
+    digest = hashlib.sha256("\n".join(ordered).encode()).hexdigest()[:8]
+    readable = re.sub(r"[^A-Za-z0-9=.,+_-]+", "_", "_".join(ordered))[:80]
+    return f"{readable}_{digest}"
+
+
+def command_key() -> str:
+    """This command's overrides (hydra.* aside) as a folder name: the same command finds the same
+    folder again, so a re-run resumes or skips what is there. Read from the command line, as Hydra
+    parses it, because a sweep resolves its folder before any config names the overrides; registered
+    with use_cache, so a sweep's jobs reuse the value the launcher resolved (Hydra copies the cache)."""
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(sys.argv[1:])
+    return overrides_key([o for o in args.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))])
+
+
+def sweep_id() -> str:
+    """The sweep a job belongs to (its multirun folder), or the run folder for a single run."""
+    hc = HydraConfig.get()
+    return Path(hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.run.dir).name
+
+
+def job_key() -> str:
+    """Stable id of one job: its sweep and its own overrides (the same across requeue and re-run)."""
+    hc = HydraConfig.get()
+    return hashlib.sha256(f"{sweep_id()}\n{overrides_key(list(hc.overrides.task))}".encode()).hexdigest()[:16]
+
+
+def top_half(num_layers: int) -> list[int]:
+    """Indices of the upper half of a model's layers, e.g. [3, 4, 5] of 6."""
+    return list(range(num_layers // 2, num_layers))
+
+
+def register_resolvers() -> None:
+    for name, fn in (("pkg_path", package_path), ("sweep_id", sweep_id), ("top_half", top_half),
+                     ("job_key", job_key), ("default_cache", default_cache)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+    if not OmegaConf.has_resolver("command_key"):
+        OmegaConf.register_new_resolver("command_key", command_key, use_cache=True)
+
+
+register_resolvers()

@@ -1,0 +1,25 @@
+"""results.json has one typed home (peft_bench/results.py: RunResult) and one description
+(docs/results.md): every key of the one is in the other. That a real run writes no other key is
+checked on the runs of every method (test_methods.py, test_causal_lm.py: assert_documented)."""
+
+from __future__ import annotations
+
+from peft_bench.results import DataInfo, RunResult
+from tests.helpers import documented_keys
+
+
+def test_every_typed_key_is_documented():
+    docs = documented_keys()
+    assert not [k for k in RunResult.__annotations__ if k not in docs]
+    assert not [k for k in DataInfo.__annotations__ if f"data.{k}" not in docs]
+
+
+def test_an_undocumented_key_is_caught():
+    from tests.helpers import assert_documented
+
+    try:
+        assert_documented({"status": "completed", "brand_new_figure": 1.0})
+    except AssertionError as e:
+        assert "brand_new_figure" in str(e)
+    else:
+        raise AssertionError("an undocumented key went through")
