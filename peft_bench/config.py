@@ -4,7 +4,6 @@ collects them (with the checks that need the model) before any data or weights a
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 from dataclasses import dataclass, field
@@ -14,12 +13,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-import peft_bench.resolvers  # noqa: F401  (registers the resolvers the configs use)
+from peft_bench.resolvers import CONF_DIR  # noqa: F401  (importing it registers the configs' resolvers)
 from peft_bench.tasks import TASKS
 
-# conf/ at the top of the checkout, shipped in the wheel as the package peft_bench.conf (pyproject.toml):
-# found the same way installed and editable
-CONF_DIR = Path(list(importlib.util.find_spec("peft_bench.conf").submodule_search_locations)[0])
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # method, dataset and model names: table rows, cache folders
 SEED_MAX = 2**32 - 1  # numpy's seed range, which seed_everything enforces
 

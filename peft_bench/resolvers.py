@@ -16,6 +16,31 @@ from omegaconf import OmegaConf
 
 from peft_bench.errors import PeftBenchError
 
+# conf/ at the top of the checkout, shipped in the wheel as the package peft_bench.conf (pyproject.toml):
+# found the same way installed and editable
+CONF_DIR = Path(list(importlib.util.find_spec("peft_bench.conf").submodule_search_locations)[0])
+
+
+def groups_help() -> str:
+    """`--help`'s list of config groups: each group's options (its YAML files, not the schemas), with the
+    first sentence of each option's leading comment."""
+
+    def summary(option: Path) -> str:
+        comment = " ".join(line.lstrip("# ").strip() for line in option.read_text().splitlines()[:4]
+                           if line.startswith("#") and "@package" not in line)
+        sentence = re.split(r"(?<=[.:])\s", comment, maxsplit=1)[0].rstrip(".:")
+        return sentence if len(sentence) <= 80 else sentence[:80].rsplit(" ", 1)[0] + " ..."
+
+    groups = [p for p in sorted(CONF_DIR.iterdir()) if p.is_dir() and p.name not in ("hydra", "__pycache__")]
+    lines = []
+    for group in [*groups, CONF_DIR / "hydra" / "launcher"]:
+        lines.append(f"{group.relative_to(CONF_DIR)}:")
+        if group.name == "launcher":
+            lines.append(f"  {'basic':<14} Hydra's default: the jobs one after another in this process")
+            lines.append(f"  {'submitit_local':<14} the jobs as local processes (hydra-submitit-launcher)")
+        lines += [f"  {option.stem:<14} {summary(option)}" for option in sorted(group.glob("*.yaml"))]
+    return "\n".join(lines)
+
 
 def default_cache() -> str:
     """Where tokenized data, prepared models and the matmul peak are kept: $PEFT_BENCH_CACHE, else
@@ -74,7 +99,7 @@ def top_half(num_layers: int) -> list[int]:
 
 def register_resolvers() -> None:
     for name, fn in (("pkg_path", package_path), ("sweep_id", sweep_id), ("top_half", top_half),
-                     ("job_key", job_key), ("default_cache", default_cache)):
+                     ("job_key", job_key), ("default_cache", default_cache), ("groups_help", groups_help)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
     if not OmegaConf.has_resolver("command_key"):

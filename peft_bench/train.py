@@ -19,6 +19,7 @@ import datasets
 import hydra
 import lightning as L
 import torch
+import transformers
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
@@ -58,16 +59,22 @@ RUN_OUTPUTS = ("checkpoints", "csv", "adapter", "merged")
 
 
 def quiet_third_party() -> None:
-    """Silence library chatter that says nothing about this run (deprecations inside the libraries,
-    advertising, bitsandbytes' optional CPU kernel), so the run's own lines stand out."""
+    """A job's output is its own lines: silence library chatter that says nothing about this run
+    (transformers' load reports and progress bars, Lightning's device and checkpoint-restore notices,
+    its srun hint, deprecations inside the libraries, advertising, bitsandbytes' optional CPU kernel).
+    Warnings and errors still show."""
     for message in (".*is_gradient_checkpointing.*", ".*null_placement.*", ".*LeafSpec.*",
                     ".*does not have many workers.*", ".*overridden `on_before_batch_transfer`.*",
-                    ".*Experiment logs directory.*exists and is not empty.*"):
+                    ".*Experiment logs directory.*exists and is not empty.*", ".*The `srun` command is available.*"):
         warnings.filterwarnings("ignore", message=message)
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # "GPU available: ...", "Restoring states ...", ...
     chatter = ("litlogger", "returned in `LightningModule.configure_callbacks` will override")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda r: not any(c in r.getMessage() for c in chatter))
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(lambda r: not any(c in r.getMessage() for c in chatter))
+    transformers.utils.logging.set_verbosity_error()  # the LOAD REPORT of a head initialised for the task
+    transformers.utils.logging.disable_progress_bar()
     if not sys.stderr.isatty():
         datasets.disable_progress_bars()
 
