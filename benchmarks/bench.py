@@ -56,7 +56,11 @@ class Bench:
             self.base = ["model=tiny", "dataset=demo", "dataset.generator_size=600"]
         else:
             train, val = self.data / "sst2/train.jsonl", self.data / "sst2/validation.jsonl"
-            self.base = ["model=minilm", "dataset=sst2", f"dataset.data_files={{train:'{train}',validation:'{val}'}}"]
+            self.base = [
+                "model=minilm",
+                "dataset=sst2",
+                f"dataset.data_files={{train:'{train}',validation:'{val}'}}",
+            ]
         self.quiet = ["logger=none", "checkpoint=false", "trainer.limit_test_batches=2"]
         self.val = ["trainer.limit_val_batches=2"]
         self.steps = 6 if short else 60
@@ -82,8 +86,13 @@ class Bench:
             def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
                 starts.append(time.perf_counter())
 
-        out = run(compose_job([*self.base, *self.quiet, *self.val, f"trainer.max_steps={self.steps}", *extra],
-                              self.run_dir()), callbacks=[StepClock()])
+        out = run(
+            compose_job(
+                [*self.base, *self.quiet, *self.val, f"trainer.max_steps={self.steps}", *extra],
+                self.run_dir(),
+            ),
+            callbacks=[StepClock()],
+        )
         return {**out, "step_starts": starts}
 
     def bare(self, extra: list[str]) -> dict:
@@ -98,8 +107,9 @@ class Bench:
 
         run = check_config(compose_job([*self.base, *self.quiet, *self.val, *extra], self.run_dir()))
         L.seed_everything(run.seed)
-        dm = get_class(run.dataset._target_)(dataset=run.dataset, tokenizer=load_tokenizer(run.model),
-                                             cache_dir=run.cache_dir, seed=run.seed)
+        dm = get_class(run.dataset._target_)(
+            dataset=run.dataset, tokenizer=load_tokenizer(run.model), cache_dir=run.cache_dir, seed=run.seed
+        )
         dm.prepare_data()
         model = get_class(run.method._target_)(method=run.method, model=run.model, dataset=run.dataset).model
         model.train()
@@ -133,7 +143,9 @@ class Bench:
         same batches in the same order, so step i is the same work in each, and a step slowed by
         something else on the machine counts at its unhindered time. Every step counts (a pruning
         step too); the first and last are left out (warm-up; no end mark)."""
-        steps = [[b - a for a, b in zip(r["step_starts"], r["step_starts"][1:], strict=False)][1:] for r in runs]
+        steps = [
+            [b - a for a, b in zip(r["step_starts"], r["step_starts"][1:], strict=False)][1:] for r in runs
+        ]
         return sum(min(times) for times in zip(*steps, strict=True))
 
     def overhead(self) -> None:
@@ -149,21 +161,34 @@ class Bench:
             bare.append(b["train_examples_per_s"])
             mfu.append(a.get("mfu"))
         ratio = self.step_time(bare_runs) / self.step_time(ours_runs)
-        self.figures["overhead"] = {"ours_examples_per_s": ours, "bare_examples_per_s": bare,
-                                    "ratios": [o / b for o, b in zip(ours, bare, strict=True)], "median_ratio": ratio,
-                                    "method": "per-step fastest over repetitions, summed", "target": 0.97}
-        self.figures["mfu"] = {"mfu": mfu, "median": statistics.median(mfu), "target": 0.6,
-                               "gemm_peak_flops_per_s": a.get("gemm_peak_flops_per_s"),
-                               "model_flops_per_s": a.get("model_flops_per_s")}
+        self.figures["overhead"] = {
+            "ours_examples_per_s": ours,
+            "bare_examples_per_s": bare,
+            "ratios": [o / b for o, b in zip(ours, bare, strict=True)],
+            "median_ratio": ratio,
+            "method": "per-step fastest over repetitions, summed",
+            "target": 0.97,
+        }
+        self.figures["mfu"] = {
+            "mfu": mfu,
+            "median": statistics.median(mfu),
+            "target": 0.6,
+            "gemm_peak_flops_per_s": a.get("gemm_peak_flops_per_s"),
+            "model_flops_per_s": a.get("model_flops_per_s"),
+        }
 
     def mfu_imdb(self) -> None:
         """MFU on longer sequences: IMDB reviews at up to 512 tokens, length-grouped (bigger matmuls)."""
         steps = 3 if self.short else 30
         r = self._imdb_run or self.ours_for("imdb", steps)  # case 2's IMDB run where it ran: the same run
-        self.figures["mfu_imdb"] = {"mfu": r.get("mfu"), "steps": steps, "target": 0.6,
-                                    "model_flops_per_s": r.get("model_flops_per_s"),
-                                    "gemm_peak_flops_per_s": r.get("gemm_peak_flops_per_s"),
-                                    "tokens_per_example": r["train_tokens"] / r["train_examples"]}
+        self.figures["mfu_imdb"] = {
+            "mfu": r.get("mfu"),
+            "steps": steps,
+            "target": 0.6,
+            "model_flops_per_s": r.get("model_flops_per_s"),
+            "gemm_peak_flops_per_s": r.get("gemm_peak_flops_per_s"),
+            "tokens_per_example": r["train_tokens"] / r["train_examples"],
+        }
 
     def pruning(self) -> None:
         lora, sparse = [], []
@@ -171,10 +196,14 @@ class Bench:
             lora.append(self.ours(["method=lora"]))
             sparse.append(self.ours(["method=sparse_lora", "method.pruning.every_n_steps=5"]))
         self.figures["pruning"] = {
-            "time_ratios": [s["train_compute_s"] / r["train_compute_s"] for s, r in zip(sparse, lora, strict=True)],
+            "time_ratios": [
+                s["train_compute_s"] / r["train_compute_s"] for s, r in zip(sparse, lora, strict=True)
+            ],
             "median_overhead": self.step_time(sparse) / self.step_time(lora) - 1,
-            "method": "per-step fastest over repetitions, summed", "target": 0.01,
-            "final_sparsity": sparse[-1].get("sparsity_exact_zero")}
+            "method": "per-step fastest over repetitions, summed",
+            "target": 0.01,
+            "final_sparsity": sparse[-1].get("sparsity_exact_zero"),
+        }
 
     def subprocess_run(self, extra: list[str], env: dict | None = None) -> dict:
         """A job in a process of its own (its peak memory and start-up are its own); in short mode in
@@ -188,8 +217,17 @@ class Bench:
                 os.environ.clear()
                 os.environ.update(saved)
         d = self.run_dir()
-        cmd = [sys.executable, "-m", "peft_bench", *self.base, *self.quiet, *self.val, f"trainer.max_steps={self.steps}", *extra,
-               f"hydra.run.dir={d}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "peft_bench",
+            *self.base,
+            *self.quiet,
+            *self.val,
+            f"trainer.max_steps={self.steps}",
+            *extra,
+            f"hydra.run.dir={d}",
+        ]
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
         if out.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr[-2000:]}")
@@ -200,10 +238,14 @@ class Bench:
         qlora = self.subprocess_run(["method=qlora"])
         q = qlora["qlora"]
         self.figures["qlora"] = {
-            "quantized_linear_weight_ratio": q["quantized_linear_weight_ratio"], "target": 0.16,
-            "base_weight_ratio": q["base_weight_ratio"], "peak_memory_qlora": qlora["peak_memory_bytes"],
-            "peak_memory_lora": lora["peak_memory_bytes"], "peak_ratio": qlora["peak_memory_bytes"] / lora["peak_memory_bytes"],
-            "peak_memory_kind": qlora["peak_memory_kind"]}
+            "quantized_linear_weight_ratio": q["quantized_linear_weight_ratio"],
+            "target": 0.16,
+            "base_weight_ratio": q["base_weight_ratio"],
+            "peak_memory_qlora": qlora["peak_memory_bytes"],
+            "peak_memory_lora": lora["peak_memory_bytes"],
+            "peak_ratio": qlora["peak_memory_bytes"] / lora["peak_memory_bytes"],
+            "peak_memory_kind": qlora["peak_memory_kind"],
+        }
 
     def startup(self) -> None:
         """SST-2 (67k short sentences: a fast tokenizer needs ~1 s) and IMDB (25k long reviews):
@@ -214,15 +256,26 @@ class Bench:
             times: dict = {"cold_s": [], "warm_s": [], "cold_process_s": [], "warm_process_s": []}
             for _ in range(self.reps):
                 cache = Path(tempfile.mkdtemp(dir=self.work, prefix="cache"))
-                args = [*self.dataset_args(name), "trainer.max_steps=1"]  # after the base arguments: these win
+                args = [
+                    *self.dataset_args(name),
+                    "trainer.max_steps=1",
+                ]  # after the base arguments: these win
                 for kind in ("cold", "warm"):
                     r = self.subprocess_run(args, env={"PEFT_BENCH_CACHE": str(cache)})
                     times[f"{kind}_s"].append(r["time_to_first_step_s"])
                     times[f"{kind}_process_s"].append(r.get("process_to_first_step_s"))
             ratio = statistics.median([w / c for w, c in zip(times["warm_s"], times["cold_s"], strict=True)])
-            process = [w / c for w, c in zip(times["warm_process_s"], times["cold_process_s"], strict=True) if w and c]
-            out[name] = {**times, "target": 0.25, "median_ratio": ratio,
-                         "median_ratio_process": statistics.median(process) if process else None}
+            process = [
+                w / c
+                for w, c in zip(times["warm_process_s"], times["cold_process_s"], strict=True)
+                if w and c
+            ]
+            out[name] = {
+                **times,
+                "target": 0.25,
+                "median_ratio": ratio,
+                "median_ratio_process": statistics.median(process) if process else None,
+            }
         self.figures["startup"] = out
 
     def seeds_pipeline(self) -> None:
@@ -241,18 +294,33 @@ class Bench:
                 ours.append(self.ours_rate(o))
                 trainer.append(t["train_examples_per_s"])
                 ratios.append(ours[-1] / trainer[-1])
-            out[name] = {"max_length": max_length, "steps": steps, "ours_examples_per_s": ours,
-                         "trainer_examples_per_s": trainer, "ratios": ratios, "median_ratio": statistics.median(ratios),
-                         "target": 4.0 if name == "sst2" else 2.0}
+            out[name] = {
+                "max_length": max_length,
+                "steps": steps,
+                "ours_examples_per_s": ours,
+                "trainer_examples_per_s": trainer,
+                "ratios": ratios,
+                "median_ratio": statistics.median(ratios),
+                "target": 4.0 if name == "sst2" else 2.0,
+            }
         # accuracy after the same examples (SST-2), over seeds: one seed's 2,000 examples swing by points
         steps, seeds = (8, [42]) if self.short else (125, [42, 1, 2])
         acc = {"ours": [], "trainer": []}
         for seed in seeds:
-            acc["ours"].append(self.ours_for("sst2", steps, full_eval=True, extra=[f"seed={seed}"])["val_acc"])
-            acc["trainer"].append(self.hf_trainer("sst2", 128, steps, evaluate=True, extra=[f"seed={seed}"])["val_acc"])
-        out["sst2"].update(examples=steps * 16, seeds=seeds, ours_val_acc_per_seed=acc["ours"],
-                           trainer_val_acc_per_seed=acc["trainer"], ours_val_acc=statistics.mean(acc["ours"]),
-                           trainer_val_acc=statistics.mean(acc["trainer"]))
+            acc["ours"].append(
+                self.ours_for("sst2", steps, full_eval=True, extra=[f"seed={seed}"])["val_acc"]
+            )
+            acc["trainer"].append(
+                self.hf_trainer("sst2", 128, steps, evaluate=True, extra=[f"seed={seed}"])["val_acc"]
+            )
+        out["sst2"].update(
+            examples=steps * 16,
+            seeds=seeds,
+            ours_val_acc_per_seed=acc["ours"],
+            trainer_val_acc_per_seed=acc["trainer"],
+            ours_val_acc=statistics.mean(acc["ours"]),
+            trainer_val_acc=statistics.mean(acc["trainer"]),
+        )
         self.figures["seeds_pipeline"] = out
 
     def dataset_args(self, name: str) -> list[str]:
@@ -267,11 +335,16 @@ class Bench:
         from peft_bench.train import run
 
         evals = [] if full_eval else self.val
-        return run(compose_job([*self.dataset_args(name), *self.quiet, f"trainer.max_steps={steps}", *evals, *extra],
-                               self.run_dir()))
+        return run(
+            compose_job(
+                [*self.dataset_args(name), *self.quiet, f"trainer.max_steps={steps}", *evals, *extra],
+                self.run_dir(),
+            )
+        )
 
-    def hf_trainer(self, name: str, max_length: int, steps: int, evaluate: bool = False,
-                   extra: list[str] = ()) -> dict:
+    def hf_trainer(
+        self, name: str, max_length: int, steps: int, evaluate: bool = False, extra: list[str] = ()
+    ) -> dict:
         """The seeds' pipeline: tokenized with padding='max_length', HF Trainer, batch 16, LoRA r=8 q/v,
         the checkpoint's own attention dropout (peft_bench's default turns it off)."""
         import numpy as np
@@ -283,8 +356,12 @@ class Bench:
         from peft_bench.data.classification import TextClassificationDataModule, make_splits
         from peft_bench.models import load_tokenizer
 
-        run = check_config(compose_job([*self.dataset_args(name), *self.quiet, "model.attention_dropout=null", *extra],
-                                       self.run_dir()))
+        run = check_config(
+            compose_job(
+                [*self.dataset_args(name), *self.quiet, "model.attention_dropout=null", *extra],
+                self.run_dir(),
+            )
+        )
         tok = load_tokenizer(run.model)
         if name not in self._raw:  # parsed once per dataset, not per repetition
             validate = TextClassificationDataModule(run.dataset, tok, run.cache_dir, run.seed).validate
@@ -301,17 +378,29 @@ class Bench:
         train = splits["train"].shuffle(seed=run.seed).select(range(min(len(splits["train"]), steps * 16)))
         train = train.map(encode, batched=True, remove_columns=train.column_names)
         model = get_class(run.method._target_)(method=run.method, model=run.model, dataset=run.dataset).model
-        args = TrainingArguments(output_dir=str(self.run_dir()), per_device_train_batch_size=16, max_steps=steps,
-                                 learning_rate=run.method.lr, warmup_steps=int(run.method.warmup_ratio * steps),
-                                 weight_decay=run.method.weight_decay, logging_strategy="no", save_strategy="no",
-                                 report_to=[], dataloader_num_workers=0, seed=run.seed, disable_tqdm=True,
-                                 per_device_eval_batch_size=64)
+        args = TrainingArguments(
+            output_dir=str(self.run_dir()),
+            per_device_train_batch_size=16,
+            max_steps=steps,
+            learning_rate=run.method.lr,
+            warmup_steps=int(run.method.warmup_ratio * steps),
+            weight_decay=run.method.weight_decay,
+            logging_strategy="no",
+            save_strategy="no",
+            report_to=[],
+            dataloader_num_workers=0,
+            seed=run.seed,
+            disable_tqdm=True,
+            per_device_eval_batch_size=64,
+        )
         trainer = Trainer(model=model, args=args, train_dataset=train)
         start = time.perf_counter()
         trainer.train()
         figures = {"train_examples_per_s": steps * 16 / (time.perf_counter() - start)}
         if evaluate:
-            val = splits["validation"].map(encode, batched=True, remove_columns=splits["validation"].column_names)
+            val = splits["validation"].map(
+                encode, batched=True, remove_columns=splits["validation"].column_names
+            )
             pred = trainer.predict(val)
             figures["val_acc"] = float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())
         return figures
@@ -326,10 +415,17 @@ class Bench:
         fixed_length, fixed_rank = lengths[1], 8
         points = [{"method": m, "rank": r, "length": fixed_length} for m in self.RANK_METHODS for r in ranks]
         points += [{"method": "full", "rank": fixed_rank, "length": fixed_length}]
-        points += [{"method": m, "rank": fixed_rank, "length": n} for m in self.METHODS for n in lengths
-                   if n != fixed_length]
-        points += [{"method": m, "rank": fixed_rank, "length": fixed_length} for m in self.RANK_METHODS
-                   if fixed_rank not in ranks]
+        points += [
+            {"method": m, "rank": fixed_rank, "length": n}
+            for m in self.METHODS
+            for n in lengths
+            if n != fixed_length
+        ]
+        points += [
+            {"method": m, "rank": fixed_rank, "length": fixed_length}
+            for m in self.RANK_METHODS
+            if fixed_rank not in ranks
+        ]
         # Rounds over all points, one after another: a busy spell of the machine then slows one round
         # of a point, not both; each point keeps its fastest round (peak memory: the largest).
         rounds: list[list[dict]] = []
@@ -340,7 +436,14 @@ class Bench:
                 if self.short:  # in this process: quick, and enough to show the case runs
                     rounds[-1].append(scaling_point(spec, short=True, data=self.data))
                     continue
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--point", json.dumps(spec), "--data", str(self.data)]
+                cmd = [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--point",
+                    json.dumps(spec),
+                    "--data",
+                    str(self.data),
+                ]
                 out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
                 if out.returncode != 0:
                     raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr[-2000:]}")
@@ -349,10 +452,20 @@ class Bench:
         figures = []
         for tries in zip(*rounds, strict=True):
             best = max(tries, key=lambda p: p["examples_per_s"])
-            figures.append({**best, "examples_per_s_rounds": [p["examples_per_s"] for p in tries],
-                            "peak_memory_bytes": max(p["peak_memory_bytes"] for p in tries)})
-        self.figures["scaling"] = {"ranks": ranks, "lengths": lengths, "fixed_length": fixed_length,
-                                   "fixed_rank": fixed_rank, "points": figures}
+            figures.append(
+                {
+                    **best,
+                    "examples_per_s_rounds": [p["examples_per_s"] for p in tries],
+                    "peak_memory_bytes": max(p["peak_memory_bytes"] for p in tries),
+                }
+            )
+        self.figures["scaling"] = {
+            "ranks": ranks,
+            "lengths": lengths,
+            "fixed_length": fixed_length,
+            "fixed_rank": fixed_rank,
+            "points": figures,
+        }
         scaling_plot(self.figures["scaling"], self.out)
 
     # ------------------------------------------------------------------ all of it
@@ -383,12 +496,18 @@ def scaling_point(spec: dict, short: bool, data: Path) -> dict:
     method, rank, length, bs, steps = (spec[k] for k in ("method", "rank", "length", "batch_size", "steps"))
     base = ["model=tiny", "dataset=demo"] if short else ["model=minilm", "dataset=imdb"]
     with tempfile.TemporaryDirectory() as tmp:
-        run = check_config(compose_job([*base, f"method={method}", f"rank={rank}", f"dataset.max_length={length}",
-                                        "logger=none"], Path(tmp)))
+        run = check_config(
+            compose_job(
+                [*base, f"method={method}", f"rank={rank}", f"dataset.max_length={length}", "logger=none"],
+                Path(tmp),
+            )
+        )
     tok = load_tokenizer(run.model)
     need = bs * (steps + 1)
     texts = long_texts(short, data, need * 4)
-    rows = [ids for ids in tok(texts, truncation=True, max_length=length)["input_ids"] if len(ids) == length][:need]
+    rows = [ids for ids in tok(texts, truncation=True, max_length=length)["input_ids"] if len(ids) == length][
+        :need
+    ]
     if len(rows) < need:
         raise RuntimeError(f"scaling: only {len(rows)} texts of {length} tokens, {need} needed")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -404,8 +523,11 @@ def scaling_point(spec: dict, short: bool, data: Path) -> dict:
 
     def step(i: int) -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = model(input_ids=ids[i].to(device), attention_mask=torch.ones_like(ids[i]).to(device),
-                         labels=labels[i].to(device)).loss
+            loss = model(
+                input_ids=ids[i].to(device),
+                attention_mask=torch.ones_like(ids[i]).to(device),
+                labels=labels[i].to(device),
+            ).loss
             loss = loss + sum(module.extra_losses().values())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -424,8 +546,14 @@ def scaling_point(spec: dict, short: bool, data: Path) -> dict:
         times.append(time.perf_counter() - start)
     seconds = steps * statistics.median(times)
     trainable, total = module.parameter_counts()
-    return {**spec, "examples_per_s": steps * bs / seconds, "tokens_per_s": steps * bs * length / seconds,
-            "trainable_params": trainable, "total_params": total, **peak_memory()}
+    return {
+        **spec,
+        "examples_per_s": steps * bs / seconds,
+        "tokens_per_s": steps * bs * length / seconds,
+        "trainable_params": trainable,
+        "total_params": total,
+        **peak_memory(),
+    }
 
 
 def long_texts(short: bool, data: Path, n: int) -> list[str]:
@@ -434,7 +562,7 @@ def long_texts(short: bool, data: Path, n: int) -> list[str]:
         from peft_bench.data.demo import build_demo
 
         sentences = list(build_demo(600, 0)["train"]["sentence"])
-        return [" ".join(sentences[i:i + 20]) for i in range(0, len(sentences) - 20, 5)][:n]
+        return [" ".join(sentences[i : i + 20]) for i in range(0, len(sentences) - 20, 5)][:n]
     import gzip
 
     with gzip.open(data / "imdb" / "train.jsonl.gz", "rt") as f:
@@ -451,11 +579,14 @@ def scaling_plot(f: dict, out: Path) -> None:
 
     points = f["points"]
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
-    for col, (axis, fixed, other) in enumerate((("rank", f["fixed_length"], "length"),
-                                                ("length", f["fixed_rank"], "rank"))):
+    for col, (axis, fixed, other) in enumerate(
+        (("rank", f["fixed_length"], "length"), ("length", f["fixed_rank"], "rank"))
+    ):
         for method in Bench.METHODS:
-            pts = sorted(((p[axis], p) for p in points if p["method"] == method and p[other] == fixed),
-                         key=lambda t: t[0])
+            pts = sorted(
+                ((p[axis], p) for p in points if p["method"] == method and p[other] == fixed),
+                key=lambda t: t[0],
+            )
             if method == "full" and axis == "rank":  # no rank: its one point as a level
                 for row, key in enumerate(("examples_per_s", "peak_memory_bytes")):
                     if pts:
@@ -473,8 +604,10 @@ def scaling_plot(f: dict, out: Path) -> None:
             ticks = f["ranks"] if axis == "rank" else f["lengths"]
             ax.set_xticks(ticks, [str(t) for t in ticks])
             ax.set_xlabel("LoRA rank" if axis == "rank" else "sequence length (tokens)")
-            ax.set_title(f"{'rank' if axis == 'rank' else 'sequence length'} varies "
-                         f"({other} {fixed}, batch {points[0]['batch_size']})")
+            ax.set_title(
+                f"{'rank' if axis == 'rank' else 'sequence length'} varies "
+                f"({other} {fixed}, batch {points[0]['batch_size']})"
+            )
             ax.grid(alpha=0.3)
         axes[0][col].set_ylabel("training examples/s")
         axes[1][col].set_ylabel(f"peak memory, MiB ({points[0]['peak_memory_kind']})")
@@ -487,9 +620,14 @@ def scaling_plot(f: dict, out: Path) -> None:
 
 
 def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
 
 
 NOTES = "<!-- notes: written by hand, kept when the figures are regenerated -->"
@@ -500,68 +638,134 @@ def markdown(f: dict, notes: str = "") -> str:
         return "meets" if (value >= target if higher else value <= target) else "**misses**"
 
     m = f["machine"]
-    lines = ["# Benchmarks", "", f"Measured by `python benchmarks/bench.py{' --short' if f['short'] else ''}` on "
-             f"{m['device']} ({m['cpus']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}); "
-             f"{f['reps']} alternated repetition(s) per comparison, medians. Raw figures: bench.json.", ""]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured by `python benchmarks/bench.py{' --short' if f['short'] else ''}` on "
+        f"{m['device']} ({m['cpus']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}); "
+        f"{f['reps']} alternated repetition(s) per comparison, medians. Raw figures: bench.json.",
+        "",
+    ]
     if f["short"]:
-        lines += ["Short mode: tiny random model and generated data, one repetition: the figures only show the "
-                  "script runs; they say nothing about speed.", ""]
+        lines += [
+            "Short mode: tiny random model and generated data, one repetition: the figures only show the "
+            "script runs; they say nothing about speed.",
+            "",
+        ]
     rows = []
     if "overhead" in f:
         o = f["overhead"]
         rows += [
-            ["1 framework overhead: peft_bench / hand-written loop, examples/s", f"{o['median_ratio']:.3f}", "≥ 0.97",
-             ok(o["median_ratio"], 0.97), f"steps at their fastest of {len(o['ratios'])} repetitions; whole runs: ours "
-             f"{statistics.median(o['ours_examples_per_s']):.1f}, bare {statistics.median(o['bare_examples_per_s']):.1f} "
-             f"examples/s (ratios {fmt_list(o['ratios'])})"]]
+            [
+                "1 framework overhead: peft_bench / hand-written loop, examples/s",
+                f"{o['median_ratio']:.3f}",
+                "≥ 0.97",
+                ok(o["median_ratio"], 0.97),
+                f"steps at their fastest of {len(o['ratios'])} repetitions; whole runs: ours "
+                f"{statistics.median(o['ours_examples_per_s']):.1f}, "
+                f"bare {statistics.median(o['bare_examples_per_s']):.1f} "
+                f"examples/s (ratios {fmt_list(o['ratios'])})",
+            ]
+        ]
     if "seeds_pipeline" in f:
         sp = f["seeds_pipeline"]
         a = sp["sst2"]
         rows += [
-            *[[f"2 seeds' pipeline ({k}, Trainer padding to {v['max_length']}): examples/s ratio",
-               f"{v['median_ratio']:.2f}×", f"≥ {v['target']:.0f}×", ok(v["median_ratio"], v["target"]),
-               f"ours {statistics.median(v['ours_examples_per_s']):.1f}, Trainer "
-               f"{statistics.median(v['trainer_examples_per_s']):.1f} examples/s ({v.get('steps', '?')} steps)"]
-              for k, v in sp.items()],
-            ["2 validation accuracy after the same examples (SST-2): ours − Trainer",
-             f"{a['ours_val_acc'] - a['trainer_val_acc']:+.4f}", "≥ −0.005", ok(a["ours_val_acc"] - a["trainer_val_acc"], -0.005),
-             f"{a['examples']} examples, mean over seeds {a.get('seeds', [42])}: ours {a['ours_val_acc']:.4f} "
-             f"{fmt_list(a.get('ours_val_acc_per_seed'))}, Trainer {a['trainer_val_acc']:.4f} "
-             f"{fmt_list(a.get('trainer_val_acc_per_seed'))}"]]
+            *[
+                [
+                    f"2 seeds' pipeline ({k}, Trainer padding to {v['max_length']}): examples/s ratio",
+                    f"{v['median_ratio']:.2f}×",
+                    f"≥ {v['target']:.0f}×",
+                    ok(v["median_ratio"], v["target"]),
+                    f"ours {statistics.median(v['ours_examples_per_s']):.1f}, Trainer "
+                    f"{statistics.median(v['trainer_examples_per_s']):.1f} examples/s "
+                    f"({v.get('steps', '?')} steps)",
+                ]
+                for k, v in sp.items()
+            ],
+            [
+                "2 validation accuracy after the same examples (SST-2): ours − Trainer",
+                f"{a['ours_val_acc'] - a['trainer_val_acc']:+.4f}",
+                "≥ −0.005",
+                ok(a["ours_val_acc"] - a["trainer_val_acc"], -0.005),
+                f"{a['examples']} examples, mean over seeds {a.get('seeds', [42])}: "
+                f"ours {a['ours_val_acc']:.4f} "
+                f"{fmt_list(a.get('ours_val_acc_per_seed'))}, Trainer {a['trainer_val_acc']:.4f} "
+                f"{fmt_list(a.get('trainer_val_acc_per_seed'))}",
+            ],
+        ]
+
     def mfu_row(data: str, mfu: float, figures: dict, detail: str) -> list[str]:
-        return [f"3 MFU, LoRA on {data} (model FLOP/s / measured matmul peak)", f"{mfu:.3f}", "≥ 0.6", ok(mfu, 0.6),
-                f"{figures['model_flops_per_s'] / 1e9:.1f} GFLOP/s of {figures['gemm_peak_flops_per_s'] / 1e9:.1f} "
-                f"peak; {detail}"]
+        return [
+            f"3 MFU, LoRA on {data} (model FLOP/s / measured matmul peak)",
+            f"{mfu:.3f}",
+            "≥ 0.6",
+            ok(mfu, 0.6),
+            f"{figures['model_flops_per_s'] / 1e9:.1f} GFLOP/s "
+            f"of {figures['gemm_peak_flops_per_s'] / 1e9:.1f} "
+            f"peak; {detail}",
+        ]
 
     if "mfu" in f:
         rows.append(mfu_row("SST-2", f["mfu"]["median"], f["mfu"], "case 1's runs"))
     if f.get("mfu_imdb", {}).get("mfu"):
         mi = f["mfu_imdb"]
-        rows.append(mfu_row("IMDB (up to 512 tokens, length-grouped)", mi["mfu"], mi,
-                            f"{mi['steps']} steps, {mi['tokens_per_example']:.0f} tokens per example"))
+        rows.append(
+            mfu_row(
+                "IMDB (up to 512 tokens, length-grouped)",
+                mi["mfu"],
+                mi,
+                f"{mi['steps']} steps, {mi['tokens_per_example']:.0f} tokens per example",
+            )
+        )
     if "qlora" in f:
         q = f["qlora"]
-        rows += [["4 QLoRA quantized linear weights / fp32", f"{q['quantized_linear_weight_ratio']:.3f}×", "≤ 0.16×",
-                  ok(q["quantized_linear_weight_ratio"], 0.16, higher=False),
-                  f"all weights {q['base_weight_ratio']:.3f}×; peak memory QLoRA / LoRA {q['peak_ratio']:.2f}× "
-                  f"({q['peak_memory_kind']})"]]
+        rows += [
+            [
+                "4 QLoRA quantized linear weights / fp32",
+                f"{q['quantized_linear_weight_ratio']:.3f}×",
+                "≤ 0.16×",
+                ok(q["quantized_linear_weight_ratio"], 0.16, higher=False),
+                f"all weights {q['base_weight_ratio']:.3f}×; peak memory QLoRA / LoRA {q['peak_ratio']:.2f}× "
+                f"({q['peak_memory_kind']})",
+            ]
+        ]
     if "pruning" in f:
         p = f["pruning"]
-        rows += [["5 pruning overhead: Sparse LoRA / LoRA train time − 1", f"{p['median_overhead']:+.2%}", "< 1%",
-                  ok(p["median_overhead"], 0.01, higher=False),
-                  f"pruning every 5 steps; final sparsity {p['final_sparsity']}; steps at their fastest of "
-                  f"{f['reps']} repetitions; whole-run time ratios {fmt_list(p['time_ratios'])}"]]
+        rows += [
+            [
+                "5 pruning overhead: Sparse LoRA / LoRA train time − 1",
+                f"{p['median_overhead']:+.2%}",
+                "< 1%",
+                ok(p["median_overhead"], 0.01, higher=False),
+                f"pruning every 5 steps; final sparsity {p['final_sparsity']}; steps at their fastest of "
+                f"{f['reps']} repetitions; whole-run time ratios {fmt_list(p['time_ratios'])}",
+            ]
+        ]
     if "startup" in f:
         for name, s in f["startup"].items():
             process = ""
             if s.get("median_ratio_process") is not None:
-                process = (f"; from the process start (imports included): {s['median_ratio_process']:.2f}, cold "
-                           f"{statistics.median(s['cold_process_s']):.2f} s, warm {statistics.median(s['warm_process_s']):.2f} s")
-            rows += [[f"6 start-up ({name}), warm / cold (job start → first step)", f"{s['median_ratio']:.2f}", "≤ 0.25",
-                      ok(s["median_ratio"], 0.25, higher=False), f"cold {statistics.median(s['cold_s']):.2f} s, "
-                      f"warm {statistics.median(s['warm_s']):.2f} s{process}"]]
-    lines += ["| case | measured | target | | detail |", "|---|---|---|---|---|",
-              *["| " + " | ".join(r) + " |" for r in rows]]
+                process = (
+                    f"; from the process start (imports included): {s['median_ratio_process']:.2f}, cold "
+                    f"{statistics.median(s['cold_process_s']):.2f} s, "
+                    f"warm {statistics.median(s['warm_process_s']):.2f} s"
+                )
+            rows += [
+                [
+                    f"6 start-up ({name}), warm / cold (job start → first step)",
+                    f"{s['median_ratio']:.2f}",
+                    "≤ 0.25",
+                    ok(s["median_ratio"], 0.25, higher=False),
+                    f"cold {statistics.median(s['cold_s']):.2f} s, "
+                    f"warm {statistics.median(s['warm_s']):.2f} s{process}",
+                ]
+            ]
+    lines += [
+        "| case | measured | target | | detail |",
+        "|---|---|---|---|---|",
+        *["| " + " | ".join(r) + " |" for r in rows],
+    ]
     if "scaling" in f:
         lines += ["", *scaling_tables(f["scaling"])]
     if notes:
@@ -584,8 +788,10 @@ def scaling_tables(f: dict) -> list[str]:
 
     def table(axis: str, fixed_key: str, fixed: int, values: list[int]) -> list[str]:
         out = []
-        for key, title, fmt in (("examples_per_s", "training examples/s", "{:.1f}"),
-                                ("peak_memory_bytes", f"peak memory, MiB ({kind})", "{:.0f}")):
+        for key, title, fmt in (
+            ("examples_per_s", "training examples/s", "{:.1f}"),
+            ("peak_memory_bytes", f"peak memory, MiB ({kind})", "{:.0f}"),
+        ):
             head = [f"{axis} →", *map(str, values)]
             rows = []
             for method in Bench.METHODS:
@@ -594,28 +800,52 @@ def scaling_tables(f: dict) -> list[str]:
                     by = {v: next(iter(by.values())) for v in values} if by else {}
                 scale = 2**-20 if key == "peak_memory_bytes" else 1
                 rows.append([method, *[fmt.format(by[v] * scale) if v in by else "" for v in values]])
-            out += [f"{title}, {fixed_key} {fixed}:", "", "| " + " | ".join(head) + " |",
-                    "|" + "---|" * len(head), *["| " + " | ".join(r) + " |" for r in rows], ""]
+            out += [
+                f"{title}, {fixed_key} {fixed}:",
+                "",
+                "| " + " | ".join(head) + " |",
+                "|" + "---|" * len(head),
+                *["| " + " | ".join(r) + " |" for r in rows],
+                "",
+            ]
         return out
 
-    return ["## 7 How cost grows", "",
-            f"Batch {points[0]['batch_size']}, every sequence exactly its length in real tokens, "
-            f"median of {points[0]['steps']} steps timed one by one after one warm-up, one process per point"
-            f"{rounds_note(points)}. Plot: scaling.png / scaling.svg. "
-            "Full fine-tuning has no rank: its figure is repeated across the rank columns.", "",
-            *table("rank", "length", f["fixed_length"], f["ranks"]),
-            *table("length", "rank", f["fixed_rank"], f["lengths"])]
+    return [
+        "## 7 How cost grows",
+        "",
+        f"Batch {points[0]['batch_size']}, every sequence exactly its length in real tokens, "
+        f"median of {points[0]['steps']} steps timed one by one after one warm-up, one process per point"
+        f"{rounds_note(points)}. Plot: scaling.png / scaling.svg. "
+        "Full fine-tuning has no rank: its figure is repeated across the rank columns.",
+        "",
+        *table("rank", "length", f["fixed_length"], f["ranks"]),
+        *table("length", "rank", f["fixed_rank"], f["lengths"]),
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/bench.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--short", action="store_true", help="tiny model, generated data, one repetition")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks", help="folder for BENCHMARKS.md, bench.json")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="SST-2 / IMDB jsonl folders")
-    parser.add_argument("--cases", nargs="+", choices=Bench.CASES, metavar="CASE",
-                        help=f"only these ({', '.join(Bench.CASES)}); their figures replace those in OUT/bench.json")
-    parser.add_argument("--point", help=argparse.SUPPRESS)  # one scaling point, in a process of its own (JSON)
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks", help="folder for BENCHMARKS.md, bench.json"
+    )
+    parser.add_argument(
+        "--data", type=Path, default=ROOT.parent / "shared" / "data", help="SST-2 / IMDB jsonl folders"
+    )
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=Bench.CASES,
+        metavar="CASE",
+        help=f"only these ({', '.join(Bench.CASES)}); their figures replace those in OUT/bench.json",
+    )
+    parser.add_argument(
+        "--point", help=argparse.SUPPRESS
+    )  # one scaling point, in a process of its own (JSON)
     args = parser.parse_args(argv)
     if args.point:
         print(json.dumps(scaling_point(json.loads(args.point), short=False, data=args.data)))
@@ -623,10 +853,16 @@ def main(argv: list[str] | None = None) -> None:
     if not args.short and not (args.data / "sst2" / "train.jsonl").is_file():
         parser.error(f"no SST-2 under {args.data} (sst2/train.jsonl): give --data, or run --short")
     os.environ.setdefault("PEFT_BENCH_CACHE", str(Path(tempfile.mkdtemp(prefix="peft_bench-bench-cache-"))))
-    old = json.loads((args.out / "bench.json").read_text()) if args.cases and (args.out / "bench.json").is_file() else {}
+    old = (
+        json.loads((args.out / "bench.json").read_text())
+        if args.cases and (args.out / "bench.json").is_file()
+        else {}
+    )
     if old and old.get("short") != args.short:
-        parser.error(f"{args.out / 'bench.json'} holds {'short' if old.get('short') else 'full'}-mode figures: "
-                     "merge only like with like (or give another --out)")
+        parser.error(
+            f"{args.out / 'bench.json'} holds {'short' if old.get('short') else 'full'}-mode figures: "
+            "merge only like with like (or give another --out)"
+        )
     figures = {**old, **Bench(args.short, args.data, args.out).run_all(args.cases)}
     args.out.mkdir(parents=True, exist_ok=True)
     md = args.out / "BENCHMARKS.md"

@@ -20,11 +20,17 @@ def go_offline_if_the_hub_is_unreachable() -> None:
         return
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
+        socket.create_connection(
+            (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3
+        ).close()
     except OSError:
         os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-        print(f"peft_bench: the Hugging Face Hub ({url.hostname}) cannot be reached: running offline (what is cached "
-              "or local loads; HF_HUB_OFFLINE=0 forces network access)", file=sys.stderr)
+        print(
+            f"peft_bench: the Hugging Face Hub ({url.hostname}) cannot be reached: running offline "
+            "(what is cached "
+            "or local loads; HF_HUB_OFFLINE=0 forces network access)",
+            file=sys.stderr,
+        )
 
 
 def main() -> None:

@@ -37,7 +37,12 @@ def check_config(cfg: DictConfig) -> RunConfig:
     Touches no data and no weights: the target-module check builds the model on the meta device
     from its config alone."""
     run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]  # raises on missing values
-    problems = [*run.method.problems(), *run.dataset.problems(), *run.model.problems(), *trainer_problems(run)]
+    problems = [
+        *run.method.problems(),
+        *run.dataset.problems(),
+        *run.model.problems(),
+        *trainer_problems(run),
+    ]
     if not run.model.problems():
         problems += module_problems(run)
     if problems:
@@ -58,34 +63,51 @@ def trainer_problems(run: RunConfig) -> list[str]:
     if t.log_every_n_steps < 1:
         out.append(f"trainer.log_every_n_steps={t.log_every_n_steps}: must be >= 1")
     if t.max_steps == 0 or t.max_steps < -1:
-        out.append(f"trainer.max_steps={t.max_steps}: give a number of optimizer steps >= 1, or -1 for max_epochs")
+        out.append(
+            f"trainer.max_steps={t.max_steps}: give a number of optimizer steps >= 1, or -1 for max_epochs"
+        )
     if t.max_steps == -1 and (t.max_epochs is None or t.max_epochs < 1):
         out.append(f"trainer.max_epochs={t.max_epochs}: trains nothing; give >= 1 (or trainer.max_steps=)")
-    for key, what in (("limit_train_batches", "trains nothing"), ("limit_val_batches", "validates nothing "
-                      "(validation picks the checkpoint to keep)"), ("limit_test_batches", "tests nothing")):
+    for key, what in (
+        ("limit_train_batches", "trains nothing"),
+        ("limit_val_batches", "validates nothing (validation picks the checkpoint to keep)"),
+        ("limit_test_batches", "tests nothing"),
+    ):
         value = getattr(t, key)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
-            out.append(f"trainer.{key}={value!r}: give a number of batches (int) or a fraction (float in (0, 1])")
+            out.append(
+                f"trainer.{key}={value!r}: give a number of batches (int) or a fraction (float in (0, 1])"
+            )
         elif value <= 0:
-            out.append(f"trainer.{key}={value}: {what}; give a number of batches >= 1, a fraction in (0, 1], or null")
+            out.append(
+                f"trainer.{key}={value}: {what}; give a number of batches >= 1, a fraction in (0, 1], or null"
+            )
         elif isinstance(value, float) and value > 1:
             out.append(f"trainer.{key}={value}: a fraction must be <= 1.0 (an int counts batches)")
     v = t.val_check_interval
-    if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v <= 0
-                          or (isinstance(v, float) and v > 1)):
-        out.append(f"trainer.val_check_interval={v!r}: give a number of batches >= 1, a fraction of an epoch "
-                   "in (0, 1], or null for once per epoch")
+    if v is not None and (
+        isinstance(v, bool) or not isinstance(v, int | float) or v <= 0 or (isinstance(v, float) and v > 1)
+    ):
+        out.append(
+            f"trainer.val_check_interval={v!r}: give a number of batches >= 1, a fraction of an epoch "
+            "in (0, 1], or null for once per epoch"
+        )
     sanity = t.num_sanity_val_steps
     if sanity is not None and sanity < -1:
-        out.append(f"trainer.num_sanity_val_steps={sanity}: give a number of batches >= 0, -1 for all, "
-                   "or null (1 on an accelerator, 0 on a CPU)")
+        out.append(
+            f"trainer.num_sanity_val_steps={sanity}: give a number of batches >= 0, -1 for all, "
+            "or null (1 on an accelerator, 0 on a CPU)"
+        )
     if t.compile:
         compilers = [c for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c]
         if not any(shutil.which(c) for c in compilers):
-            out.append(f"trainer.compile=true: torch.compile's inductor needs a C++ compiler and none of {compilers} "
-                       "is on PATH: install one (apt-get install g++) or set trainer.compile=false")
+            out.append(
+                "trainer.compile=true: torch.compile's inductor needs a C++ compiler and none of "
+                f"{compilers} "
+                "is on PATH: install one (apt-get install g++) or set trainer.compile=false"
+            )
     return out
 
 
@@ -126,24 +148,35 @@ def module_problems(run: RunConfig) -> list[str]:
         return [str(e)]
     names = facts.linear_names
     if names is None:
-        return [f"model={run.model.name} has no {task.label} head for dataset={run.dataset.name}: "
-                f"use {task.models_hint}"]
+        return [
+            f"model={run.model.name} has no {task.label} head for dataset={run.dataset.name}: "
+            f"use {task.models_hint}"
+        ]
     leaf = sorted({n.rsplit(".", 1)[-1] for n in names})
     out = []
     targets = getattr(run.method, "target_modules", None) or []
     for t in targets:
         if not any(n == t or n.endswith("." + t) for n in names):
-            out.append(f"method.target_modules: model {run.model.name} has no Linear module {t!r}; "
-                       f"its Linear modules are {leaf}")
+            out.append(
+                f"method.target_modules: model {run.model.name} has no Linear module {t!r}; "
+                f"its Linear modules are {leaf}"
+            )
     limit, key = facts.position_limit, task.length_key
     length = getattr(run.dataset, key)
     if limit is not None and length > limit:
-        out.append(f"dataset.{key}={length}: model {run.model.name} takes at most {limit} positions; "
-                   f"give dataset.{key}<={limit}")
+        out.append(
+            f"dataset.{key}={length}: model {run.model.name} takes at most {limit} positions; "
+            f"give dataset.{key}<={limit}"
+        )
     layers = getattr(run.method, "layers", None) or []
     if not isinstance(layers, list) or not all(isinstance(i, int) for i in layers):
-        return out + [f"method.layers={layers!r}: give a list of layer indices, e.g. [3,4,5], or null for all"]
+        return out + [
+            f"method.layers={layers!r}: give a list of layer indices, e.g. [3,4,5], or null for all"
+        ]
     bad = [i for i in layers if not 0 <= i < run.model.num_layers]
     if bad:
-        out.append(f"method.layers: {bad} out of range: model {run.model.name} has layers 0..{run.model.num_layers - 1}")
+        out.append(
+            f"method.layers: {bad} out of range: model {run.model.name} has layers "
+            f"0..{run.model.num_layers - 1}"
+        )
     return out

@@ -16,15 +16,19 @@ from omegaconf import MISSING
 from peft_bench.resolvers import CONF_DIR  # noqa: F401  (importing it registers the configs' resolvers)
 from peft_bench.tasks import TASKS
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # method, dataset and model names: table rows, cache folders
+NAME = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+)  # method, dataset and model names: table rows, cache folders
 SEED_MAX = 2**32 - 1  # numpy's seed range, which seed_everything enforces
 
 
 def name_problems(group: str, name: str) -> list[str]:
     if isinstance(name, str) and NAME.fullmatch(name):
         return []
-    return [f"{group}.name={name!r}: use letters, digits, '_', '-' and '.' (at most 64, not starting with '.'): "
-            "it names cache folders, run names and table rows"]
+    return [
+        f"{group}.name={name!r}: use letters, digits, '_', '-' and '.' (at most 64, not starting with '.'): "
+        "it names cache folders, run names and table rows"
+    ]
 
 
 # --------------------------------------------------------------------------- method
@@ -168,16 +172,22 @@ class DatasetConfig:
             if not Path(path).is_file():
                 out.append(f"dataset.data_files: no such file: {path}")
         if isinstance(self.data_files, dict) or isinstance(self.data_files, list | tuple):
-            given = self.data_files.items() if isinstance(self.data_files, dict) else [("train", self.data_files)]
+            given = (
+                self.data_files.items() if isinstance(self.data_files, dict) else [("train", self.data_files)]
+            )
             for split, files in given:
                 if not files:
                     out.append(f"dataset.data_files: no file given for {split}: name at least one")
         if isinstance(self.data_files, dict):
             unknown = [k for k in self.data_files if k not in ("train", "validation", "test")]
             if unknown:
-                out.append(f"dataset.data_files: unknown split(s) {unknown}: the splits are train, validation, test")
+                out.append(
+                    f"dataset.data_files: unknown split(s) {unknown}: the splits are train, validation, test"
+                )
             elif "train" not in self.data_files:
-                out.append(f"dataset.data_files names no train file (got {sorted(self.data_files)}): add train: ...")
+                out.append(
+                    f"dataset.data_files names no train file (got {sorted(self.data_files)}): add train: ..."
+                )
         if self.generator not in (None, "demo"):
             out.append(f"dataset.generator={self.generator!r}: valid values are null or 'demo'")
         if self.data_files is None and self.generator is None and not self.hub_id:
@@ -191,10 +201,15 @@ class DatasetConfig:
             out.append(f"dataset.max_train_examples={self.max_train_examples}: must be >= 1, or null for all")
         if self.num_workers < 0:
             out.append(f"dataset.num_workers={self.num_workers}: must be >= 0")
-        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1
-                and self.val_fraction + self.test_fraction < 1):
-            out.append(f"dataset.val_fraction={self.val_fraction}, dataset.test_fraction={self.test_fraction}:"
-                       " each must be in (0, 1) and together < 1")
+        if not (
+            0 < self.val_fraction < 1
+            and 0 < self.test_fraction < 1
+            and self.val_fraction + self.test_fraction < 1
+        ):
+            out.append(
+                f"dataset.val_fraction={self.val_fraction}, dataset.test_fraction={self.test_fraction}:"
+                " each must be in (0, 1) and together < 1"
+            )
         return out
 
 
@@ -230,8 +245,10 @@ class LMDatasetConfig(DatasetConfig):
         if self.block_size < 2:
             out.append(f"dataset.block_size={self.block_size}: must be >= 2")
         if self.max_train_examples is not None:
-            out.append(f"dataset.max_train_examples={self.max_train_examples}: not used by causal language "
-                       "modelling (its examples are packed blocks); cap training with trainer.max_steps=")
+            out.append(
+                f"dataset.max_train_examples={self.max_train_examples}: not used by causal language "
+                "modelling (its examples are packed blocks); cap training with trainer.max_steps="
+            )
         return out
 
 
@@ -259,7 +276,9 @@ class ModelConfig:
     target_sets: dict[str, list[str]] = field(default_factory=dict)  # named target sets: qv, qkvo, attn_ffn
     head_modules: list[str] = field(default_factory=list)  # task-head modules trained fully beside adapters
     num_layers: int = MISSING  # transformer layers, for layer-selective adapters
-    prepare_with: str | None = None  # module whose prepare(folder) creates a missing local `pretrained` folder
+    prepare_with: str | None = (
+        None  # module whose prepare(folder) creates a missing local `pretrained` folder
+    )
     # dropout on the attention probabilities; null keeps the checkpoint's (BERT, DistilBERT, GPT-2: 0.1).
     # 0.0 by default: PyTorch's fused attention kernels on CPU take no dropout, so any attention dropout
     # sends every layer to the unfused path (docs/measurements.md)
@@ -275,7 +294,10 @@ class ModelConfig:
         if self.pretrained is None and self.tokenizer is None:
             return [f"model {self.name}: a randomly initialised model needs model.tokenizer"]
         if self.attention_dropout is not None and not 0 <= self.attention_dropout < 1:
-            return [f"model.attention_dropout={self.attention_dropout}: must be in [0, 1), or null for the checkpoint's"]
+            return [
+                f"model.attention_dropout={self.attention_dropout}: must be in [0, 1), "
+                "or null for the checkpoint's"
+            ]
         return []
 
 
@@ -367,11 +389,17 @@ class RunConfig:
 
 SCHEMAS = [  # (group, name, schema): a group option's yaml names its schema first in its defaults list
     (None, "run_schema", RunConfig),
-    ("method", "lora_schema", LoRAConfig), ("method", "sparse_lora_schema", SparseLoRAConfig),
-    ("method", "qlora_schema", QLoRAConfig), ("method", "hira_schema", HiRAConfig), ("method", "full_schema", FullConfig),
-    ("dataset", "dataset_schema", ClassificationDatasetConfig), ("dataset", "lm_dataset_schema", LMDatasetConfig),
-    ("model", "model_schema", ModelConfig), ("trainer", "trainer_schema", TrainerConfig),
-    ("logger", "none_schema", NoLoggerConfig), ("logger", "csv_schema", CSVLoggerConfig),
+    ("method", "lora_schema", LoRAConfig),
+    ("method", "sparse_lora_schema", SparseLoRAConfig),
+    ("method", "qlora_schema", QLoRAConfig),
+    ("method", "hira_schema", HiRAConfig),
+    ("method", "full_schema", FullConfig),
+    ("dataset", "dataset_schema", ClassificationDatasetConfig),
+    ("dataset", "lm_dataset_schema", LMDatasetConfig),
+    ("model", "model_schema", ModelConfig),
+    ("trainer", "trainer_schema", TrainerConfig),
+    ("logger", "none_schema", NoLoggerConfig),
+    ("logger", "csv_schema", CSVLoggerConfig),
     ("logger", "wandb_schema", WandbLoggerConfig),
 ]
 

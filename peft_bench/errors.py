@@ -16,7 +16,9 @@ class ConfigError(PeftBenchError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"invalid configuration ({len(problems)} problem{'s' * (len(problems) > 1)}):\n{lines}")
+        super().__init__(
+            f"invalid configuration ({len(problems)} problem{'s' * (len(problems) > 1)}):\n{lines}"
+        )
 
 
 class DataError(PeftBenchError):

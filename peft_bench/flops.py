@@ -34,6 +34,7 @@ _PEAK_CACHE: dict[tuple[str, torch.dtype, int], float] = {}
 @dataclass
 class LinearCost:
     """FLOPs per row (token or sequence) of one matmul layer in a training step, forward + backward."""
+
     name: str
     per: str  # "token" or "sequence"
     flops_per_row: int
@@ -45,16 +46,20 @@ def _shape(module: nn.Module) -> tuple[int, int]:
     return module.in_features, module.out_features
 
 
-def probe_linear_costs(model: nn.Module, batch_size: int = 2, seq_len: int = 8, vocab: int = 100) -> list[LinearCost]:
+def probe_linear_costs(
+    model: nn.Module, batch_size: int = 2, seq_len: int = 8, vocab: int = 100
+) -> list[LinearCost]:
     """Run one forward in training mode on a probe batch and record, for every Linear, how many rows
     it saw (tokens or sequences), whether its input needed a gradient and whether its weight trains."""
     seen: dict[str, tuple[int, bool]] = {}
     hooks = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear | Conv1D):
+
             def hook(mod, args, _out, name=name):
                 x = args[0]
                 seen[name] = (x.numel() // _shape(mod)[0], bool(x.requires_grad))
+
             hooks.append(module.register_forward_hook(hook))
     device = next(model.parameters()).device
     was_training = model.training
@@ -75,7 +80,9 @@ def probe_linear_costs(model: nn.Module, batch_size: int = 2, seq_len: int = 8, 
         trains = module.weight.requires_grad
         per = "token" if rows == batch_size * seq_len else "sequence" if rows == batch_size else None
         if per is None:
-            raise ValueError(f"{name}: saw {rows} rows for a probe of {batch_size}x{seq_len}: neither tokens nor sequences")
+            raise ValueError(
+                f"{name}: saw {rows} rows for a probe of {batch_size}x{seq_len}: neither tokens nor sequences"
+            )
         costs.append(LinearCost(name, per, 2 * i * o * (1 + int(input_grad) + int(trains))))
     return costs
 
@@ -105,8 +112,13 @@ class TrainFlops:
         return self.from_sums(sum(lengths), sum(n * n for n in lengths), len(lengths))
 
 
-def gemm_peak(device: torch.device | str = "cpu", dtype: torch.dtype | None = None, n: int | None = None,
-              seconds: float = 1.0, cache_file: Path | None = None) -> float:
+def gemm_peak(
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    n: int | None = None,
+    seconds: float = 1.0,
+    cache_file: Path | None = None,
+) -> float:
     """The device's measured matmul throughput (FLOP/s): the best of repeated n x n matmuls, fp32 on a
     CPU, bf16 on a GPU. Measured once per process and device; with `cache_file` (a JSON shared by a
     sweep's jobs), once per machine: keyed by host, device name, threads, torch version, dtype and n

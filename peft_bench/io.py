@@ -103,7 +103,10 @@ class RunLock:
         except Timeout:
             who = ""
             if holder and holder.get("status") == "running":
-                who = f" (pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started_at')})"
+                who = (
+                    f" (pid {holder.get('pid')} on host {holder.get('host')}, "
+                    f"started {holder.get('started_at')})"
+                )
             raise RunInProgress(
                 f"{self.run_dir} is in use by another peft_bench process{who}: the same command is already "
                 "running there. Wait for it to finish (then this command skips or resumes it), or give this "

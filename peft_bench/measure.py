@@ -24,13 +24,21 @@ def reset_peak_memory() -> None:
 def peak_memory() -> dict:
     """{"peak_memory_bytes", "peak_memory_kind"}: CUDA max allocated if a GPU is in use, else peak RSS."""
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
-        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated()), "peak_memory_kind": "cuda_max_allocated"}
+        return {
+            "peak_memory_bytes": int(torch.cuda.max_memory_allocated()),
+            "peak_memory_kind": "cuda_max_allocated",
+        }
     try:
         for line in _STATUS.read_text().splitlines():
             if line.startswith("VmHWM:"):
-                return {"peak_memory_bytes": int(line.split()[1]) * 1024, "peak_memory_kind": "process_peak_rss"}
+                return {
+                    "peak_memory_bytes": int(line.split()[1]) * 1024,
+                    "peak_memory_kind": "process_peak_rss",
+                }
     except OSError:
         pass
     # Elsewhere: the process-lifetime peak (not reset between the jobs of a sweep).
-    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "peak_memory_kind": "process_lifetime_peak_rss"}
+    return {
+        "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_memory_kind": "process_lifetime_peak_rss",
+    }

@@ -17,9 +17,10 @@ from peft_bench.tasks import CLASSIFICATION, Task
 
 
 def offline_hint() -> str:
-    return ("not in the local cache and the Hugging Face Hub cannot be reached: where there is network (a login "
-            f"node), `{prepare_command()}` fetches and caches it; or point model.pretrained at a local folder")
-
+    return (
+        "not in the local cache and the Hugging Face Hub cannot be reached: where there is network (a login "
+        f"node), `{prepare_command()}` fetches and caches it; or point model.pretrained at a local folder"
+    )
 
 
 def is_local(model: ModelConfig) -> bool:
@@ -45,14 +46,18 @@ def load_model_config(model: ModelConfig, num_labels: int | None) -> PretrainedC
         try:
             config = AutoConfig.from_pretrained(model.pretrained, **kwargs)
         except OSError as e:
-            raise PeftBenchError(f"model {model.name}: cannot load the config of {model.pretrained!r}: "
-                                 f"{offline_hint()} ({e.__class__.__name__})") from None
+            raise PeftBenchError(
+                f"model {model.name}: cannot load the config of {model.pretrained!r}: "
+                f"{offline_hint()} ({e.__class__.__name__})"
+            ) from None
     if model.attention_dropout is not None:
         keys = [k for k in ATTENTION_DROPOUT_KEYS if hasattr(config, k)]
         if not keys:
-            raise PeftBenchError(f"model.attention_dropout={model.attention_dropout}: model {model.name} "
-                                 f"({config.model_type}) has none of the settings {list(ATTENTION_DROPOUT_KEYS)}; "
-                                 "set model.attention_dropout=null to keep its own")
+            raise PeftBenchError(
+                f"model.attention_dropout={model.attention_dropout}: model {model.name} "
+                f"({config.model_type}) has none of the settings {list(ATTENTION_DROPOUT_KEYS)}; "
+                "set model.attention_dropout=null to keep its own"
+            )
         for k in keys:
             setattr(config, k, model.attention_dropout)
     return config
@@ -74,7 +79,9 @@ def load_backbone(model: ModelConfig, task: Task, num_labels: int | None, **kwar
     try:
         return auto.from_pretrained(model.pretrained, config=config, **kwargs)
     except OSError as e:
-        raise PeftBenchError(f"model {model.name}: cannot load {model.pretrained!r}: {offline_hint()} ({e})") from None
+        raise PeftBenchError(
+            f"model {model.name}: cannot load {model.pretrained!r}: {offline_hint()} ({e})"
+        ) from None
 
 
 def load_tokenizer(model: ModelConfig):
@@ -82,4 +89,6 @@ def load_tokenizer(model: ModelConfig):
     try:
         return AutoTokenizer.from_pretrained(name)
     except OSError as e:
-        raise PeftBenchError(f"model {model.name}: cannot load tokenizer {name!r}: {offline_hint()} ({e})") from None
+        raise PeftBenchError(
+            f"model {model.name}: cannot load tokenizer {name!r}: {offline_hint()} ({e})"
+        ) from None

@@ -28,8 +28,22 @@ from peft_bench.models import is_local
 from peft_bench.sweep import check_jobs
 
 # Weights of other frameworks and formats: never what transformers' PyTorch loader reads.
-OTHER_FORMATS = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "*.onnx_data", "*.tflite", "*.gguf", "*.mlmodel",
-                 "onnx/*", "openvino/*", "coreml/*", "tf_model*", "flax_model*", "rust_model*"]
+OTHER_FORMATS = [
+    "*.h5",
+    "*.msgpack",
+    "*.ot",
+    "*.onnx",
+    "*.onnx_data",
+    "*.tflite",
+    "*.gguf",
+    "*.mlmodel",
+    "onnx/*",
+    "openvino/*",
+    "coreml/*",
+    "tf_model*",
+    "flax_model*",
+    "rust_model*",
+]
 
 
 def job_configs(overrides: list[str]) -> list[tuple[list[str], RunConfig]]:
@@ -66,10 +80,14 @@ def download(repo_id: str) -> str:
 
     try:
         files = HfApi().list_repo_files(repo_id)
-        skip = OTHER_FORMATS + (["*.bin", "*.pt", "*.pth"] if any(f.endswith(".safetensors") for f in files) else [])
+        skip = OTHER_FORMATS + (
+            ["*.bin", "*.pt", "*.pth"] if any(f.endswith(".safetensors") for f in files) else []
+        )
         folder = snapshot_download(repo_id, ignore_patterns=skip)
     except Exception as e:  # offline, unknown repo, gated repo: the Hub's own message says which
-        raise PeftBenchError(f"cannot download {repo_id!r} from the Hugging Face Hub: {type(e).__name__}: {e}") from None
+        raise PeftBenchError(
+            f"cannot download {repo_id!r} from the Hugging Face Hub: {type(e).__name__}: {e}"
+        ) from None
     size = sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
     return f"{folder} ({size / 2**20:.0f} MiB)"
 
@@ -80,8 +98,9 @@ def tokenize(run: RunConfig) -> str:
 
     from peft_bench.models import load_tokenizer
 
-    datamodule = get_class(run.dataset._target_)(dataset=run.dataset, tokenizer=load_tokenizer(run.model),
-                                                 cache_dir=run.cache_dir, seed=run.seed)
+    datamodule = get_class(run.dataset._target_)(
+        dataset=run.dataset, tokenizer=load_tokenizer(run.model), cache_dir=run.cache_dir, seed=run.seed
+    )
     datamodule.prepare_data()
     info = datamodule.info
     sizes = ", ".join(f"{k} {v:,}" for k, v in info["sizes"].items())
@@ -95,10 +114,15 @@ def prepare(overrides: list[str]) -> list[str]:
     done: set[str] = set()
     for _, run in jobs:
         model_key = json.dumps(OmegaConf.to_container(OmegaConf.structured(run.model)), sort_keys=True)
-        data_key = json.dumps([OmegaConf.to_container(OmegaConf.structured(run.dataset)), model_key,
-                               run.cache_dir], sort_keys=True, default=str)
-        for key, label, step in ((model_key, f"model {run.model.name}", fetch_model),
-                                 (data_key, f"data {run.dataset.name} x {run.model.name} tokenizer", tokenize)):
+        data_key = json.dumps(
+            [OmegaConf.to_container(OmegaConf.structured(run.dataset)), model_key, run.cache_dir],
+            sort_keys=True,
+            default=str,
+        )
+        for key, label, step in (
+            (model_key, f"model {run.model.name}", fetch_model),
+            (data_key, f"data {run.dataset.name} x {run.model.name} tokenizer", tokenize),
+        ):
             if key in done:
                 continue
             start = time.perf_counter()
@@ -114,8 +138,11 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         return
     if any(a.startswith("-") for a in args):
-        print(f"peft_bench.prepare: error: unknown option {[a for a in args if a.startswith('-')][0]}; "
-              "give the run's overrides, e.g. method=lora dataset=sst2,imdb model=distilbert", file=sys.stderr)
+        print(
+            f"peft_bench.prepare: error: unknown option {[a for a in args if a.startswith('-')][0]}; "
+            "give the run's overrides, e.g. method=lora dataset=sst2,imdb model=distilbert",
+            file=sys.stderr,
+        )
         sys.exit(2)
     overrides = [a for a in args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]  # where, not what
     try:
@@ -123,8 +150,10 @@ def main(argv: list[str] | None = None) -> None:
     except PeftBenchError as e:
         print(f"peft_bench.prepare: error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(f"{lines[0]}; everything they need is cached. On nodes without network run them with "
-          "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 (the SLURM presets set both).")
+    print(
+        f"{lines[0]}; everything they need is cached. On nodes without network run them with "
+        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 (the SLURM presets set both)."
+    )
 
 
 if __name__ == "__main__":

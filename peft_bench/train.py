@@ -63,9 +63,15 @@ def quiet_third_party() -> None:
     (transformers' load reports and progress bars, Lightning's device and checkpoint-restore notices,
     its srun hint, deprecations inside the libraries, advertising, bitsandbytes' optional CPU kernel).
     Warnings and errors still show."""
-    for message in (".*is_gradient_checkpointing.*", ".*null_placement.*", ".*LeafSpec.*",
-                    ".*does not have many workers.*", ".*overridden `on_before_batch_transfer`.*",
-                    ".*Experiment logs directory.*exists and is not empty.*", ".*The `srun` command is available.*"):
+    for message in (
+        ".*is_gradient_checkpointing.*",
+        ".*null_placement.*",
+        ".*LeafSpec.*",
+        ".*does not have many workers.*",
+        ".*overridden `on_before_batch_transfer`.*",
+        ".*Experiment logs directory.*exists and is not empty.*",
+        ".*The `srun` command is available.*",
+    ):
         warnings.filterwarnings("ignore", message=message)
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     for name in ("lightning.pytorch", "lightning.fabric"):
@@ -139,8 +145,14 @@ def start_over(run_dir: Path, why: str) -> None:
         log.info("%s: %s; removed the earlier attempt's %s", run_dir, why, ", ".join(removed))
 
 
-def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, started: float, first_in_process: bool,
-               extra_callbacks: list[L.Callback]) -> dict:
+def run_locked(
+    cfg: DictConfig,
+    run_cfg: RunConfig,
+    run_dir: Path,
+    started: float,
+    first_in_process: bool,
+    extra_callbacks: list[L.Callback],
+) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
     notes: list[str] = []  # what peft_bench did on its own about this folder (set aside a corrupt file, ...)
     prior = None
@@ -155,8 +167,10 @@ def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, started: floa
     if completed and run_cfg.skip_completed:
         differ = completed_differences(prior, current, run_cfg)
         if differ:
-            raise PeftBenchError(f"{run_dir} holds a completed run of another configuration ({'; '.join(differ)}); "
-                                 "run with skip_completed=false to redo it there, or choose another hydra.run.dir=")
+            raise PeftBenchError(
+                f"{run_dir} holds a completed run of another configuration ({'; '.join(differ)}); "
+                "run with skip_completed=false to redo it there, or choose another hydra.run.dir="
+            )
         log.info("%s: completed before, skipped (skip_completed=false runs it again)", run_cfg.run_name)
         return prior
     if completed or not run_cfg.resume:
@@ -169,27 +183,44 @@ def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, started: floa
         try:
             ckpt = read_checkpoint(last)
         except CORRUPT as e:  # truncated (a kill or a full disk mid-save), or not a checkpoint
-            aside = set_aside(run_dir / "checkpoints", f"{LAST} is unreadable ({type(e).__name__}); starting over")
-            notes.append(f"checkpoints/{LAST} was unreadable ({type(e).__name__}: {e}); the checkpoints folder was "
-                         f"set aside as {aside.name} and the run started over")
+            aside = set_aside(
+                run_dir / "checkpoints", f"{LAST} is unreadable ({type(e).__name__}); starting over"
+            )
+            notes.append(
+                f"checkpoints/{LAST} was unreadable ({type(e).__name__}: {e}); the checkpoints folder was "
+                f"set aside as {aside.name} and the run started over"
+            )
     if ckpt is not None:  # the config part now, before anything is written; the data part once it is read
         check_resume(ckpt, current, last, data=False)
     resume_from = last if ckpt is not None else None
 
     reset_peak_memory()
     results: dict = {
-        "status": "running", "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **process_identity(),
-        "run_name": run_cfg.run_name, "method": run_cfg.method.name, "dataset": run_cfg.dataset.name,
-        "model": run_cfg.model.name, "rank": run_cfg.rank, "seed": run_cfg.seed, "run_dir": str(run_dir),
-        "config": config, **environment(), "warnings": [], "notes": notes,
+        "status": "running",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **process_identity(),
+        "run_name": run_cfg.run_name,
+        "method": run_cfg.method.name,
+        "dataset": run_cfg.dataset.name,
+        "model": run_cfg.model.name,
+        "rank": run_cfg.rank,
+        "seed": run_cfg.seed,
+        "run_dir": str(run_dir),
+        "config": config,
+        **environment(),
+        "warnings": [],
+        "notes": notes,
     }
     write_results(run_dir, results)  # a job that is killed now still shows up: status running, pid, host
     logger, restore = None, False
     try:
         L.seed_everything(run_cfg.seed, workers=True, verbose=False)
         datamodule = get_class(run_cfg.dataset._target_)(
-            dataset=run_cfg.dataset, tokenizer=load_tokenizer(run_cfg.model),
-            cache_dir=run_cfg.cache_dir, seed=run_cfg.seed)
+            dataset=run_cfg.dataset,
+            tokenizer=load_tokenizer(run_cfg.model),
+            cache_dir=run_cfg.cache_dir,
+            seed=run_cfg.seed,
+        )
         datamodule.prepare_data()  # data problems (offline Hub, bad rows) surface before the weights load
         results["data"] = datamodule.info
         results["warnings"] += datamodule.info.get("warnings", [])
@@ -201,12 +232,19 @@ def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, started: floa
             except PeftBenchError:
                 restore = True  # the folder keeps describing the run its checkpoint belongs to
                 raise
-            results["resumed_from"] = {"checkpoint": str(last.relative_to(run_dir)), "step": ckpt["global_step"]}
+            results["resumed_from"] = {
+                "checkpoint": str(last.relative_to(run_dir)),
+                "step": ckpt["global_step"],
+            }
             log.info("%s: resuming from %s (step %d)", run_cfg.run_name, last, ckpt["global_step"])
             trim_csv_log(run_dir / "csv" / "metrics.csv", ckpt["global_step"])
         check_validation_interval(run_cfg, datamodule)
-        module = get_class(run_cfg.method._target_)(method=run_cfg.method, model=run_cfg.model, dataset=run_cfg.dataset,
-                                                    accelerator=device_type(run_cfg.trainer))
+        module = get_class(run_cfg.method._target_)(
+            method=run_cfg.method,
+            model=run_cfg.model,
+            dataset=run_cfg.dataset,
+            accelerator=device_type(run_cfg.trainer),
+        )
         trainable, total = module.parameter_counts()
         if run_cfg.trainer.compile:  # compiles the model's forward in place (state_dict keys unchanged)
             module.model.compile()
@@ -216,17 +254,29 @@ def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, started: floa
         if logger is not None:
             logger.log_hyperparams(results["config"])
         stats = RunStats(started, first_in_process)
-        trainer, best = build_trainer(run_cfg, run_dir, logger, monitor=module.monitor,
-                                      callbacks=[stats, Fingerprint(print_), *extra_callbacks])
+        trainer, best = build_trainer(
+            run_cfg,
+            run_dir,
+            logger,
+            monitor=module.monitor,
+            callbacks=[stats, Fingerprint(print_), *extra_callbacks],
+        )
 
         if run_cfg.eval_before_training:
             results["before_training"] = evaluate(trainer, module, datamodule, None, stats)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         if trainer.global_step == 0:
-            raise PeftBenchError("training ran no optimizer step (check trainer.max_steps, max_epochs, "
-                                 "limit_train_batches and the size of the training split): no scores to report")
-        # Best by val F1 (perplexity for language models), unless the method's final weights are what it claims (pruned to the target).
-        ckpt_path = best.best_model_path if best is not None and best.best_model_path and module.evaluate_best else None
+            raise PeftBenchError(
+                "training ran no optimizer step (check trainer.max_steps, max_epochs, "
+                "limit_train_batches and the size of the training split): no scores to report"
+            )
+        # Best by val F1 (perplexity for language models), unless the method's final weights are what it
+        # claims (pruned to the target).
+        ckpt_path = (
+            best.best_model_path
+            if best is not None and best.best_model_path and module.evaluate_best
+            else None
+        )
         results.update(evaluate(trainer, module, datamodule, ckpt_path, stats))
         before = {k: v for k, v in results.items() if k.startswith(("val_", "test_"))}
         if module.after_training():  # e.g. one-shot pruning: the model changed, evaluate it again
@@ -239,17 +289,24 @@ def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, started: floa
             results.update({f"merged_{k}": v for k, v in merged.items() if k.startswith("test_")})
         results.update(
             evaluated_checkpoint=str(Path(ckpt_path).relative_to(run_dir)) if ckpt_path else "final weights",
-            optimizer_steps=trainer.global_step, epochs=trainer.current_epoch,
+            optimizer_steps=trainer.global_step,
+            epochs=trainer.current_epoch,
             inference_batch_size=run_cfg.dataset.eval_batch_size,
-            precision=trainer.precision, device=str(module.device),
+            precision=trainer.precision,
+            device=str(module.device),
             **stats.figures(str(trainer.precision), module.device, run_cfg.cache_dir),
             **module.method_results(),
         )
         results.update(module.export(run_dir))  # last: a merged export folds the adapter in for good
         results["status"] = "completed"
     except BaseException as e:
-        results["status"] = ("interrupted" if isinstance(e, KeyboardInterrupt | SystemExit) else
-                             "diverged" if isinstance(e, DivergedError) else "failed")
+        results["status"] = (
+            "interrupted"
+            if isinstance(e, KeyboardInterrupt | SystemExit)
+            else "diverged"
+            if isinstance(e, DivergedError)
+            else "failed"
+        )
         results["error"] = f"{type(e).__name__}: {e}"
         e.recorded = not (restore and prior is not None)  # in results.json; else the sweep's ledger says it
         if isinstance(e, SIGTERMException):  # Lightning's stop on SIGTERM exits 0: say it was killed
@@ -263,8 +320,12 @@ def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, started: floa
     for warning in results["warnings"]:
         log.warning("%s: %s", run_cfg.run_name, warning)
     task = get_task(run_cfg.dataset.task)
-    scores = " ".join(f"{k} {results[k]:{task.spec}}" for k in (*task.val_scores, *task.test_scores) if k in results)
-    log.info("%s: %s | %.1f s -> %s", run_cfg.run_name, scores, results["train_time_s"], run_dir / RESULTS_FILE)
+    scores = " ".join(
+        f"{k} {results[k]:{task.spec}}" for k in (*task.val_scores, *task.test_scores) if k in results
+    )
+    log.info(
+        "%s: %s | %.1f s -> %s", run_cfg.run_name, scores, results["train_time_s"], run_dir / RESULTS_FILE
+    )
     return results
 
 
@@ -292,8 +353,10 @@ def check_validation_interval(run_cfg: RunConfig, datamodule) -> None:
     elif isinstance(limit, float):
         batches = int(batches * limit)
     if interval > batches:
-        raise PeftBenchError(f"trainer.val_check_interval={interval} is more than the {batches} training batches of an "
-                             f"epoch: give at most {batches}, a fraction of an epoch (e.g. 0.25), or null (once per epoch)")
+        raise PeftBenchError(
+            f"trainer.val_check_interval={interval} is more than the {batches} training batches of an "
+            f"epoch: give at most {batches}, a fraction of an epoch (e.g. 0.25), or null (once per epoch)"
+        )
 
 
 def trim_csv_log(path: Path, step: int) -> None:
@@ -315,8 +378,9 @@ def trim_csv_log(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def evaluate(trainer: L.Trainer, module, datamodule, ckpt: str | None, stats: RunStats,
-             validate: bool = True) -> dict:
+def evaluate(
+    trainer: L.Trainer, module, datamodule, ckpt: str | None, stats: RunStats, validate: bool = True
+) -> dict:
     """val_* and test_* metrics of `ckpt` (None: the module's current weights), and test-set latency."""
     out = {}
     if validate:
@@ -328,20 +392,34 @@ def evaluate(trainer: L.Trainer, module, datamodule, ckpt: str | None, stats: Ru
     return out
 
 
-def build_trainer(run_cfg: RunConfig, run_dir: Path, logger, monitor: tuple[str, str] = ("val/f1", "max"),
-                  callbacks: list[L.Callback] | None = None) -> tuple[L.Trainer, ModelCheckpoint | None]:
+def build_trainer(
+    run_cfg: RunConfig,
+    run_dir: Path,
+    logger,
+    monitor: tuple[str, str] = ("val/f1", "max"),
+    callbacks: list[L.Callback] | None = None,
+) -> tuple[L.Trainer, ModelCheckpoint | None]:
     t = run_cfg.trainer
     device = device_type(t)
-    precision = t.precision or ("bf16-mixed" if device == "cuda" and torch.cuda.is_bf16_supported() else "32-true")
+    precision = t.precision or (
+        "bf16-mixed" if device == "cuda" and torch.cuda.is_bf16_supported() else "32-true"
+    )
     sanity = t.num_sanity_val_steps
     if sanity is None:  # on a CPU, seconds per job (IMDB) for an out-of-memory check that matters on a GPU
         sanity = 0 if device == "cpu" else 1
     callbacks = list(callbacks or [])  # a method adds its own through LightningModule.configure_callbacks
     best = None
     if run_cfg.checkpoint:
-        best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-epoch{epoch}-step{step}",
-                               monitor=monitor[0], mode=monitor[1], save_top_k=1, save_last=False,
-                               auto_insert_metric_name=False, enable_version_counter=False)
+        best = ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="best-epoch{epoch}-step{step}",
+            monitor=monitor[0],
+            mode=monitor[1],
+            save_top_k=1,
+            save_last=False,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
         # after `best` (Lightning runs checkpoint callbacks last, in this order): last.ckpt holds its state
         callbacks += [best, LatestCheckpoint(run_dir / "checkpoints", run_cfg.checkpoint_every_n_steps)]
     if logger is not None:
@@ -354,11 +432,20 @@ def build_trainer(run_cfg: RunConfig, run_dir: Path, logger, monitor: tuple[str,
     plugins: list = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    passed = {f.name: getattr(t, f.name) for f in dataclasses.fields(t) if f.name not in PEFT_BENCH_TRAINER_KEYS}
+    passed = {
+        f.name: getattr(t, f.name) for f in dataclasses.fields(t) if f.name not in PEFT_BENCH_TRAINER_KEYS
+    }
     trainer = L.Trainer(
-        **passed, precision=precision, num_sanity_val_steps=sanity, plugins=plugins, default_root_dir=run_dir,
-        logger=logger if logger is not None else False, callbacks=callbacks,
-        enable_checkpointing=run_cfg.checkpoint, enable_progress_bar=interactive, enable_model_summary=False,
+        **passed,
+        precision=precision,
+        num_sanity_val_steps=sanity,
+        plugins=plugins,
+        default_root_dir=run_dir,
+        logger=logger if logger is not None else False,
+        callbacks=callbacks,
+        enable_checkpointing=run_cfg.checkpoint,
+        enable_progress_bar=interactive,
+        enable_model_summary=False,
         # no_grad, not inference_mode, for evaluation: metric states reset inside inference mode become
         # inference tensors that a later validation (fit after eval_before_training) cannot update
         inference_mode=False,
@@ -384,8 +471,11 @@ def finish_logging(status: str) -> None:
             wandb.finish(exit_code=0 if status == "completed" else 1)
         except Exception as e:  # e.g. its service process already killed by SLURM's SIGTERM on requeue:
             # never let it replace the run's own outcome (a requeue's SystemExit must reach submitit)
-            log.warning("W&B run not finished cleanly (%s: %s); its log is on disk, `wandb sync` uploads it",
-                        type(e).__name__, e)
+            log.warning(
+                "W&B run not finished cleanly (%s: %s); its log is on disk, `wandb sync` uploads it",
+                type(e).__name__,
+                e,
+            )
 
 
 __all__ = ["main", "run", "RunInProgress"]

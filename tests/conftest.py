@@ -8,8 +8,14 @@ import os
 import pytest
 
 # No test touches the network: the Hub is off, W&B writes locally.
-os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", WANDB_SILENT="true",
-                  TOKENIZERS_PARALLELISM="false")
+os.environ.update(
+    HF_HUB_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    WANDB_MODE="offline",
+    WANDB_SILENT="true",
+    TOKENIZERS_PARALLELISM="false",
+)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def shared_cache(tmp_path_factory):

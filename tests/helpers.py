@@ -23,8 +23,14 @@ def compose(overrides: list[str], run_dir: Path | None = None):
 
 def run_cli(args: list[str], env: dict | None = None, cwd: Path = ROOT, timeout: int = 600):
     """`python -m peft_bench ARGS` in a subprocess, as a user types it."""
-    return subprocess.run([sys.executable, "-m", "peft_bench", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "peft_bench", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def documented_keys() -> set[str]:

@@ -11,11 +11,18 @@ from tests.helpers import ROOT
 
 
 def test_bench_short_mode_writes_every_case(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--short", "--out", str(tmp_path)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--short", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     figures = json.loads((tmp_path / "bench.json").read_text())
-    assert {"overhead", "mfu", "mfu_imdb", "pruning", "seeds_pipeline", "qlora", "startup", "scaling"} <= set(figures)
+    assert {"overhead", "mfu", "mfu_imdb", "pruning", "seeds_pipeline", "qlora", "startup", "scaling"} <= set(
+        figures
+    )
     assert figures["mfu"]["median"] > 0 and figures["seeds_pipeline"]["sst2"]["trainer_val_acc"] >= 0
     md = (tmp_path / "BENCHMARKS.md").read_text()
     cases = [line.split(" ", 2)[1] for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
@@ -25,9 +32,24 @@ def test_bench_short_mode_writes_every_case(tmp_path):
     assert methods == {"lora", "sparse_lora", "hira", "qlora", "lora_layers", "full"}
     # --cases reruns some cases and keeps the others' figures; the hand-written notes survive
     md_path = tmp_path / "BENCHMARKS.md"
-    md_path.write_text(md + "\n<!-- notes: written by hand, kept when the figures are regenerated -->\nmy notes\n")
-    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--short", "--out", str(tmp_path),
-                            "--cases", "pruning"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    md_path.write_text(
+        md + "\n<!-- notes: written by hand, kept when the figures are regenerated -->\nmy notes\n"
+    )
+    again = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench.py"),
+            "--short",
+            "--out",
+            str(tmp_path),
+            "--cases",
+            "pruning",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     merged = json.loads((tmp_path / "bench.json").read_text())
     assert merged["scaling"] == figures["scaling"] and merged["pruning"] != figures["pruning"]

@@ -17,7 +17,9 @@ from peft_bench.train import run
 from tests.helpers import ROOT, assert_documented, compose
 
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext2" / "validation.jsonl"
-needs_wikitext = pytest.mark.skipif(not WIKITEXT.is_file(), reason=f"real WikiText-2 text not found at {WIKITEXT}")
+needs_wikitext = pytest.mark.skipif(
+    not WIKITEXT.is_file(), reason=f"real WikiText-2 text not found at {WIKITEXT}"
+)
 LM = ["model=tiny_llama", "dataset=wikitext2", "logger=none", f"dataset.data_files={WIKITEXT}"]
 
 
@@ -59,8 +61,12 @@ def test_perplexity_is_token_weighted_over_the_split_and_matches_the_logits():
             logits = module(b)
             module.update_metrics(module.val_metrics, logits, b["labels"])
             target = b["labels"][:, 1:]
-            batch_nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).double(),
-                                                          target.reshape(-1), ignore_index=-100, reduction="sum")
+            batch_nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).double(),
+                target.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            )
             nll, count = nll + float(batch_nll), count + int((target != -100).sum())
             per_batch.append(math.exp(float(batch_nll) / int((target != -100).sum())))
     ppl = float(module.val_metrics.compute()["val/ppl"])
@@ -75,7 +81,11 @@ def test_a_classification_model_is_refused_for_a_language_modelling_dataset():
 
 def test_smollm2_missing_names_the_prepare_command(tmp_path, monkeypatch):
     monkeypatch.setenv("PEFT_BENCH_CACHE", str(tmp_path))
-    with pytest.raises(ConfigError, match="no folder .*smollm2-135m-instruct; `python -m peft_bench.prepare model=smollm2 dataset=wikitext2 "):
+    with pytest.raises(
+        ConfigError,
+        match="no folder .*smollm2-135m-instruct; "
+        "`python -m peft_bench.prepare model=smollm2 dataset=wikitext2 ",
+    ):
         check_config(compose(["model=smollm2", "dataset=wikitext2", f"dataset.data_files={WIKITEXT}"]))
 
 
@@ -83,15 +93,29 @@ def test_smollm2_missing_names_the_prepare_command(tmp_path, monkeypatch):
 @needs_wikitext
 @pytest.mark.parametrize("method", ["lora", "sparse_lora", "qlora", "hira", "full", "lora_layers"])
 def test_tiny_causal_lm_run_lowers_validation_perplexity(method, tmp_path):
-    r = run(compose([*LM, f"method={method}", "trainer=fast", "trainer.limit_train_batches=40",
-                     "trainer.limit_val_batches=8", "trainer.limit_test_batches=8", "dataset.block_size=64",
-                     "eval_before_training=true",
-                     # HiRA's update is W0 * (B A): on a random W0 (std 0.02) it needs a ~10x larger step
-                     f"method.lr={1e-1 if method == 'hira' else 1e-2}",
-                     "method.pruning.every_n_steps=5" if method == "sparse_lora" else "seed=42"], run_dir=tmp_path))
+    r = run(
+        compose(
+            [
+                *LM,
+                f"method={method}",
+                "trainer=fast",
+                "trainer.limit_train_batches=40",
+                "trainer.limit_val_batches=8",
+                "trainer.limit_test_batches=8",
+                "dataset.block_size=64",
+                "eval_before_training=true",
+                # HiRA's update is W0 * (B A): on a random W0 (std 0.02) it needs a ~10x larger step
+                f"method.lr={1e-1 if method == 'hira' else 1e-2}",
+                "method.pruning.every_n_steps=5" if method == "sparse_lora" else "seed=42",
+            ],
+            run_dir=tmp_path,
+        )
+    )
     before, after = r["before_training"]["val_ppl"], r["val_ppl"]
     print(method, "val ppl before", before, "after", after)
     assert r["status"] == "completed" and after < 0.9 * before, (before, after)
     assert_documented(r)
-    assert 40 * 8 * 64 - 64 < r["train_tokens"] <= 40 * 8 * 64 and r["train_tokens_per_s"] > 0  # one block may be short
+    assert (
+        40 * 8 * 64 - 64 < r["train_tokens"] <= 40 * 8 * 64 and r["train_tokens_per_s"] > 0
+    )  # one block may be short
     assert r["data"]["splits"]["test"].endswith("contiguous)")

@@ -66,8 +66,17 @@ def test_rank_zero_is_rejected():
 
 def test_all_problems_are_reported_together():
     with pytest.raises(ConfigError) as e:
-        check_config(compose(["model=tiny", "rank=0", "method.dropout=1.5", "method.lr=-1",
-                              "dataset.data_files=/no/such/train.jsonl"]))
+        check_config(
+            compose(
+                [
+                    "model=tiny",
+                    "rank=0",
+                    "method.dropout=1.5",
+                    "method.lr=-1",
+                    "dataset.data_files=/no/such/train.jsonl",
+                ]
+            )
+        )
     msg = str(e.value)
     assert len(e.value.problems) == 4, msg
     for needle in ("method.r=0", "method.dropout=1.5", "method.lr=-1.0", "/no/such/train.jsonl"):
@@ -78,8 +87,15 @@ def test_missing_data_file_is_named(tmp_path):
     missing = tmp_path / "validation.jsonl"
     (tmp_path / "train.jsonl").write_text('{"sentence": "good", "label": 1}\n')
     with pytest.raises(ConfigError, match=f"no such file: {missing}"):
-        check_config(compose(["model=tiny", f"+dataset.data_files.train={tmp_path / 'train.jsonl'}",
-                              f"+dataset.data_files.validation={missing}"]))
+        check_config(
+            compose(
+                [
+                    "model=tiny",
+                    f"+dataset.data_files.train={tmp_path / 'train.jsonl'}",
+                    f"+dataset.data_files.validation={missing}",
+                ]
+            )
+        )
 
 
 def test_unknown_target_module_lists_the_models_linear_modules():
@@ -114,12 +130,16 @@ def test_unreachable_hub_without_local_files_names_the_fix(tmp_path):
     assert out.returncode == 2
     assert "dataset.data_files=" in out.stderr and "HF_DATASETS_OFFLINE" in out.stderr
     assert "stanfordnlp/sst2" in out.stderr
-    assert "`python -m peft_bench.prepare model=tiny dataset=sst2 logger=none`" in out.stderr  # the run's overrides
+    assert (
+        "`python -m peft_bench.prepare model=tiny dataset=sst2 logger=none`" in out.stderr
+    )  # the run's overrides
     assert "Traceback" not in out.stderr
 
 
 def test_layer_selective_lora_takes_named_target_sets_and_layers():
-    run = check_config(compose(["model=minilm", "method=lora_layers", "method.target_modules=${model.target_sets.qkvo}"]))
+    run = check_config(
+        compose(["model=minilm", "method=lora_layers", "method.target_modules=${model.target_sets.qkvo}"])
+    )
     assert run.method.target_modules == ["query", "key", "value", "attention.output.dense"]
     assert run.method.layers == [3, 4, 5]  # top half of MiniLM's 6 layers
     with pytest.raises(ConfigError, match=r"method.layers: \[6\] out of range.*0..5"):
@@ -128,8 +148,17 @@ def test_layer_selective_lora_takes_named_target_sets_and_layers():
 
 def test_pruning_settings_are_checked_with_the_rest():
     with pytest.raises(ConfigError) as e:
-        check_config(compose(["model=tiny", "method=sparse_lora", "sparsity=1.5", "method.pruning.criterion=biggest",
-                              "method.pruning.schedule=later"]))
+        check_config(
+            compose(
+                [
+                    "model=tiny",
+                    "method=sparse_lora",
+                    "sparsity=1.5",
+                    "method.pruning.criterion=biggest",
+                    "method.pruning.schedule=later",
+                ]
+            )
+        )
     msg = str(e.value)
     assert "sparsity=1.5" in msg and "'biggest'" in msg and "'later'" in msg and "magnitude_global" in msg
 
@@ -146,9 +175,12 @@ def test_attention_dropout_reaches_every_attention_layer():
 
     def dropouts(overrides):
         model = load_backbone(compose(overrides).model, CLASSIFICATION, 2)
-        # DistilBERT: attention.dropout; BERT: attention.self.dropout (attention.output.dropout is hidden dropout)
-        return {m.p for name, m in model.named_modules()
-                if isinstance(m, nn.Dropout) and name.endswith(("attention.dropout", "attention.self.dropout"))}
+        # DistilBERT: attention.dropout; BERT: attention.self.dropout (attention.output.dropout: hidden)
+        return {
+            m.p
+            for name, m in model.named_modules()
+            if isinstance(m, nn.Dropout) and name.endswith(("attention.dropout", "attention.self.dropout"))
+        }
 
     assert dropouts(["model=tiny"]) == {0.0}  # the default: fused attention kernels on CPU
     assert dropouts(["model=tiny", "model.attention_dropout=0.2"]) == {0.2}
@@ -157,7 +189,9 @@ def test_attention_dropout_reaches_every_attention_layer():
 
 
 def test_attention_dropout_on_an_architecture_without_one_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"model.attention_dropout=0.0: model tiny \(t5\).*attention_dropout=null"):
+    with pytest.raises(
+        ConfigError, match=r"model.attention_dropout=0.0: model tiny \(t5\).*attention_dropout=null"
+    ):
         check_config(compose(["model=tiny", "model.architecture.model_type=t5"]))
     with pytest.raises(ConfigError, match=r"model.attention_dropout=1.0: must be in \[0, 1\)"):
         check_config(compose(["model=tiny", "model.attention_dropout=1.0"]))

@@ -14,16 +14,37 @@ def test_help_introduces_peft_bench_and_lists_only_the_real_options():
     text = out.stdout
     assert text.startswith("peft_bench: sweep and compare parameter-efficient fine-tuning methods.")
     assert "powered by Hydra" not in text and "_schema" not in text
-    for option in ("lora ", "sparse_lora ", "qlora ", "hira ", "full ", "sst2 ", "imdb ", "wikitext2 ", "minilm ",
-                   "slurm_gpu ", "submitit_local "):
+    for option in (
+        "lora ",
+        "sparse_lora ",
+        "qlora ",
+        "hira ",
+        "full ",
+        "sst2 ",
+        "imdb ",
+        "wikitext2 ",
+        "minilm ",
+        "slurm_gpu ",
+        "submitit_local ",
+    ):
         assert f"\n  {option}" in text, option
 
 
 def test_a_jobs_output_is_its_own_lines(tmp_path):
     # the pretrained MiniLM gets a new classification head: transformers' LOAD REPORT territory
-    out = run_cli(["model=minilm", "dataset=demo", "logger=none", "trainer=fast", "trainer.limit_train_batches=2",
-                   "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", f"hydra.run.dir={tmp_path}"],
-                  env={"PATH": os.environ["PATH"] + ":/usr/bin"})
+    out = run_cli(
+        [
+            "model=minilm",
+            "dataset=demo",
+            "logger=none",
+            "trainer=fast",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        env={"PATH": os.environ["PATH"] + ":/usr/bin"},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
     foreign = [line for line in lines if "[peft_bench]" not in line and not line.startswith("peft_bench:")]
@@ -39,8 +60,22 @@ def test_an_unreachable_hub_is_detected_once_and_the_run_goes_offline(tmp_path):
 
     from tests.helpers import ROOT
 
-    out = subprocess.run([sys.executable, "-m", "peft_bench", "model=tiny", "dataset=sst2", "logger=none",
-                          f"hydra.run.dir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "peft_bench",
+            "model=tiny",
+            "dataset=sst2",
+            "logger=none",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2
     assert "the Hugging Face Hub (127.0.0.1) cannot be reached: running offline" in out.stderr
     assert "thrown while requesting" not in out.stderr  # no retries of the Hub

@@ -22,8 +22,12 @@ def dataset_cfg(**kw) -> DatasetConfig:
 
 
 def labelled(n: int, offset: int = 0, label=None) -> Dataset:
-    return Dataset.from_dict({"sentence": [f"s{i + offset}" for i in range(n)],
-                              "label": [label if label is not None else i % 2 for i in range(n)]})
+    return Dataset.from_dict(
+        {
+            "sentence": [f"s{i + offset}" for i in range(n)],
+            "label": [label if label is not None else i % 2 for i in range(n)],
+        }
+    )
 
 
 def test_sst2_shape_keeps_validation_and_carves_a_labelled_test_from_train():
@@ -71,7 +75,9 @@ def test_demo_is_deterministic_disjoint_and_reads_negation():
     assert sum(map(len, sets)) == len(set.union(*sets))
     assert 0.35 < sum(a["train"]["label"]) / 400 < 0.65
     rows = dict(zip(a["train"]["sentence"], a["train"]["label"], strict=True))
-    negated = [s for s in rows if " not " in s and ", but" not in s and any(w in s for w in ("good", "great"))]
+    negated = [
+        s for s in rows if " not " in s and ", but" not in s and any(w in s for w in ("good", "great"))
+    ]
     assert negated and all(rows[s] == 0 for s in negated)
 
 
@@ -82,8 +88,20 @@ def test_clause_polarity_flips_with_negation():
     for _ in range(200):
         text, label = clause(rng)
         negated = any(f" {n} " in f" {text} " for n in ("not", "never", "hardly"))
-        positive = text.split()[-1] in {"good", "great", "wonderful", "moving", "brilliant", "funny", "charming",
-                                        "delightful", "gripping", "beautiful", "clever", "fresh"}
+        positive = text.split()[-1] in {
+            "good",
+            "great",
+            "wonderful",
+            "moving",
+            "brilliant",
+            "funny",
+            "charming",
+            "delightful",
+            "gripping",
+            "beautiful",
+            "clever",
+            "fresh",
+        }
         assert label == int(positive != negated), text
 
 
@@ -105,6 +123,7 @@ def test_local_jsonl_gz_files_load_with_a_content_fingerprint(tmp_path):
 def demo_module():
     cfg = compose(["model=tiny", "dataset=demo", "dataset.batch_size=8"])
     from peft_bench.checks import check_config
+
     run = check_config(cfg)
     dm = TextClassificationDataModule(run.dataset, load_tokenizer(run.model), run.cache_dir, seed=0)
     dm.prepare_data()
@@ -123,16 +142,24 @@ def test_length_grouping_cuts_padding(tmp_path):
     files.write_text("".join(json.dumps({"sentence": t, "label": i % 2}) + "\n" for i, t in enumerate(texts)))
 
     def padding_fraction(group: bool) -> float:
-        cfg = compose(["model=tiny", f"dataset.data_files={files}", "dataset.max_length=256",
-                       f"dataset.group_by_length={str(group).lower()}"])
+        cfg = compose(
+            [
+                "model=tiny",
+                f"dataset.data_files={files}",
+                "dataset.max_length=256",
+                f"dataset.group_by_length={str(group).lower()}",
+            ]
+        )
         from peft_bench.checks import check_config
+
         run = check_config(cfg)
         dm = TextClassificationDataModule(run.dataset, load_tokenizer(run.model), run.cache_dir, seed=0)
         dm.prepare_data()
         batches = list(dm.train_dataloader())
         assert sum(len(b["labels"]) for b in batches) == len(dm.data["train"])  # every example once
         return sum(float((b["attention_mask"] == 0).sum()) for b in batches) / sum(
-            b["attention_mask"].numel() for b in batches)
+            b["attention_mask"].numel() for b in batches
+        )
 
     random_order, grouped = padding_fraction(False), padding_fraction(True)
     assert random_order > 0.3 and grouped < random_order / 3, (random_order, grouped)
@@ -149,7 +176,7 @@ def test_length_grouped_order_depends_only_on_seed_and_epoch_longest_batch_first
     assert second != first and sorted(second) == list(range(1003))
     sampler.set_epoch(0)
     assert list(sampler) == first
-    batches = [first[i:i + 16] for i in range(0, 1003, 16)]
+    batches = [first[i : i + 16] for i in range(0, 1003, 16)]
     assert max(lengths[i] for i in batches[0]) == max(lengths)  # an out-of-memory shows at step one
     assert len(batches[-1]) == 11  # the short batch last, so the loader's batches are the sampler's groups
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
@@ -161,6 +188,7 @@ def test_a_cache_hit_on_local_files_does_not_parse_them(tmp_path, monkeypatch):
     files.write_text("".join(json.dumps({"sentence": f"s {i}", "label": i % 2}) + "\n" for i in range(50)))
     cfg = compose(["model=tiny", f"dataset.data_files={files}", f"cache_dir={tmp_path / 'cache'}"])
     from peft_bench.checks import check_config
+
     run = check_config(cfg)
 
     def module():

@@ -18,7 +18,8 @@ from tests.helpers import TINY, compose
 
 
 class Small(nn.Module):
-    """Frozen embedding -> frozen Linear 16->32 -> trainable Linear 32->32 -> first token -> trainable head 32->2."""
+    """Frozen embedding -> frozen Linear 16->32 -> trainable Linear 32->32 -> first token -> trainable
+    head 32->2."""
 
     def __init__(self):
         super().__init__()
@@ -57,7 +58,9 @@ def test_lora_tiny_bert_matches_torch_flop_counter(method):
     # attention on its math path (matmuls the counter sees): torch's FlopCounterMode has no formula for
     # CPU flash attention, which the model takes without attention dropout (model.attention_dropout=0.0)
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
-        model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([0, 1, 0, 1])).loss.backward()
+        model(
+            input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([0, 1, 0, 1])
+        ).loss.backward()
     ours = TrainFlops(model).batch(torch.ones_like(ids))
     # LoRA: ours counts both attention operands' gradients in the first layer, where the key's is not
     # needed (its input and weight are frozen): 1.3% more on this 2-layer model. Full: exact.
@@ -75,8 +78,10 @@ def test_gemm_peak_is_measured_once_per_machine_with_a_cache_file(tmp_path, monk
 
     cache = tmp_path / "gemm_peak.json"
     first = gemm_peak("cpu", n=128, seconds=0.05, cache_file=cache)
-    (key, value), = json.loads(cache.read_text()).items()
+    ((key, value),) = json.loads(cache.read_text()).items()
     assert value == first and key.endswith("|torch.float32|128") and torch.__version__ in key
     monkeypatch.setattr(flops, "_PEAK_CACHE", {})  # a new process: reads the file, measures nothing
-    monkeypatch.setattr(flops.torch, "randn", lambda *a, **k: (_ for _ in ()).throw(AssertionError("measured")))
+    monkeypatch.setattr(
+        flops.torch, "randn", lambda *a, **k: (_ for _ in ()).throw(AssertionError("measured"))
+    )
     assert gemm_peak("cpu", n=128, cache_file=cache) == first

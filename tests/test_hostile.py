@@ -24,14 +24,24 @@ from peft_bench.io import FILE_MODE, AtomicCheckpointIO, RunLock
 from peft_bench.results import unfinished_reason
 from tests.helpers import ROOT, TINY, compose, run_cli
 
-FAST = [*TINY, "trainer=fast", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
-        "trainer.limit_test_batches=2"]
+FAST = [
+    *TINY,
+    "trainer=fast",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+]
 
 
 def rows(n: int, offset: int = 0, label=None) -> list[dict]:
     words = ["good", "bad", "great", "dull", "moving", "boring"]
-    return [{"sentence": f"the film was {words[(i + offset) % 6]} number {i + offset}",
-             "label": (i % 2) if label is None else label} for i in range(n)]
+    return [
+        {
+            "sentence": f"the film was {words[(i + offset) % 6]} number {i + offset}",
+            "label": (i % 2) if label is None else label,
+        }
+        for i in range(n)
+    ]
 
 
 def jsonl(path: Path, records: list[dict]) -> Path:
@@ -53,8 +63,12 @@ def datamodule(tmp_path: Path, files, *extra: str):
     from peft_bench.models import load_tokenizer
 
     run = check_config(compose(["model=tiny", "dataset=sst2", files_override(files), *extra]))
-    dm = get_class(run.dataset._target_)(dataset=run.dataset, tokenizer=load_tokenizer(run.model),
-                                         cache_dir=str(tmp_path / "cache"), seed=run.seed)
+    dm = get_class(run.dataset._target_)(
+        dataset=run.dataset,
+        tokenizer=load_tokenizer(run.model),
+        cache_dir=str(tmp_path / "cache"),
+        seed=run.seed,
+    )
     dm.prepare_data()
     return dm
 
@@ -69,7 +83,7 @@ def tiny_run(run_dir: Path, *extra: str, callbacks=()) -> dict:
     return run(compose([*FAST, *extra], run_dir), callbacks=callbacks)
 
 
-# ------------------------------------------------------------------ 1. the cache knows which file feeds which split
+# ---------------------------------------- 1. the cache knows which file feeds which split
 
 
 def test_1_cache_key_covers_which_file_feeds_which_split(tmp_path):
@@ -78,8 +92,16 @@ def test_1_cache_key_covers_which_file_feeds_which_split(tmp_path):
     swapped = datamodule(tmp_path, {"validation": a, "train": b})
     as_list = datamodule(tmp_path, [a, b])
     assert first.info["sizes"] == {"train": 270, "validation": 100, "test": 30}
-    assert swapped.info["cache"] == "miss" and swapped.info["sizes"] == {"train": 90, "validation": 300, "test": 10}
-    assert as_list.info["cache"] == "miss" and as_list.info["sizes"] == {"train": 320, "validation": 40, "test": 40}
+    assert swapped.info["cache"] == "miss" and swapped.info["sizes"] == {
+        "train": 90,
+        "validation": 300,
+        "test": 10,
+    }
+    assert as_list.info["cache"] == "miss" and as_list.info["sizes"] == {
+        "train": 320,
+        "validation": 40,
+        "test": 40,
+    }
     assert len({first.info["cache_key"], swapped.info["cache_key"], as_list.info["cache_key"]}) == 3
     again = datamodule(tmp_path, {"train": a, "validation": b})
     assert again.info["cache"] == "hit" and again.info["sizes"] == first.info["sizes"]
@@ -87,13 +109,20 @@ def test_1_cache_key_covers_which_file_feeds_which_split(tmp_path):
         assert datamodule(tmp_path, {"train": a, "validation": b}, key).info["cache"] == "miss", key
 
 
-# ------------------------------------------------------------------ 3. a given split is never silently replaced
+# ---------------------------------------- 3. a given split is never silently replaced
 
 
 BAD_ROWS = [  # (what, the validation file's rows, the message)
-    ("one label -1", rows(50, 500)[:3] + [{"sentence": "x", "label": -1}] + rows(50, 500)[3:],
-     r"validation.jsonl, row 4: label -1 is outside \[0, 2\)"),
-    ("label 2", [*rows(5, 500), {"sentence": "x", "label": 2}], r"validation.jsonl, row 6: label 2 is outside"),
+    (
+        "one label -1",
+        rows(50, 500)[:3] + [{"sentence": "x", "label": -1}] + rows(50, 500)[3:],
+        r"validation.jsonl, row 4: label -1 is outside \[0, 2\)",
+    ),
+    (
+        "label 2",
+        [*rows(5, 500), {"sentence": "x", "label": 2}],
+        r"validation.jsonl, row 6: label 2 is outside",
+    ),
     ("string label", [{"sentence": "x", "label": "pos"}], r"row 1: label 'pos' is not an integer class"),
     ("fractional label", [{"sentence": "x", "label": 0.5}], r"row 1: label 0.5 is not an integer class"),
     ("null text", [*rows(2, 500), {"sentence": None, "label": 1}], r"row 3: 'sentence' is None, not text"),
@@ -107,7 +136,9 @@ def test_3_a_bad_row_in_a_given_split_is_an_error_naming_file_and_row(tmp_path, 
     validation = jsonl(tmp_path / "validation.jsonl", bad)
     with pytest.raises(DataError, match=message):
         datamodule(tmp_path, {"train": train, "validation": validation})
-    assert not (tmp_path / "cache" / "tokenized").exists() or not any((tmp_path / "cache" / "tokenized").iterdir())
+    assert not (tmp_path / "cache" / "tokenized").exists() or not any(
+        (tmp_path / "cache" / "tokenized").iterdir()
+    )
 
 
 def test_3_a_wholly_unlabelled_split_is_carved_from_train_and_says_so(tmp_path):
@@ -121,13 +152,15 @@ def test_3_a_wholly_unlabelled_split_is_carved_from_train_and_says_so(tmp_path):
 def test_float_labels_and_mixed_formats_simply_work(tmp_path):
     train = jsonl(tmp_path / "train.jsonl", [{**r, "label": float(r["label"])} for r in rows(100)])
     validation = tmp_path / "validation.csv"
-    validation.write_text("sentence,label\n" + "".join(f"{r['sentence']},{r['label']}\n" for r in rows(40, 500)))
+    validation.write_text(
+        "sentence,label\n" + "".join(f"{r['sentence']},{r['label']}\n" for r in rows(40, 500))
+    )
     dm = datamodule(tmp_path, {"train": train, "validation": validation})
     assert dm.info["sizes"]["validation"] == 40 and dm.info["label_counts"]["train"] == {"0": 45, "1": 45}
     assert sorted(set(dm.data["train"]["labels"])) == [0, 1]
 
 
-# ------------------------------------------------------------------ bad files: one message naming the file
+# ---------------------------------------- bad files: one message naming the file
 
 
 def truncated_gzip(path: Path) -> None:
@@ -137,13 +170,27 @@ def truncated_gzip(path: Path) -> None:
 
 BAD_FILES = [  # (what, file name, how to write it, the message)
     ("empty file", "train.jsonl", lambda p: p.write_bytes(b""), r"train.jsonl is empty \(0 bytes\)"),
-    ("malformed JSON line", "train.jsonl",
-     lambda p: p.write_text(json.dumps(rows(1)[0]) + "\n" + json.dumps(rows(1)[0]) + "\n{\"sentence\": \"x\", \n"),
-     r"train.jsonl: line 3 is not valid JSON"),
-    ("non-UTF-8 bytes", "train.jsonl", lambda p: p.write_bytes(b'{"sentence": "caf\xe9", "label": 1}\n'),
-     r"train.jsonl: is not UTF-8 text \(byte 17, line 1\)"),
+    (
+        "malformed JSON line",
+        "train.jsonl",
+        lambda p: p.write_text(
+            json.dumps(rows(1)[0]) + "\n" + json.dumps(rows(1)[0]) + '\n{"sentence": "x", \n'
+        ),
+        r"train.jsonl: line 3 is not valid JSON",
+    ),
+    (
+        "non-UTF-8 bytes",
+        "train.jsonl",
+        lambda p: p.write_bytes(b'{"sentence": "caf\xe9", "label": 1}\n'),
+        r"train.jsonl: is not UTF-8 text \(byte 17, line 1\)",
+    ),
     ("truncated gzip", "train.jsonl.gz", truncated_gzip, r"train.jsonl.gz: is not a complete gzip file"),
-    ("csv with a header only", "train.csv", lambda p: p.write_text("sentence,label\n"), r"train.csv has no rows"),
+    (
+        "csv with a header only",
+        "train.csv",
+        lambda p: p.write_text("sentence,label\n"),
+        r"train.csv has no rows",
+    ),
     ("unknown format", "train.txt", lambda p: p.write_text("x"), r"cannot read .*train.txt: use one of"),
 ]
 
@@ -158,7 +205,9 @@ def test_a_bad_file_is_one_message_naming_it(tmp_path, what, name, make, message
 def test_a_data_error_on_the_command_line_is_one_line_without_traceback(tmp_path):
     bad = tmp_path / "train.jsonl"
     bad.write_text('{"sentence": "fine", "label": 1}\n{"sentence": oops}\n')
-    out = run_cli(["model=tiny", "logger=none", f"dataset.data_files={bad}", f"hydra.run.dir={tmp_path / 'run'}"])
+    out = run_cli(
+        ["model=tiny", "logger=none", f"dataset.data_files={bad}", f"hydra.run.dir={tmp_path / 'run'}"]
+    )
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert f"peft_bench: error: data file {bad}: line 2 is not valid JSON" in out.stderr
@@ -172,7 +221,7 @@ def test_a_diverged_single_run_is_one_line_and_its_status(tmp_path):
     assert results(tmp_path)["status"] == "diverged"
 
 
-# ------------------------------------------------------------------ values the pre-check catches before any work
+# ---------------------------------------- values the pre-check catches before any work
 
 
 BAD_VALUES = [
@@ -216,7 +265,9 @@ def test_a_completed_run_is_not_reported_again_for_changed_data_and_a_redo_is_sk
     assert tiny_run(tmp_path / "run", *args)["finished_at"] == first["finished_at"]  # skipped
     redo = tiny_run(tmp_path / "run", *args, "skip_completed=false")
     assert redo["finished_at"] != first["finished_at"]
-    assert tiny_run(tmp_path / "run", *args)["finished_at"] == redo["finished_at"]  # skip/redo flags: not config
+    assert (
+        tiny_run(tmp_path / "run", *args)["finished_at"] == redo["finished_at"]
+    )  # skip/redo flags: not config
     jsonl(train, rows(200, 7))  # the same path, other sentences
     with pytest.raises(PeftBenchError, match="completed run of another configuration .*content"):
         tiny_run(tmp_path / "run", *args)
@@ -236,14 +287,18 @@ def test_bz2_and_xz_files_are_read_and_an_empty_file_list_is_a_config_error(tmp_
 
     text = "".join(json.dumps(r) + "\n" for r in rows(100)).encode()
     (tmp_path / "train.jsonl.bz2").write_bytes(bz2.compress(text))
-    (tmp_path / "validation.jsonl.xz").write_bytes(lzma.compress("".join(json.dumps(r) + "\n" for r in rows(30)).encode()))
-    dm = datamodule(tmp_path, {"train": tmp_path / "train.jsonl.bz2", "validation": tmp_path / "validation.jsonl.xz"})
+    (tmp_path / "validation.jsonl.xz").write_bytes(
+        lzma.compress("".join(json.dumps(r) + "\n" for r in rows(30)).encode())
+    )
+    dm = datamodule(
+        tmp_path, {"train": tmp_path / "train.jsonl.bz2", "validation": tmp_path / "validation.jsonl.xz"}
+    )
     assert dm.info["sizes"]["train"] == 90
     with pytest.raises(ConfigError, match="no file given for train"):
         check_config(compose([*TINY, "dataset.data_files=[]"]))
 
 
-# ------------------------------------------------------------------ 4. a single-class training split is flagged
+# ---------------------------------------- 4. a single-class training split is flagged
 
 
 def test_4_single_class_training_split_is_warned_recorded_and_flagged(tmp_path):
@@ -251,7 +306,9 @@ def test_4_single_class_training_split_is_warned_recorded_and_flagged(tmp_path):
 
     train = jsonl(tmp_path / "train.jsonl", rows(200, label=1))
     validation = jsonl(tmp_path / "validation.jsonl", rows(40, 500))
-    out = tiny_run(tmp_path / "run", "dataset=sst2", files_override({"train": train, "validation": validation}))
+    out = tiny_run(
+        tmp_path / "run", "dataset=sst2", files_override({"train": train, "validation": validation})
+    )
     assert out["status"] == "completed"
     assert any(w.startswith("single-class train split: all 180 rows have label 1") for w in out["warnings"])
     assert results(tmp_path / "run")["warnings"] == out["warnings"]
@@ -259,7 +316,7 @@ def test_4_single_class_training_split_is_warned_recorded_and_flagged(tmp_path):
     assert "| lora ⚠ |" in report and "## Warnings" in report and "single-class train split" in report
 
 
-# ------------------------------------------------------------------ 7. corrupt files are set aside, not fatal
+# ---------------------------------------- 7. corrupt files are set aside, not fatal
 
 
 def test_7_a_truncated_results_json_is_set_aside_and_the_run_goes_on(tmp_path):
@@ -315,7 +372,7 @@ def test_7_a_checkpoint_save_that_dies_midway_leaves_the_previous_one_intact(tmp
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
 
 
-# ------------------------------------------------------------------ 9. last.ckpt is always the latest state
+# ---------------------------------------- 9. last.ckpt is always the latest state
 
 
 def _worsening():
@@ -335,8 +392,12 @@ WorseningLoRA = _worsening()
 
 
 def test_9_last_checkpoint_advances_even_when_validation_gets_worse(tmp_path):
-    out = tiny_run(tmp_path / "run", "trainer.max_epochs=3", "checkpoint_every_n_steps=3",
-                   "method._target_=tests.test_hostile.WorseningLoRA")
+    out = tiny_run(
+        tmp_path / "run",
+        "trainer.max_epochs=3",
+        "checkpoint_every_n_steps=3",
+        "method._target_=tests.test_hostile.WorseningLoRA",
+    )
     assert out["evaluated_checkpoint"] == "checkpoints/best-epoch0-step4.ckpt"
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == out["optimizer_steps"] == 12 and last["epoch"] == 2
@@ -355,8 +416,13 @@ def test_8_a_checkpoint_taken_every_n_steps_resumes_exactly(tmp_path):
             if trainer.global_step == self.crash_at:
                 raise RuntimeError("power cut")
 
-    args = ["dataset.generator_size=1000", "trainer.limit_train_batches=null", "trainer.max_epochs=2",
-            "checkpoint_every_n_steps=30", "method.lr=3e-3"]
+    args = [
+        "dataset.generator_size=1000",
+        "trainer.limit_train_batches=null",
+        "trainer.max_epochs=2",
+        "checkpoint_every_n_steps=30",
+        "method.lr=3e-3",
+    ]
     reference, crashed, resumed = Record(), Record(crash_at=75), Record()
     ref = tiny_run(tmp_path / "reference", *args, callbacks=[reference])
     with pytest.raises(RuntimeError, match="power cut"):
@@ -368,7 +434,7 @@ def test_8_a_checkpoint_taken_every_n_steps_resumes_exactly(tmp_path):
     assert out["val_f1"] == pytest.approx(ref["val_f1"], abs=1e-6)
 
 
-# ------------------------------------------------------------------ 11. a redo is a clean slate
+# ---------------------------------------- 11. a redo is a clean slate
 
 
 def test_11_skip_completed_false_redoes_the_run_from_a_clean_slate(tmp_path):
@@ -383,7 +449,7 @@ def test_11_skip_completed_false_redoes_the_run_from_a_clean_slate(tmp_path):
     assert sum(1 for line in lines if line.startswith("epoch") or line.startswith("lr")) == 1  # one header
 
 
-# ------------------------------------------------------------------ 6, 10. every job shows up in the sweep
+# ---------------------------------------- 6, 10. every job shows up in the sweep
 
 
 def test_6_10_a_job_that_cannot_start_fails_the_sweep_and_shows_in_its_table(tmp_path):
@@ -396,24 +462,36 @@ def test_6_10_a_job_that_cannot_start_fails_the_sweep_and_shows_in_its_table(tmp
         lock.release()
     assert out.returncode == 1
     assert results(tmp_path / "0")["status"] == "completed" and not (tmp_path / "1" / "results.json").exists()
-    assert "job 1 failed: RunInProgress" in out.stderr and "is in use by another peft_bench process" in out.stderr
+    assert (
+        "job 1 failed: RunInProgress" in out.stderr
+        and "is in use by another peft_bench process" in out.stderr
+    )
     assert "1 of 2 jobs did not complete" in out.stderr
 
 
-# ------------------------------------------------------------------ 2, 5, 8, 10: SIGKILL mid-epoch, then resume
+# ---------------------------------------- 2, 5, 8, 10: SIGKILL mid-epoch, then resume
 
 
 @pytest.mark.slow  # a reference run, a run killed with SIGKILL, two refused commands and the resume: ~80 s
 def test_2_5_8_10_kill9_mid_epoch_then_the_same_command_resumes_exactly(tmp_path):
-    args = [*TINY, "dataset.generator_size=4000", "trainer.max_epochs=2", "trainer.val_check_interval=50",
-            "trainer.limit_val_batches=2", "trainer.limit_test_batches=5", "method.lr=3e-3", "logger=csv"]
+    args = [
+        *TINY,
+        "dataset.generator_size=4000",
+        "trainer.max_epochs=2",
+        "trainer.val_check_interval=50",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=5",
+        "method.lr=3e-3",
+        "logger=csv",
+    ]
     reference = run_cli([*args, f"hydra.run.dir={tmp_path / 'reference'}"])
     assert reference.returncode == 0, reference.stderr[-2000:]
 
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "peft_bench", *args, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while not last.exists() and proc.poll() is None and time.time() < deadline:
@@ -424,7 +502,9 @@ def test_2_5_8_10_kill9_mid_epoch_then_the_same_command_resumes_exactly(tmp_path
     # 10: the same command again while the first runs: refused at once, the folder untouched
     second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 2 and "Traceback" not in second.stderr
-    assert f"is in use by another peft_bench process (pid {proc.pid} on host {platform.node()}" in second.stderr
+    assert (
+        f"is in use by another peft_bench process (pid {proc.pid} on host {platform.node()}" in second.stderr
+    )
     assert results(run_dir)["status"] == "running"
 
     os.kill(proc.pid, signal.SIGKILL)  # no handler runs: nothing is written after this
@@ -436,13 +516,17 @@ def test_2_5_8_10_kill9_mid_epoch_then_the_same_command_resumes_exactly(tmp_path
     assert 0 < step and step % 200 != 0, step  # 8: a mid-epoch checkpoint
 
     # 2: another configuration in the same folder is refused, naming what differs and the ways out
-    other = subprocess.run([*cmd, "method.lr=2e-3", "rank=4"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    other = subprocess.run(
+        [*cmd, "method.lr=2e-3", "rank=4"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr[-2000:]
     assert "was trained with another configuration" in other.stderr and "resume=false" in other.stderr
     assert "method.lr: 0.003 -> 0.002" in other.stderr and "method.r: 8 -> 4" in other.stderr
     assert torch.load(last, weights_only=False)["global_step"] == step  # the checkpoint is kept
 
-    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)  # the dead lock: no obstacle
+    again = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=600
+    )  # the dead lock: no obstacle
     assert again.returncode == 0, again.stderr[-2000:]
     resumed, ref = results(run_dir), results(tmp_path / "reference")
     assert resumed["status"] == "completed" and resumed["resumed_from"]["step"] == step
@@ -455,8 +539,11 @@ def test_2_5_8_10_kill9_mid_epoch_then_the_same_command_resumes_exactly(tmp_path
     for key in ("train_examples", "train_tokens", "train_flops"):
         assert resumed[key] == ref[key], key
     assert len(resumed["time_per_epoch_s"]) == 2
+
     def logged(folder: Path) -> list[int]:
         with (folder / "csv" / "metrics.csv").open() as f:
             return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
 
-    assert logged(run_dir) == logged(tmp_path / "reference")  # each step logged once: before and after the kill
+    assert logged(run_dir) == logged(
+        tmp_path / "reference"
+    )  # each step logged once: before and after the kill

@@ -21,7 +21,9 @@ def module_for(method: str, *extra: str):
     from hydra.utils import get_class
 
     run_cfg = check_config(compose(["model=tiny", "dataset=demo", f"method={method}", *extra]))
-    return get_class(run_cfg.method._target_)(method=run_cfg.method, model=run_cfg.model, dataset=run_cfg.dataset)
+    return get_class(run_cfg.method._target_)(
+        method=run_cfg.method, model=run_cfg.model, dataset=run_cfg.dataset
+    )
 
 
 @pytest.fixture(scope="module")  # six short runs, ~20 s together
@@ -39,8 +41,17 @@ def test_every_method_completes_with_the_shared_fields(method_runs, method):
     r = method_runs[method]
     assert r["status"] == "completed" and r["method"] == method
     assert_documented({k: v for k, v in r.items() if k != "_dir"})  # every key typed and in docs/results.md
-    for key in ("val_acc", "val_f1", "test_acc", "test_f1", "trainable_params", "total_params", "train_time_s",
-                "peak_memory_bytes", "inference_latency_ms_per_example"):
+    for key in (
+        "val_acc",
+        "val_f1",
+        "test_acc",
+        "test_f1",
+        "trainable_params",
+        "total_params",
+        "train_time_s",
+        "peak_memory_bytes",
+        "inference_latency_ms_per_example",
+    ):
         assert isinstance(r[key], int | float), key
 
 
@@ -73,7 +84,10 @@ def test_merge_gives_the_same_outputs(method):
     for name, p in module.model.named_parameters():
         if "lora_B" in name or "hira_B" in name:
             torch.nn.init.normal_(p, std=0.5)  # B starts at zero: make the adapter do something
-    batch = {"input_ids": torch.randint(1000, 2000, (3, 12)), "attention_mask": torch.ones(3, 12, dtype=torch.long)}
+    batch = {
+        "input_ids": torch.randint(1000, 2000, (3, 12)),
+        "attention_mask": torch.ones(3, 12, dtype=torch.long),
+    }
     with torch.no_grad():
         before = module(batch)
         with module.merged():
@@ -114,7 +128,9 @@ def test_qlora_keeps_the_head_trainable_and_unquantized():
     heads = {n: m for n, m in module.model.named_modules() if n.endswith(("pre_classifier", "classifier"))}
     assert heads and not any(isinstance(m, bnb.nn.Linear4bit) for m in heads.values())
     trainable = [n for n, p in module.model.named_parameters() if p.requires_grad]
-    assert any("classifier" in n for n in trainable) and all("lora_" in n or "modules_to_save" in n for n in trainable)
+    assert any("classifier" in n for n in trainable) and all(
+        "lora_" in n or "modules_to_save" in n for n in trainable
+    )
 
 
 def test_sparse_lora_logs_the_l1_term_apart(tmp_path):
@@ -124,8 +140,16 @@ def test_sparse_lora_logs_the_l1_term_apart(tmp_path):
 
 
 def test_sparsity_sweep_as_typed_reaches_each_target(tmp_path):
-    out = run_cli(["-m", *FAST, "method=sparse_lora", "sparsity=0.3,0.8", "method.pruning.every_n_steps=5",
-                   f"hydra.sweep.dir={tmp_path}"])
+    out = run_cli(
+        [
+            "-m",
+            *FAST,
+            "method=sparse_lora",
+            "sparsity=0.3,0.8",
+            "method.pruning.every_n_steps=5",
+            f"hydra.sweep.dir={tmp_path}",
+        ]
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     for job, target in ((0, 0.3), (1, 0.8)):
         r = json.loads((tmp_path / str(job) / "results.json").read_text())
@@ -134,18 +158,26 @@ def test_sparsity_sweep_as_typed_reaches_each_target(tmp_path):
         assert [s for s, _ in steps] == [2, 7, 12, 14]  # every 5 steps from 10% to 70% of 20 steps
         assert steps[-1][1] == target
         # magnitude_per_matrix: each matrix to the target, rounded to whole weights
-        assert r["sparsity_exact_zero"] == pytest.approx(target, abs=len(r["sparsity_per_matrix"]) / r["adapter_params"])
+        assert r["sparsity_exact_zero"] == pytest.approx(
+            target, abs=len(r["sparsity_per_matrix"]) / r["adapter_params"]
+        )
         assert r["sparsity_below_1e-3"] >= r["sparsity_exact_zero"]
         assert r["adapter_nonzero"] == pytest.approx((1 - r["sparsity_exact_zero"]) * r["adapter_params"])
         assert r["evaluated_checkpoint"] == "final weights"
 
 
 def test_one_shot_reports_before_and_after_pruning(tmp_path):
-    r = run(compose([*FAST, "method=sparse_lora", "method.pruning.schedule=one_shot", "sparsity=0.9"],
-                    run_dir=tmp_path))
+    r = run(
+        compose(
+            [*FAST, "method=sparse_lora", "method.pruning.schedule=one_shot", "sparsity=0.9"],
+            run_dir=tmp_path,
+        )
+    )
     before = r["before_pruning"]
     assert before["sparsity_exact_zero"] < 0.05
-    assert r["sparsity_exact_zero"] == pytest.approx(0.9, abs=len(r["sparsity_per_matrix"]) / r["adapter_params"])
+    assert r["sparsity_exact_zero"] == pytest.approx(
+        0.9, abs=len(r["sparsity_per_matrix"]) / r["adapter_params"]
+    )
     assert {"val_acc", "val_f1", "test_acc", "test_f1"} <= set(before)
     assert r["pruning"]["steps"] == [[20, 0.9]]
 

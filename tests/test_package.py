@@ -19,8 +19,23 @@ from tests.helpers import CONF_DIR, ROOT
 
 @pytest.mark.slow  # builds the wheel (~10 s) and runs one tiny job from it (~15 s)
 def test_the_wheel_carries_every_config_and_runs_a_job_outside_the_checkout(tmp_path):
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("peft_bench-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -29,19 +44,43 @@ def test_the_wheel_carries_every_config_and_runs_a_job_outside_the_checkout(tmp_
     assert not [n for n in names if "bench.py" in n or n.startswith(("tests/", "benchmarks/"))]
 
     site = tmp_path / "site"
-    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
-                              str(wheel)], capture_output=True, text=True, timeout=300)
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert install.returncode == 0, install.stderr[-2000:]
     away = tmp_path / "elsewhere"  # no checkout here: the configs must come from the installed package
     away.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}
-    where = subprocess.run([sys.executable, "-c", "import peft_bench.config as c; print(c.__file__, c.CONF_DIR)"],
-                           cwd=away, env=env, capture_output=True, text=True)
+    where = subprocess.run(
+        [sys.executable, "-c", "import peft_bench.config as c; print(c.__file__, c.CONF_DIR)"],
+        cwd=away,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert where.stdout.split() == [str(site / "peft_bench" / "config.py"), str(site / "peft_bench" / "conf")]
-    job = subprocess.run([sys.executable, "-m", "peft_bench", "model=tiny", "dataset=demo", "logger=none",
-                          "trainer=fast", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-                          "trainer.limit_test_batches=1"], cwd=away, env=env, capture_output=True, text=True,
-                         timeout=600)
+    job = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "peft_bench",
+            "model=tiny",
+            "dataset=demo",
+            "logger=none",
+            "trainer=fast",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
+        ],
+        cwd=away,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert job.returncode == 0, job.stderr[-2000:]
     (results,) = (away / "outputs").glob("*/results.json")
     record = json.loads(results.read_text())
@@ -62,8 +101,10 @@ def imports_of(path: Path) -> set[str]:
 
 def test_no_import_cycles():
     package = ROOT / "peft_bench"
-    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
-               for p in package.rglob("*.py")}
+    modules = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in package.rglob("*.py")
+    }
     graph = {m: {i for i in imports_of(p) if i in modules and i != m} for m, p in modules.items()}
 
     def cycle_from(start: str) -> list[str] | None:

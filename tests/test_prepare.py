@@ -15,8 +15,15 @@ from tests.helpers import ROOT, compose
 
 def prepare_cli(args, cache):
     import os
-    return subprocess.run([sys.executable, "-m", "peft_bench.prepare", *args], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "PEFT_BENCH_CACHE": str(cache)}, timeout=300)
+
+    return subprocess.run(
+        [sys.executable, "-m", "peft_bench.prepare", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PEFT_BENCH_CACHE": str(cache)},
+        timeout=300,
+    )
 
 
 def test_prepare_tokenizes_each_distinct_dataset_once_and_jobs_then_hit_the_cache(tmp_path, monkeypatch):
@@ -30,9 +37,12 @@ def test_prepare_tokenizes_each_distinct_dataset_once_and_jobs_then_hit_the_cach
     assert len(list((tmp_path / "tokenized").iterdir())) == 1
     # a job of the sweep (offline: conftest sets HF_HUB_OFFLINE) finds its tokenized data there
     monkeypatch.setenv("PEFT_BENCH_CACHE", str(tmp_path))
-    run = check_config(compose(["model=minilm", "dataset=demo", "dataset.generator_size=400", "rank=4", "seed=2"]))
-    data = get_class(run.dataset._target_)(dataset=run.dataset, tokenizer=load_tokenizer(run.model),
-                                           cache_dir=run.cache_dir, seed=run.seed)
+    run = check_config(
+        compose(["model=minilm", "dataset=demo", "dataset.generator_size=400", "rank=4", "seed=2"])
+    )
+    data = get_class(run.dataset._target_)(
+        dataset=run.dataset, tokenizer=load_tokenizer(run.model), cache_dir=run.cache_dir, seed=run.seed
+    )
     data.prepare_data()
     assert data.info["cache"] == "hit"
     again = prepare_cli(sweep, tmp_path)

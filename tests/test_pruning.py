@@ -44,7 +44,9 @@ def test_per_matrix_and_per_row_criteria_hit_the_target_in_each():
     for n, m in masks_for(w, 0.75, "topk_per_row").items():
         assert ((~m).sum(1) == 0.75 * m.shape[1]).all(), n
         rows = w[n].abs()
-        assert (torch.where(m, rows, torch.inf).min(1).values >= torch.where(~m, rows, -torch.inf).max(1).values).all()
+        assert (
+            torch.where(m, rows, torch.inf).min(1).values >= torch.where(~m, rows, -torch.inf).max(1).values
+        ).all()
 
 
 def test_ties_do_not_overshoot_the_target():
@@ -68,17 +70,36 @@ class ZeroWatch(L.Callback):
 def sparse_setup(*extra: str):
     from peft_bench.methods.sparse_lora import SparseLoRAModule
 
-    run = check_config(compose(["model=tiny", "dataset=demo", "method=sparse_lora", "sparsity=0.6",
-                                "method.pruning.every_n_steps=3", "method.pruning.start_step=0",
-                                "method.pruning.end_step=9", "method.pruning.criterion=magnitude_global", *extra]))
+    run = check_config(
+        compose(
+            [
+                "model=tiny",
+                "dataset=demo",
+                "method=sparse_lora",
+                "sparsity=0.6",
+                "method.pruning.every_n_steps=3",
+                "method.pruning.start_step=0",
+                "method.pruning.end_step=9",
+                "method.pruning.criterion=magnitude_global",
+                *extra,
+            ]
+        )
+    )
     dm = TextClassificationDataModule(run.dataset, load_tokenizer(run.model), run.cache_dir, seed=0)
     return SparseLoRAModule(method=run.method, model=run.model, dataset=run.dataset), dm
 
 
 def trainer(tmp_path, epochs: int, *callbacks) -> L.Trainer:
-    return L.Trainer(max_epochs=epochs, limit_train_batches=6, limit_val_batches=2, logger=False,
-                     enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                     callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True), *callbacks])
+    return L.Trainer(
+        max_epochs=epochs,
+        limit_train_batches=6,
+        limit_val_batches=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True), *callbacks],
+    )
 
 
 def test_masks_hold_after_every_step_travel_in_the_checkpoint_and_survive_a_resume(tmp_path):
@@ -102,5 +123,7 @@ def test_masks_hold_after_every_step_travel_in_the_checkpoint_and_survive_a_resu
     assert resumed.pruning.history[:3] == module.pruning.history  # restored, not pruned from step 0 again
     assert watch2.checked > 0  # the restored masks held from the first resumed step
     for name, p in resumed.prunable_parameters().items():
-        assert torch.equal(resumed.pruning.masks[name].cpu(), state["masks"][name] & resumed.pruning.masks[name].cpu())
+        assert torch.equal(
+            resumed.pruning.masks[name].cpu(), state["masks"][name] & resumed.pruning.masks[name].cpu()
+        )
         assert (p[~state["masks"][name].to(p.device)] == 0).all()

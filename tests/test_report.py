@@ -21,21 +21,41 @@ SST2_COUNTS = {"validation": {"0": 428, "1": 444}, "test": {"0": 300, "1": 322}}
 
 
 def result(method: str, seed: int, test_acc: float, rank: int | None = 8, **extra) -> dict:
-    """A complete results.json of a classification run, as train.run writes it (the fields the report reads)."""
+    """A complete results.json of a classification run, as train.run writes it (the fields the report
+    reads)."""
     method_cfg = {"name": method, "lr": 1e-3, **({"r": rank} if rank is not None else {})}
     if method == "sparse_lora":
         method_cfg["pruning"] = {"target": 0.5, "schedule": "gradual"}
     trainable = {"full": 22_713_986, "hira": 332_546}.get(method, 9_216 * (rank or 8) + 770)
     return {
-        "status": "completed", "method": method, "dataset": "sst2", "model": "minilm", "rank": rank or 8,
-        "seed": seed, "config": {"method": method_cfg, "dataset": {"name": "sst2", "max_length": 128},
-                                 "model": {"name": "minilm"}, "seed": seed, "rank": rank or 8,
-                                 "logger": {"_target_": "lightning.pytorch.loggers.CSVLogger"}},
-        "data": {"label_counts": SST2_COUNTS}, "trainable_params": trainable, "total_params": 22_788_484,
-        "val_f1": test_acc + 0.01, "val_acc": test_acc + 0.005, "test_f1": test_acc + 0.002, "test_acc": test_acc,
-        "train_time_s": 100.0 + seed, "mean_time_per_epoch_s": 50.0 + seed / 2,
-        "peak_memory_bytes": (1000 + seed) * 2**20, "peak_memory_kind": "process_peak_rss",
-        "inference_latency_ms_per_example": 3.5, "time_per_epoch_s": [50.0, 50.0], **extra,
+        "status": "completed",
+        "method": method,
+        "dataset": "sst2",
+        "model": "minilm",
+        "rank": rank or 8,
+        "seed": seed,
+        "config": {
+            "method": method_cfg,
+            "dataset": {"name": "sst2", "max_length": 128},
+            "model": {"name": "minilm"},
+            "seed": seed,
+            "rank": rank or 8,
+            "logger": {"_target_": "lightning.pytorch.loggers.CSVLogger"},
+        },
+        "data": {"label_counts": SST2_COUNTS},
+        "trainable_params": trainable,
+        "total_params": 22_788_484,
+        "val_f1": test_acc + 0.01,
+        "val_acc": test_acc + 0.005,
+        "test_f1": test_acc + 0.002,
+        "test_acc": test_acc,
+        "train_time_s": 100.0 + seed,
+        "mean_time_per_epoch_s": 50.0 + seed / 2,
+        "peak_memory_bytes": (1000 + seed) * 2**20,
+        "peak_memory_kind": "process_peak_rss",
+        "inference_latency_ms_per_example": 3.5,
+        "time_per_epoch_s": [50.0, 50.0],
+        **extra,
     }
 
 
@@ -52,17 +72,36 @@ def sweep(tmp_path) -> Path:
     runs = {}
     for seed, lora, sparse, hira in ((1, 0.80, 0.78, 0.75), (2, 0.82, 0.79, 0.769), (3, 0.84, 0.83, 0.791)):
         runs[f"lora-{seed}"] = result("lora", seed, lora, **{"sparsity_below_1e-3": 0.03})
-        runs[f"sparse-{seed}"] = result("sparse_lora", seed, sparse, **{"sparsity_below_1e-3": 0.5,
-                                                                          "sparsity_exact_zero": 0.5})
+        runs[f"sparse-{seed}"] = result(
+            "sparse_lora", seed, sparse, **{"sparsity_below_1e-3": 0.5, "sparsity_exact_zero": 0.5}
+        )
         runs[f"hira-{seed}"] = result("hira", seed, hira)
     runs["full-1"] = result("full", 1, 0.86, rank=None)
     runs["failed"] = {"status": "failed", "error": "RuntimeError: boom", "method": "lora"}
-    runs["running"] = {"status": "running", "method": "lora", "host": platform.node(), "pid": os.getpid(),
-                       "started_at": "T0"}  # this very process: alive
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    runs["killed"] = {"status": "running", "method": "lora", "host": platform.node(), "pid": int(gone.stdout),
-                      "started_at": "T1"}  # a process that has exited: a job killed with -9 looks like this
-    runs["elsewhere"] = {"status": "running", "method": "lora", "host": "node-7", "pid": 12, "started_at": "T2"}
+    runs["running"] = {
+        "status": "running",
+        "method": "lora",
+        "host": platform.node(),
+        "pid": os.getpid(),
+        "started_at": "T0",
+    }  # this very process: alive
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    runs["killed"] = {
+        "status": "running",
+        "method": "lora",
+        "host": platform.node(),
+        "pid": int(gone.stdout),
+        "started_at": "T1",
+    }  # a process that has exited: a job killed with -9 looks like this
+    runs["elsewhere"] = {
+        "status": "running",
+        "method": "lora",
+        "host": "node-7",
+        "pid": 12,
+        "started_at": "T2",
+    }
     runs["rerun"] = result("lora", 1, 0.99)  # the same setting and seed as lora-1: counted once
     runs["corrupt"] = '{"status": "completed", "method": "lo'
     partial = result("lora", 4, 0.9)
@@ -77,9 +116,14 @@ def test_tables_and_seed_statistics_are_exactly_the_hand_computed_ones(sweep, tm
     assert out["runs"] == 10
     # the seeds' table, one row per setting: mean ± sample std over seeds 1, 2, 3
     # lora test acc 0.80, 0.82, 0.84 -> mean 0.82, std 0.02; val F1 = acc + 0.01; time 101, 102, 103 s
-    assert ("| lora | 8 | - | 3 | 74,498 / 22,788,484 | 0.327% | 0.8300 ± 0.0200 | 0.8250 ± 0.0200 | "
-            "0.8220 ± 0.0200 | 0.8200 ± 0.0200 | 0.030 ± 0.000 | 102.0 ± 1.0 |") in md
-    assert "| full | - | - | 1 | 22,713,986 / 22,788,484 | 99.673% | 0.8700 | 0.8650 | 0.8620 | 0.8600 | - | 101.0 |" in md
+    assert (
+        "| lora | 8 | - | 3 | 74,498 / 22,788,484 | 0.327% | 0.8300 ± 0.0200 | 0.8250 ± 0.0200 | "
+        "0.8220 ± 0.0200 | 0.8200 ± 0.0200 | 0.030 ± 0.000 | 102.0 ± 1.0 |"
+    ) in md
+    assert (
+        "| full | - | - | 1 | 22,713,986 / 22,788,484 | 99.673% | 0.8700 | 0.8650 | 0.8620 | 0.8600 | - "
+        "| 101.0 |" in md
+    )
     # seed statistics: 95% t interval, half width t(0.975, 2) * s / sqrt(3) = 4.3027 * 0.02 / 1.7321 = 0.0497
     assert "| lora | rank=8 | 3 | 1, 2, 3 | 0.8200 ± 0.0200 | [0.7703, 0.8697] | - |" in md
     # sparse - lora per seed: -0.02, -0.03, -0.01: mean -0.02, s 0.01, t = -0.02 / (0.01 / sqrt 3) = -3.46;
@@ -91,8 +135,10 @@ def test_tables_and_seed_statistics_are_exactly_the_hand_computed_ones(sweep, tm
     # full ran one seed: no interval, no pairing
     assert "| full | - | 1 | 1 | - | - | - |" in md
     # method comparison: each method's best setting by val F1, with its costs
-    assert ("| lora | rank=8 | 3 | 0.8200 ± 0.0200 | 0.8220 ± 0.0200 | 74,498 | 102.0 ± 1.0 | 51.0 ± 0.5 | "
-            "1002 ± 1 | 3.500 ± 0.000 | - | 0.030 ± 0.000 | - |") in md
+    assert (
+        "| lora | rank=8 | 3 | 0.8200 ± 0.0200 | 0.8220 ± 0.0200 | 74,498 | 102.0 ± 1.0 | 51.0 ± 0.5 | "
+        "1002 ± 1 | 3.500 ± 0.000 | - | 0.030 ± 0.000 | - |"
+    ) in md
     assert "Chance (majority class) on the test split: accuracy 0.5177." in md  # 322 / 622
 
 
@@ -102,11 +148,15 @@ def test_runs_that_did_not_complete_are_listed_with_their_reason(sweep, tmp_path
     reasons = {Path(d).name: why for d, why in out["left_out"]}
     assert reasons.pop("running").startswith(f"running (pid {os.getpid()} on host {platform.node()}")
     assert reasons.pop("killed").startswith("stale: results.json says running but its process")
-    assert reasons.pop("elsewhere") == ("running or killed on another host (pid 12 on host node-7, started T2): "
-                                        "this host cannot tell")
+    assert reasons.pop("elsewhere") == (
+        "running or killed on another host (pid 12 on host node-7, started T2): this host cannot tell"
+    )
     assert reasons.pop("rerun") == f"duplicate of {sweep / 'lora-1'} (same setting and seed): counted once"
-    assert reasons == {"failed": "failed: RuntimeError: boom", "corrupt": "unreadable results.json (not valid JSON)",
-                       "partial": "partial results.json: no train_time_s"}
+    assert reasons == {
+        "failed": "failed: RuntimeError: boom",
+        "corrupt": "unreadable results.json (not valid JSON)",
+        "partial": "partial results.json: no train_time_s",
+    }
     for name, why in reasons.items():
         assert f"`{sweep / name}`: {why}" in md
     assert "10 completed runs in the tables, 7 left out" in md
@@ -125,7 +175,11 @@ def test_runs_csv_has_one_row_per_run_with_every_scalar_field(sweep, tmp_path):
 
 def test_plots_are_written_as_png_and_svg(sweep, tmp_path):
     out = write_report([sweep], tmp_path / "report")
-    assert set(out["images"]) == {"sst2_score_vs_params.png", "sst2_sparsity_vs_rank.png", "sst2_time_memory.png"}
+    assert set(out["images"]) == {
+        "sst2_score_vs_params.png",
+        "sst2_sparsity_vs_rank.png",
+        "sst2_time_memory.png",
+    }
     for name in out["images"]:
         png = (tmp_path / "report" / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -134,13 +188,20 @@ def test_plots_are_written_as_png_and_svg(sweep, tmp_path):
 
 
 def test_settings_are_told_apart_by_the_keys_that_differ(tmp_path):
-    runs = {"a": result("sparse_lora", 1, 0.6, **{"sparsity_below_1e-3": 1.0}),
-            "b": result("sparse_lora", 1, 0.83, **{"sparsity_below_1e-3": 0.5}), "c": result("lora", 1, 0.84)}
+    runs = {
+        "a": result("sparse_lora", 1, 0.6, **{"sparsity_below_1e-3": 1.0}),
+        "b": result("sparse_lora", 1, 0.83, **{"sparsity_below_1e-3": 0.5}),
+        "c": result("lora", 1, 0.84),
+    }
     runs["a"]["config"]["method"]["l1_lambda"] = 1e-3
     runs["b"]["config"]["method"]["l1_lambda"] = 1e-5
     out = write_report([write(tmp_path / "s", runs)], tmp_path / "report")
     labels = sorted((s.method, s.label) for s in out["settings"]["sst2"])
-    assert labels == [("lora", ""), ("sparse_lora", "method.l1_lambda=0.001"), ("sparse_lora", "method.l1_lambda=1e-05")]
+    assert labels == [
+        ("lora", ""),
+        ("sparse_lora", "method.l1_lambda=0.001"),
+        ("sparse_lora", "method.l1_lambda=1e-05"),
+    ]
 
 
 def test_language_modelling_runs_report_perplexity(tmp_path):
@@ -159,8 +220,23 @@ def test_language_modelling_runs_report_perplexity(tmp_path):
 
 
 def test_cli_names_the_folder_and_a_wandb_summary_run_is_written_offline(sweep, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "peft_bench", "report", str(sweep), "--out", str(tmp_path / "r"),
-                          "--wandb", "on"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "peft_bench",
+            "report",
+            str(sweep),
+            "--out",
+            str(tmp_path / "r"),
+            "--wandb",
+            "on",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"report: {tmp_path / 'r' / 'report.md'} (10 runs, 7 left out, 3 plots, W&B run " in out.stdout
     assert "left out" in out.stderr and "boom" in out.stderr
@@ -169,6 +245,10 @@ def test_cli_names_the_folder_and_a_wandb_summary_run_is_written_offline(sweep, 
     log = next(runs[0].glob("run-*.wandb")).read_bytes()  # the offline transaction log
     for key in (b"sst2_score_vs_params", b"sst2_time_memory", b"table-file", b"report-"):
         assert key in log, key
-    bad = subprocess.run([sys.executable, "-m", "peft_bench.report", str(tmp_path / "nope")], cwd=ROOT,
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "peft_bench.report", str(tmp_path / "nope")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "no such folder" in bad.stderr

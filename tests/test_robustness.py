@@ -47,8 +47,9 @@ def test_a_failed_job_does_not_stop_the_sweep_and_the_sweep_exits_non_zero(tmp_p
 
 
 def test_a_diverging_run_stops_with_status_diverged_and_the_sweep_goes_on(tmp_path):
-    out = run_cli(["-m", *SWEEP, "method.lr=1e-3,1e12", "trainer.gradient_clip_val=null",
-                   f"hydra.sweep.dir={tmp_path}"])
+    out = run_cli(
+        ["-m", *SWEEP, "method.lr=1e-3,1e12", "trainer.gradient_clip_val=null", f"hydra.sweep.dir={tmp_path}"]
+    )
     assert out.returncode == 1
     assert results(tmp_path / "0")["status"] == "completed"
     diverged = results(tmp_path / "1")
@@ -69,8 +70,14 @@ def test_sigterm_then_same_command_resumes_from_the_epoch_checkpoint_and_reports
     same command resumes from the last epoch's checkpoint. (That a resume repeats the uninterrupted run
     exactly is test_hostile.py's SIGKILL test.)"""
     # 3 epochs of 150 steps on the tiny model; a checkpoint at each epoch's end.
-    args = [*TINY, "dataset.generator_size=3000", "trainer.max_epochs=3", "trainer.limit_val_batches=2",
-            "trainer.limit_test_batches=2", "method.lr=3e-3"]
+    args = [
+        *TINY,
+        "dataset.generator_size=3000",
+        "trainer.max_epochs=3",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
+        "method.lr=3e-3",
+    ]
     env = {**os.environ, "PEFT_BENCH_CACHE": os.environ["PEFT_BENCH_CACHE"]}
     run_dir = tmp_path / "interrupted"
     cmd = [sys.executable, "-m", "peft_bench", *args, f"hydra.run.dir={run_dir}"]
@@ -87,11 +94,16 @@ def test_sigterm_then_same_command_resumes_from_the_epoch_checkpoint_and_reports
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     resumed = results(run_dir)
-    assert resumed["status"] == "completed" and resumed["resumed_from"]["step"] in (150, 300)  # an epoch's end
+    assert resumed["status"] == "completed" and resumed["resumed_from"]["step"] in (
+        150,
+        300,
+    )  # an epoch's end
     assert resumed["optimizer_steps"] == 450
     # the whole run's figures, carried in the checkpoint: not only the epochs after the resume
     assert resumed["train_examples"] == 3 * 2400 and len(resumed["train_loss_per_epoch"]) == 3
-    assert len(resumed["time_per_epoch_s"]) == 3 and resumed["train_time_s"] >= sum(resumed["time_per_epoch_s"])
+    assert len(resumed["time_per_epoch_s"]) == 3 and resumed["train_time_s"] >= sum(
+        resumed["time_per_epoch_s"]
+    )
 
 
 def test_a_deferred_finite_check_still_stops_a_diverging_run_before_its_checkpoint(tmp_path, monkeypatch):
@@ -102,8 +114,9 @@ def test_a_deferred_finite_check_still_stops_a_diverging_run_before_its_checkpoi
     from tests.helpers import compose
 
     monkeypatch.setattr(BenchModule, "defer_finite_check", True)
-    cfg = compose([*SWEEP, "method.lr=1e12", "trainer.gradient_clip_val=null", "trainer.log_every_n_steps=4"],
-                  tmp_path)
+    cfg = compose(
+        [*SWEEP, "method.lr=1e12", "trainer.gradient_clip_val=null", "trainer.log_every_n_steps=4"], tmp_path
+    )
     with pytest.raises(Exception, match="non-finite at or before optimizer step 4"):
         run(cfg)
     assert results(tmp_path)["status"] == "diverged"

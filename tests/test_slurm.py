@@ -20,7 +20,8 @@ def slurm_ready() -> str | None:
         return "SLURM is not installed (scripts/slurm.sh start installs and starts a one-node cluster)"
     out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
     if out.returncode != 0 or "idle" not in out.stdout:
-        return f"no idle SLURM node (sinfo: {out.stdout.strip() or out.stderr.strip()}); run scripts/slurm.sh start"
+        sinfo = out.stdout.strip() or out.stderr.strip()
+        return f"no idle SLURM node (sinfo: {sinfo}); run scripts/slurm.sh start"
     return None
 
 
@@ -28,8 +29,10 @@ pytestmark = [pytest.mark.slurm, pytest.mark.skipif(slurm_ready() is not None, r
 
 
 def test_sweep_goes_through_sbatch_and_every_job_writes_results(tmp_path):
-    out = run_cli(["-m", "hydra/launcher=slurm_cpu", *TINY, "trainer=fast", "rank=2,4",
-                   f"hydra.sweep.dir={tmp_path}"], timeout=600)
+    out = run_cli(
+        ["-m", "hydra/launcher=slurm_cpu", *TINY, "trainer=fast", "rank=2,4", f"hydra.sweep.dir={tmp_path}"],
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     runs = [json.loads((tmp_path / str(j) / "results.json").read_text()) for j in (0, 1)]
     assert [r["rank"] for r in runs] == [2, 4] and all(r["status"] == "completed" for r in runs)
@@ -39,10 +42,21 @@ def test_sweep_goes_through_sbatch_and_every_job_writes_results(tmp_path):
 def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
     # W&B offline (conftest sets WANDB_MODE; sbatch passes the environment on): both starts of the job
     # must log to the same W&B run
-    args = [sys.executable, "-m", "peft_bench", "-m", "hydra/launcher=slurm_cpu", "model=tiny", "dataset=demo",
-            "logger=wandb",
-            "dataset.generator_size=10000", "trainer.max_epochs=3", "trainer.limit_val_batches=5",
-            "trainer.limit_test_batches=5", f"hydra.sweep.dir={tmp_path}"]
+    args = [
+        sys.executable,
+        "-m",
+        "peft_bench",
+        "-m",
+        "hydra/launcher=slurm_cpu",
+        "model=tiny",
+        "dataset=demo",
+        "logger=wandb",
+        "dataset.generator_size=10000",
+        "trainer.max_epochs=3",
+        "trainer.limit_val_batches=5",
+        "trainer.limit_test_batches=5",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
     launcher = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = tmp_path / "0" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300

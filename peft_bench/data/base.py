@@ -47,7 +47,10 @@ def builder_for(path: str) -> str:
     suffixes = Path(path).suffixes
     ext = suffixes[-2] if len(suffixes) > 1 and suffixes[-1] in COMPRESSED else Path(path).suffix
     if ext not in BUILDERS:
-        raise PeftBenchError(f"dataset.data_files: cannot read {path}: use one of {sorted(BUILDERS)} (optionally .gz, .bz2, .xz)")
+        raise PeftBenchError(
+            f"dataset.data_files: cannot read {path}: use one of {sorted(BUILDERS)} "
+            "(optionally .gz, .bz2, .xz)"
+        )
     return BUILDERS[ext]
 
 
@@ -56,7 +59,9 @@ def files_by_split(data_files) -> tuple[str, dict[str, list[str]]]:
     if isinstance(data_files, str):
         return "path", {"train": [data_files]}
     if isinstance(data_files, dict):
-        return "mapping", {k: [v] if isinstance(v, str) else [str(p) for p in v] for k, v in data_files.items()}
+        return "mapping", {
+            k: [v] if isinstance(v, str) else [str(p) for p in v] for k, v in data_files.items()
+        }
     return "list", {"train": [str(p) for p in data_files]}
 
 
@@ -75,8 +80,12 @@ def read_file(path: str) -> Dataset:
         raise DataError(f"data file {path} is empty (0 bytes): give a file with rows")
     builder = builder_for(path)
     text = read_text(path) if builder != "parquet" else None  # compression and encoding, checked first
-    if text is not None and not any(line.strip() for line in text.splitlines()[1 if builder == "csv" else 0:]):
-        raise DataError(f"data file {path} has no rows{' (a header only)' * (builder == 'csv')}: give a file with rows")
+    if text is not None and not any(
+        line.strip() for line in text.splitlines()[1 if builder == "csv" else 0 :]
+    ):
+        raise DataError(
+            f"data file {path} has no rows{' (a header only)' * (builder == 'csv')}: give a file with rows"
+        )
     try:
         ds = load_dataset(builder, data_files={"train": [path]}, split="train")
     except Exception as e:  # datasets wraps the reader's error; find the cause ourselves
@@ -103,14 +112,17 @@ def read_text(path: str) -> str:
             raw = f.read()
     except (EOFError, OSError, lzma.LZMAError) as e:
         kind = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz"}.get(suffix, "readable")
-        raise DataError(f"data file {path}: is not a complete {kind} file ({type(e).__name__}: {e}): "
-                        "the file is truncated or corrupt") from None
+        raise DataError(
+            f"data file {path}: is not a complete {kind} file ({type(e).__name__}: {e}): "
+            "the file is truncated or corrupt"
+        ) from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"data file {path}: is not UTF-8 text (byte {e.start}, line {line}): "
-                        "re-encode it as UTF-8") from None
+        raise DataError(
+            f"data file {path}: is not UTF-8 text (byte {e.start}, line {line}): re-encode it as UTF-8"
+        ) from None
 
 
 def diagnose_json(text: str) -> str | None:
@@ -157,7 +169,10 @@ class RawData:
         else:  # the Hub: its fingerprint comes with the (cached) download
             self._hub = load_hub(cfg)
             fingerprint = ":".join(f"{k}={v._fingerprint}" for k, v in sorted(self._hub.items()))
-            self.fingerprint, self.source = f"hub:{cfg.hub_id}:{cfg.hub_config}:{fingerprint}", f"hub {cfg.hub_id}"
+            self.fingerprint, self.source = (
+                f"hub:{cfg.hub_id}:{cfg.hub_config}:{fingerprint}",
+                f"hub {cfg.hub_id}",
+            )
 
     @property
     def splits(self) -> DatasetDict:
@@ -167,8 +182,11 @@ class RawData:
                 parts = {s: [(p, read_file(p)) for p in paths] for s, paths in self.files.items()}
                 where = {s: [f"data file {p}" for p in paths] for s, paths in self.files.items()}
             else:
-                raw = (build_demo(self.cfg.generator_size, self.cfg.split_seed) if self.cfg.generator == "demo"
-                       else self._hub)
+                raw = (
+                    build_demo(self.cfg.generator_size, self.cfg.split_seed)
+                    if self.cfg.generator == "demo"
+                    else self._hub
+                )
                 parts = {s: [(s, raw[s])] for s in SPLITS if s in raw}
                 where = {s: [f"split '{s}' of {self.source}"] for s in parts}
             self._splits = DatasetDict()
@@ -176,11 +194,15 @@ class RawData:
                 checked = [self.validate(ds, w) for (_, ds), w in zip(files, where[split], strict=True)]
                 unlabelled = [w for (_, u), w in zip(checked, where[split], strict=True) if u]
                 if unlabelled and len(unlabelled) < len(checked):
-                    raise DataError(f"{unlabelled[0]}: every label is -1 (unlabelled) while the other files of "
-                                    f"split '{split}' are labelled: drop it from dataset.data_files")
+                    raise DataError(
+                        f"{unlabelled[0]}: every label is -1 (unlabelled) while the other files of "
+                        f"split '{split}' are labelled: drop it from dataset.data_files"
+                    )
                 if unlabelled:
                     if split == "train":
-                        raise DataError(f"{unlabelled[0]}: every label is -1: the training split has no labels")
+                        raise DataError(
+                            f"{unlabelled[0]}: every label is -1: the training split has no labels"
+                        )
                     self.unlabelled.append(split)
                     continue
                 datasets = [ds for ds, _ in checked]
@@ -195,8 +217,13 @@ def local_fingerprint(cfg) -> str | None:
     given, each file's bytes (or the generator's settings). None for the Hub (known only once loaded)."""
     if cfg.data_files is not None:
         shape, files = files_by_split(cfg.data_files)
-        return json.dumps({"files": shape, "splits": {
-            s: [file_digest(p) for p in paths] for s, paths in sorted(files.items())}}, sort_keys=True)
+        return json.dumps(
+            {
+                "files": shape,
+                "splits": {s: [file_digest(p) for p in paths] for s, paths in sorted(files.items())},
+            },
+            sort_keys=True,
+        )
     if cfg.generator == "demo":
         return f"demo-v1:{cfg.generator_size}:{cfg.split_seed}"
     return None
@@ -208,7 +235,8 @@ def load_hub(cfg) -> DatasetDict:
     except Exception as e:  # offline: ConnectionError, OSError, or datasets' own errors, by version
         raise PeftBenchError(
             f"dataset {cfg.name}: cannot load {cfg.hub_id!r} from the Hugging Face Hub "
-            f"({e.__class__.__name__}) and it is not in the local cache. Where there is network (a login node), "
+            f"({e.__class__.__name__}) and it is not in the local cache. Where there is network "
+            "(a login node), "
             f"`{prepare_command()}` fetches and caches it (jobs then run with HF_DATASETS_OFFLINE=1); "
             f"or give local files with dataset.data_files= (json, jsonl, jsonl.gz, csv, parquet)."
         ) from None
@@ -229,7 +257,9 @@ def check_labels(ds: Dataset, field: str, num_labels: int, where: str) -> tuple[
     """The label column as ints in [0, num_labels) (0.0 / 1.0 are taken as 0 / 1), and whether the whole
     file is unlabelled (every label -1); DataError naming the first bad row."""
     if field not in ds.column_names:
-        raise DataError(f"{where}: no column {field!r} (columns: {ds.column_names}); set dataset.label_field=")
+        raise DataError(
+            f"{where}: no column {field!r} (columns: {ds.column_names}); set dataset.label_field="
+        )
     labels = ds[field]
     if labels and all(y == -1 and not isinstance(y, bool) for y in labels):
         return labels, True
@@ -238,8 +268,10 @@ def check_labels(ds: Dataset, field: str, num_labels: int, where: str) -> tuple[
         ok = isinstance(y, int | float) and not isinstance(y, bool) and float(y).is_integer()
         if not ok or not 0 <= y < num_labels:
             what = "not an integer class" if not ok else f"outside [0, {num_labels})"
-            raise DataError(f"{where}, row {i + 1}: label {y!r} is {what}: labels must be integers 0.."
-                            f"{num_labels - 1} (dataset.num_labels={num_labels}); mend or drop that row")
+            raise DataError(
+                f"{where}, row {i + 1}: label {y!r} is {what}: labels must be integers 0.."
+                f"{num_labels - 1} (dataset.num_labels={num_labels}); mend or drop that row"
+            )
         out.append(int(y))
     return out, False
 
@@ -256,8 +288,12 @@ def cache_key(name: str, tokenizer, fingerprint: str, recipe: dict) -> str:
     """Tokenizer content x data content and layout x the recipe (max_length, fields, labels, split or
     packing): anything that changes the tokenized splits changes the key."""
     tok_id = tokenizer.backend_tokenizer.to_str() if getattr(tokenizer, "is_fast", False) else repr(tokenizer)
-    full = {"v": CACHE_VERSION, "tokenizer": hashlib.sha256(tok_id.encode()).hexdigest(), "data": fingerprint,
-            **recipe}
+    full = {
+        "v": CACHE_VERSION,
+        "tokenizer": hashlib.sha256(tok_id.encode()).hexdigest(),
+        "data": fingerprint,
+        **recipe,
+    }
     return f"{safe_name(name)}-{hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16]}"
 
 
@@ -298,7 +334,10 @@ def save_atomically(data: DatasetDict, info: dict, path: Path) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     data.save_to_disk(str(tmp))
-    info = {**info, "file_digests": {str(p.relative_to(tmp)): file_digest(str(p)) for p in tmp.rglob(DATA_FILES)}}
+    info = {
+        **info,
+        "file_digests": {str(p.relative_to(tmp)): file_digest(str(p)) for p in tmp.rglob(DATA_FILES)},
+    }
     atomic_write(tmp / "info.json", json.dumps(info, indent=2))
     try:
         os.replace(tmp, path)
@@ -326,7 +365,9 @@ class EpochSeededSampler(torch.utils.data.Sampler):
         self._resume = (epoch, examples)
 
     def order(self) -> list[int]:
-        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        return torch.randperm(
+            self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)
+        ).tolist()
 
     def __iter__(self):
         order = self.order()
@@ -356,7 +397,9 @@ class LengthGroupedSampler(EpochSeededSampler):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         batches = []
         for chunk in torch.randperm(self.size, generator=g).split(self.megabatch * self.batch_size):
-            batches += chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)].split(self.batch_size)
+            batches += chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)].split(
+                self.batch_size
+            )
         short = [batches.pop()] if len(batches[-1]) < self.batch_size else []
         if not batches:
             return torch.cat(short).tolist()
@@ -368,7 +411,8 @@ class LengthGroupedSampler(EpochSeededSampler):
 
 class BaseDataModule(L.LightningDataModule):
     """What the task datamodules share: the tokenized splits from the shared cache (built once, under a
-    lock, by the first job of a sweep that needs them), and exact resumes. Its state (the epoch of the training order and
+    lock, by the first job of a sweep that needs them), and exact resumes. Its state (the epoch of the
+    training order and
     how many of its batches were trained) travels in every checkpoint; a run restored from a mid-epoch
     checkpoint goes on with the next batch of the same order instead of starting the epoch over.
     (Lightning's own stateful-loader path cannot do this here: `estimated_stepping_batches`, which the
@@ -392,19 +436,28 @@ class BaseDataModule(L.LightningDataModule):
                 save_atomically(data, {**info, "cache_key": key}, path)
                 cached, hit = load_cached(path, notes), "miss"
         if cached is None:
-            raise DataError(f"the tokenized data just written to {path} cannot be read back: is the disk full?")
+            raise DataError(
+                f"the tokenized data just written to {path} cannot be read back: is the disk full?"
+            )
         self.data, info = cached
         # the source as this run names it (a hit may come from other paths to the same bytes)
-        self.info = {**{k: v for k, v in info.items() if k != "file_digests"}, "source": raw.source,
-                     "raw_fingerprint": raw.fingerprint, "cache": hit, "notes": notes}
+        self.info = {
+            **{k: v for k, v in info.items() if k != "file_digests"},
+            "source": raw.source,
+            "raw_fingerprint": raw.fingerprint,
+            "cache": hit,
+            "notes": notes,
+        }
         log.info("tokenized data: cache %s %s", hit, path)
 
     def state_dict(self) -> dict:
         trainer = getattr(self, "trainer", None)
         if self._sampler is None or trainer is None:
             return {}
-        return {"epoch": self._sampler.epoch,
-                "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+        return {
+            "epoch": self._sampler.epoch,
+            "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self._resume = state or None

@@ -42,20 +42,32 @@ class CausalLMDataModule(BaseDataModule):
         if self.data is not None:
             return
         raw = RawData(self.cfg, self.validate)
-        recipe = {"task": "causal_lm", "block_size": self.cfg.block_size, "text": self.cfg.text_field,
-                  "split": [self.cfg.val_fraction, self.cfg.test_fraction]}
+        recipe = {
+            "task": "causal_lm",
+            "block_size": self.cfg.block_size,
+            "text": self.cfg.text_field,
+            "split": [self.cfg.val_fraction, self.cfg.test_fraction],
+        }
 
         def build() -> tuple[DatasetDict, dict]:
             splits, how = split_lm(raw.splits, self.cfg)
-            packed = DatasetDict({name: pack(tokenize_concat(ds, self.tokenizer, self.cfg.text_field),
-                                             self.cfg.block_size) for name, ds in splits.items()})
+            packed = DatasetDict(
+                {
+                    name: pack(tokenize_concat(ds, self.tokenizer, self.cfg.text_field), self.cfg.block_size)
+                    for name, ds in splits.items()
+                }
+            )
             for name, ds in packed.items():
                 if len(ds) == 0:
-                    raise DataError(f"dataset {self.cfg.name}: split '{name}' ({how[name]}) has no tokens: "
-                                    "give it text")
-            return packed, {"splits": how, "sizes": {k: len(v) for k, v in packed.items()},
-                            "tokens": {k: sum(v["length"]) for k, v in packed.items()},
-                            "block_size": self.cfg.block_size}
+                    raise DataError(
+                        f"dataset {self.cfg.name}: split '{name}' ({how[name]}) has no tokens: give it text"
+                    )
+            return packed, {
+                "splits": how,
+                "sizes": {k: len(v) for k, v in packed.items()},
+                "tokens": {k: sum(v["length"]) for k, v in packed.items()},
+                "block_size": self.cfg.block_size,
+            }
 
         self.load_or_build(raw, cache_key(self.cfg.name, self.tokenizer, raw.fingerprint, recipe), build)
 
@@ -68,13 +80,15 @@ class CausalLMDataModule(BaseDataModule):
         ids = torch.full((len(rows), longest), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), longest), dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, :len(r["input_ids"])] = torch.tensor(r["input_ids"])
-            mask[i, :len(r["input_ids"])] = 1
+            ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+            mask[i, : len(r["input_ids"])] = 1
         return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
     def train_dataloader(self) -> DataLoader:
         sampler = EpochSeededSampler(len(self.data["train"]), self.seed)
-        return self._loader("train", self.cfg.batch_size, sampler=self.train_sampler(sampler, self.cfg.batch_size))
+        return self._loader(
+            "train", self.cfg.batch_size, sampler=self.train_sampler(sampler, self.cfg.batch_size)
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", self.cfg.eval_batch_size)
@@ -83,9 +97,15 @@ class CausalLMDataModule(BaseDataModule):
         return self._loader("test", self.cfg.eval_batch_size)
 
     def _loader(self, split: str, batch_size: int, **kwargs) -> DataLoader:
-        return DataLoader(self.data[split].remove_columns("length"), batch_size=batch_size, collate_fn=self.collate,
-                          num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available(),
-                          generator=self.generator(), **kwargs)
+        return DataLoader(
+            self.data[split].remove_columns("length"),
+            batch_size=batch_size,
+            collate_fn=self.collate,
+            num_workers=self.cfg.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            generator=self.generator(),
+            **kwargs,
+        )
 
 
 def split_lm(raw: DatasetDict, cfg: LMDatasetConfig) -> tuple[DatasetDict, dict[str, str]]:
@@ -120,5 +140,5 @@ def tokenize_concat(ds: Dataset, tokenizer, text_field: str) -> list[int]:
 def pack(tokens: list[int], block_size: int) -> Dataset:
     """Consecutive blocks of block_size tokens; the remainder is a last, shorter block, so every token
     appears exactly once."""
-    blocks = [tokens[i:i + block_size] for i in range(0, len(tokens), block_size)]
+    blocks = [tokens[i : i + block_size] for i in range(0, len(tokens), block_size)]
     return Dataset.from_dict({"input_ids": blocks, "length": [len(b) for b in blocks]})

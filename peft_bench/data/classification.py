@@ -50,9 +50,14 @@ class TextClassificationDataModule(BaseDataModule):
 
     def recipe(self) -> dict:
         cfg = self.cfg
-        return {"task": "classification", "max_length": cfg.max_length, "text": cfg.text_field,
-                "label": cfg.label_field, "num_labels": cfg.num_labels,
-                "split": [cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.max_train_examples]}
+        return {
+            "task": "classification",
+            "max_length": cfg.max_length,
+            "text": cfg.text_field,
+            "label": cfg.label_field,
+            "num_labels": cfg.num_labels,
+            "split": [cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.max_train_examples],
+        }
 
     def prepare_data(self) -> None:
         if self.data is not None:
@@ -63,10 +68,16 @@ class TextClassificationDataModule(BaseDataModule):
             splits, how = make_splits(raw.splits, self.cfg, raw.unlabelled)
             tokenized = self.tokenize(splits)
             counts = {k: label_counts(v) for k, v in tokenized.items()}
-            return tokenized, {"splits": how, "sizes": {k: len(v) for k, v in tokenized.items()},
-                               "label_counts": counts, "warnings": class_warnings(counts)}
+            return tokenized, {
+                "splits": how,
+                "sizes": {k: len(v) for k, v in tokenized.items()},
+                "label_counts": counts,
+                "warnings": class_warnings(counts),
+            }
 
-        self.load_or_build(raw, cache_key(self.cfg.name, self.tokenizer, raw.fingerprint, self.recipe()), build)
+        self.load_or_build(
+            raw, cache_key(self.cfg.name, self.tokenizer, raw.fingerprint, self.recipe()), build
+        )
         for warning in self.info.get("warnings", []):
             log.warning("data: %s", warning)
 
@@ -79,11 +90,19 @@ class TextClassificationDataModule(BaseDataModule):
             enc["length"] = [len(ids) for ids in enc["input_ids"]]
             return enc
 
-        return DatasetDict({
-            name: ds.map(encode, batched=True, batch_size=1000, remove_columns=ds.column_names,
-                         keep_in_memory=True, desc=f"tokenize {name}")
-            for name, ds in splits.items()
-        })
+        return DatasetDict(
+            {
+                name: ds.map(
+                    encode,
+                    batched=True,
+                    batch_size=1000,
+                    remove_columns=ds.column_names,
+                    keep_in_memory=True,
+                    desc=f"tokenize {name}",
+                )
+                for name, ds in splits.items()
+            }
+        )
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
@@ -110,16 +129,24 @@ class TextClassificationDataModule(BaseDataModule):
         return self._loader(ds, self.cfg.eval_batch_size)
 
     def _loader(self, ds, batch_size: int, **kwargs) -> DataLoader:
-        return DataLoader(ds.remove_columns("length"), batch_size=batch_size, collate_fn=self.collate,
-                          num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0,
-                          pin_memory=torch.cuda.is_available(), generator=self.generator(), **kwargs)
+        return DataLoader(
+            ds.remove_columns("length"),
+            batch_size=batch_size,
+            collate_fn=self.collate,
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            generator=self.generator(),
+            **kwargs,
+        )
 
 
 # ---------------------------------------------------------------------- helpers
 
 
-def make_splits(raw: DatasetDict, cfg: ClassificationDatasetConfig,
-                unlabelled: list[str] | tuple = ()) -> tuple[DatasetDict, dict[str, str]]:
+def make_splits(
+    raw: DatasetDict, cfg: ClassificationDatasetConfig, unlabelled: list[str] | tuple = ()
+) -> tuple[DatasetDict, dict[str, str]]:
     """train / validation / test: the given (checked, labelled) splits kept; missing ones carved from
     train by a seeded split. Returns the splits and how each was made."""
     if "train" not in raw:
@@ -142,9 +169,11 @@ def make_splits(raw: DatasetDict, cfg: ClassificationDatasetConfig,
                 kept[missing[0]] = rest
         except ValueError:  # datasets: a part would be empty
             raise DataError(
-                f"dataset {cfg.name}: 'train' has {len(raw['train'])} rows, too few to carve {' and '.join(missing)} "
+                f"dataset {cfg.name}: 'train' has {len(raw['train'])} rows, too few to carve "
+                f"{' and '.join(missing)} "
                 f"from it ({held:.0%}); give more rows, or those splits as files "
-                "(dataset.data_files={train: ..., validation: ..., test: ...})") from None
+                "(dataset.data_files={train: ..., validation: ..., test: ...})"
+            ) from None
         for s in missing:
             given = " (the given one is unlabelled: every label -1)" if s in unlabelled else ""
             how[s] = f"{fraction[s]:.0%} of 'train', seeded split (split_seed={cfg.split_seed}){given}"
@@ -166,6 +195,10 @@ def class_warnings(counts: dict[str, dict[str, int]]) -> list[str]:
     for split, c in counts.items():
         if len(c) == 1:
             ((label, n),) = c.items()
-            what = "the model learns nothing to tell classes apart" if split == "train" else "its scores say nothing"
+            what = (
+                "the model learns nothing to tell classes apart"
+                if split == "train"
+                else "its scores say nothing"
+            )
             out.append(f"single-class {split} split: all {n} rows have label {label}; {what}")
     return out

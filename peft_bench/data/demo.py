@@ -8,13 +8,49 @@ import random
 
 from datasets import Dataset, DatasetDict
 
-SUBJECTS = ["the movie", "this film", "the acting", "the plot", "the soundtrack", "the ending",
-            "the cast", "the script", "the direction", "the dialogue", "the story", "the pacing"]
+SUBJECTS = [
+    "the movie",
+    "this film",
+    "the acting",
+    "the plot",
+    "the soundtrack",
+    "the ending",
+    "the cast",
+    "the script",
+    "the direction",
+    "the dialogue",
+    "the story",
+    "the pacing",
+]
 VERBS = ["was", "is", "felt", "seemed"]
-POSITIVE = ["good", "great", "wonderful", "moving", "brilliant", "funny", "charming", "delightful",
-            "gripping", "beautiful", "clever", "fresh"]
-NEGATIVE = ["bad", "boring", "awful", "dull", "terrible", "clumsy", "tedious", "forgettable",
-            "weak", "painful", "bland", "messy"]
+POSITIVE = [
+    "good",
+    "great",
+    "wonderful",
+    "moving",
+    "brilliant",
+    "funny",
+    "charming",
+    "delightful",
+    "gripping",
+    "beautiful",
+    "clever",
+    "fresh",
+]
+NEGATIVE = [
+    "bad",
+    "boring",
+    "awful",
+    "dull",
+    "terrible",
+    "clumsy",
+    "tedious",
+    "forgettable",
+    "weak",
+    "painful",
+    "bland",
+    "messy",
+]
 NEGATIONS = ["not", "never", "hardly", "not at all"]
 INTENSIFIERS = ["", "really", "very", "quite", "truly"]
 
@@ -50,8 +86,14 @@ def build_demo(size: int, seed: int) -> DatasetDict:
         seen.setdefault(text, label)
     items = list(seen.items())
     n_val = n_test = size // 10
-    parts = {"validation": items[:n_val], "test": items[n_val:n_val + n_test], "train": items[n_val + n_test:]}
-    return DatasetDict({
-        split: Dataset.from_dict({"sentence": [t for t, _ in rows], "label": [y for _, y in rows]})
-        for split, rows in parts.items()
-    })
+    parts = {
+        "validation": items[:n_val],
+        "test": items[n_val : n_val + n_test],
+        "train": items[n_val + n_test :],
+    }
+    return DatasetDict(
+        {
+            split: Dataset.from_dict({"sentence": [t for t, _ in rows], "label": [y for _, y in rows]})
+            for split, rows in parts.items()
+        }
+    )

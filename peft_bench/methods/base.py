@@ -20,7 +20,9 @@ from peft_bench.tasks import get_task
 
 
 class BenchModule(L.LightningModule):
-    def __init__(self, method: MethodConfig, model: ModelConfig, dataset: DatasetConfig, accelerator: str = "cpu"):
+    def __init__(
+        self, method: MethodConfig, model: ModelConfig, dataset: DatasetConfig, accelerator: str = "cpu"
+    ):
         """`accelerator`: the device type the run trains on ("cpu", "cuda", "mps"), decided once by the
         run (train.device_type), so a method that places weights itself (4-bit loading) agrees with it."""
         super().__init__()
@@ -35,7 +37,9 @@ class BenchModule(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         # Checkpoints hold the trainable weights only; the frozen base comes from `pretrained`.
         self.strict_loading = False
-        self._finite: torch.Tensor | None = None  # all training losses finite since the last check (accelerators)
+        self._finite: torch.Tensor | None = (
+            None  # all training losses finite since the last check (accelerators)
+        )
 
     # ------------------------------------------------------------------ what a method defines
 
@@ -92,18 +96,23 @@ class BenchModule(L.LightningModule):
             if isinstance(module, BaseTunerLayer):
                 for attr in module.adapter_layer_names:
                     container = getattr(module, attr, None)
-                    for value in (container.values() if hasattr(container, "values") else []):
-                        ids.update(id(p) for p in (value.parameters() if isinstance(value, nn.Module) else [value]))
+                    for value in container.values() if hasattr(container, "values") else []:
+                        ids.update(
+                            id(p) for p in (value.parameters() if isinstance(value, nn.Module) else [value])
+                        )
         return {n: p for n, p in self.named_parameters() if id(p) in ids and p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.check_finite()  # never keep non-finite weights as a checkpoint to resume from
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
-                                    if k in trainable or not k.startswith("model.")}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if k in trainable or not k.startswith("model.")
+        }
         # RNG streams (dropout), so a resumed run continues exactly as an uninterrupted one would
-        checkpoint["rng"] = {"torch": torch.get_rng_state(),
-                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        checkpoint["rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         rng = checkpoint.get("rng")
@@ -120,13 +129,16 @@ class BenchModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         task_loss = loss = self.model(**batch).loss
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["labels"]))
+        self.log(
+            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["labels"])
+        )
         for name, term in self.extra_losses().items():
             self.log(f"train/{name}", term, on_step=True, on_epoch=True)
             loss = loss + term
         finite = torch.isfinite(loss.detach())
         defer = self.defer_finite_check if self.defer_finite_check is not None else loss.device.type != "cpu"
-        if defer:  # on an accelerator a per-step check would stall the queue: gather on the device, check now and then
+        # on an accelerator a per-step check would stall the queue: gather on the device, check now and then
+        if defer:
             self._finite = finite if self._finite is None else self._finite & finite
         elif not finite:  # free on the host: stop before the optimizer writes non-finite weights
             raise DivergedError(f"training loss became {loss.item()} at optimizer step {self.global_step}")
@@ -135,9 +147,11 @@ class BenchModule(L.LightningModule):
     def check_finite(self) -> None:
         """Raise if any training loss since the last check was non-finite (one host sync)."""
         if self._finite is not None and not bool(self._finite):
-            raise DivergedError(f"training loss became non-finite at or before optimizer step {self.global_step} "
-                                f"(checked every trainer.log_every_n_steps={self.trainer.log_every_n_steps} "
-                                "steps on an accelerator)")
+            raise DivergedError(
+                f"training loss became non-finite at or before optimizer step {self.global_step} "
+                f"(checked every trainer.log_every_n_steps={self.trainer.log_every_n_steps} "
+                "steps on an accelerator)"
+            )
         self._finite = None
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -177,10 +191,14 @@ class BenchModule(L.LightningModule):
         for name, p in self.named_parameters():
             if p.requires_grad:
                 (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.method_cfg.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": self.method_cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         fused = all(p.is_cuda for p in decay + no_decay)
         optimizer = torch.optim.AdamW(groups, lr=self.method_cfg.lr, fused=fused or None)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.method_cfg.warmup_ratio * total), total)
+        scheduler = get_linear_schedule_with_warmup(
+            optimizer, int(self.method_cfg.warmup_ratio * total), total
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

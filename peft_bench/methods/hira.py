@@ -14,11 +14,23 @@ class HiRAModule(LoRAModule):
 
     def peft_config(self) -> HiraConfig:
         m = self.method_cfg
-        return HiraConfig(task_type=self.peft_task_type(), r=m.r, hira_dropout=m.dropout,
-                          target_modules=list(m.target_modules), layers_to_transform=m.layers,
-                          modules_to_save=self.head_modules())
+        return HiraConfig(
+            task_type=self.peft_task_type(),
+            r=m.r,
+            hira_dropout=m.dropout,
+            target_modules=list(m.target_modules),
+            layers_to_transform=m.layers,
+            modules_to_save=self.head_modules(),
+        )
 
     def method_results(self) -> dict:
         m = self.method_cfg
-        return {"hira": {"r": m.r, "dropout": m.dropout, "target_modules": list(m.target_modules),
-                         "layers": m.layers}, **self.adapter_figures()}
+        return {
+            "hira": {
+                "r": m.r,
+                "dropout": m.dropout,
+                "target_modules": list(m.target_modules),
+                "layers": m.layers,
+            },
+            **self.adapter_figures(),
+        }

@@ -20,9 +20,15 @@ class LoRAModule(BenchModule):
 
     def peft_config(self) -> LoraConfig:
         m = self.method_cfg
-        return LoraConfig(task_type=self.peft_task_type(), r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout,
-                          target_modules=list(m.target_modules), layers_to_transform=m.layers,
-                          modules_to_save=self.head_modules())
+        return LoraConfig(
+            task_type=self.peft_task_type(),
+            r=m.r,
+            lora_alpha=m.alpha,
+            lora_dropout=m.dropout,
+            target_modules=list(m.target_modules),
+            layers_to_transform=m.layers,
+            modules_to_save=self.head_modules(),
+        )
 
     def peft_task_type(self) -> TaskType:
         return self.task.task_type()
@@ -38,8 +44,10 @@ class LoRAModule(BenchModule):
         """The adapter (and trained head) in PEFT's format: PeftModel.from_pretrained(base, path)."""
         path = run_dir / "adapter"
         self.model.save_pretrained(path)
-        out = {"adapter_dir": str(path.relative_to(run_dir)),
-               "adapter_file_bytes": sum(f.stat().st_size for f in path.iterdir() if f.is_file())}
+        out = {
+            "adapter_dir": str(path.relative_to(run_dir)),
+            "adapter_file_bytes": sum(f.stat().st_size for f in path.iterdir() if f.is_file()),
+        }
         if self.method_cfg.export_merged and self.mergeable:
             merged = run_dir / "merged"  # a plain transformers model: no PEFT needed to serve it
             self.model.merge_and_unload(safe_merge=True).save_pretrained(merged)
@@ -61,5 +69,13 @@ class LoRAModule(BenchModule):
 
     def method_results(self) -> dict:
         m = self.method_cfg
-        return {"lora": {"r": m.r, "alpha": m.alpha, "dropout": m.dropout,
-                         "target_modules": list(m.target_modules), "layers": m.layers}, **self.adapter_figures()}
+        return {
+            "lora": {
+                "r": m.r,
+                "alpha": m.alpha,
+                "dropout": m.dropout,
+                "target_modules": list(m.target_modules),
+                "layers": m.layers,
+            },
+            **self.adapter_figures(),
+        }

@@ -24,19 +24,27 @@ class QLoRAModule(LoRAModule):
     def load_backbone(self) -> nn.Module:
         m, cuda = self.method_cfg, self.accelerator_type == "cuda"  # the run's device, decided once
         quant = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=m.quant_type, bnb_4bit_use_double_quant=m.double_quant,
-            bnb_4bit_compute_dtype=torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32,
+            load_in_4bit=True,
+            bnb_4bit_quant_type=m.quant_type,
+            bnb_4bit_use_double_quant=m.double_quant,
+            bnb_4bit_compute_dtype=torch.bfloat16
+            if cuda and torch.cuda.is_bf16_supported()
+            else torch.float32,
             # a classification head stays unquantized (quantized, it cannot be trained); a language model
             # keeps transformers' default (lm_head and tied embeddings unquantized)
-            llm_int8_skip_modules=self.head_modules() or None)
+            llm_int8_skip_modules=self.head_modules() or None,
+        )
         device_map = {"": torch.cuda.current_device() if cuda else "cpu"}
         if self.model_cfg.pretrained is not None:
-            model = load_backbone(self.model_cfg, self.task, self.num_labels, quantization_config=quant,
-                                  device_map=device_map)
+            model = load_backbone(
+                self.model_cfg, self.task, self.num_labels, quantization_config=quant, device_map=device_map
+            )
         else:  # random init: quantization happens on loading, so save the fresh model and load it back
             with tempfile.TemporaryDirectory() as tmp:
                 load_backbone(self.model_cfg, self.task, self.num_labels).save_pretrained(tmp)
-                model = self.task.auto_class().from_pretrained(tmp, quantization_config=quant, device_map=device_map)
+                model = self.task.auto_class().from_pretrained(
+                    tmp, quantization_config=quant, device_map=device_map
+                )
         self.base_weight_bytes = model.get_memory_footprint()
         for module in model.modules():
             # bitsandbytes 0.50 repacks 4-bit CPU weights for inference on the first eval forward (the
@@ -57,11 +65,14 @@ class QLoRAModule(LoRAModule):
         quantized = sum(quantized_bytes(mod.weight) for mod in layers)
         quantized_fp32 = sum(4 * mod.in_features * mod.out_features for mod in layers)
         out["qlora"] = {
-            "quant_type": self.method_cfg.quant_type, "double_quant": self.method_cfg.double_quant,
-            "base_weight_bytes": self.base_weight_bytes, "base_weight_bytes_fp32": full_bytes,
+            "quant_type": self.method_cfg.quant_type,
+            "double_quant": self.method_cfg.double_quant,
+            "base_weight_bytes": self.base_weight_bytes,
+            "base_weight_bytes_fp32": full_bytes,
             "base_weight_ratio": self.base_weight_bytes / full_bytes,
             "quantized_linear_modules": len(layers),
-            "quantized_linear_weight_bytes": quantized, "quantized_linear_weight_bytes_fp32": quantized_fp32,
+            "quantized_linear_weight_bytes": quantized,
+            "quantized_linear_weight_bytes_fp32": quantized_fp32,
             "quantized_linear_weight_ratio": quantized / max(1, quantized_fp32),
             "linear_modules": len(linear),
         }

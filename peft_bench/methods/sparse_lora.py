@@ -13,7 +13,9 @@ from peft_bench.methods.lora import LoRAModule
 
 class SparseLoRAModule(LoRAModule):
     method_cfg: SparseLoRAConfig
-    evaluate_best = False  # an early checkpoint would be less sparse than the target: report the final weights
+    evaluate_best = (
+        False  # an early checkpoint would be less sparse than the target: report the final weights
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -44,6 +46,10 @@ class SparseLoRAModule(LoRAModule):
         out = super().method_results()
         out["lora"]["l1_lambda"] = self.method_cfg.l1_lambda
         p = self.pruning
-        out["pruning"] = {"target": p.target, "schedule": p.schedule, "criterion": p.criterion,
-                          "steps": p.history}
+        out["pruning"] = {
+            "target": p.target,
+            "schedule": p.schedule,
+            "criterion": p.criterion,
+            "steps": p.history,
+        }
         return out
