@@ -15,7 +15,7 @@ setup: ## create .venv, install torch (TORCH_VERSION, default the CPU 2.13.0 whe
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 	$(PY) -m pip install -q -e '.[dev]'
 
-test: ## run the test suite (CPU, no network, < 10 min on 2 cores)
+test: ## run the test suite (CPU, no network; timing in docs/measurements.md)
 	$(PY) -m pytest -q
 
 test-fast: ## the tests not marked slow

@@ -279,8 +279,9 @@ def run_locked(
         )
         results.update(evaluate(trainer, module, datamodule, ckpt_path, stats))
         before = {k: v for k, v in results.items() if k.startswith(("val_", "test_"))}
-        if module.after_training():  # e.g. one-shot pruning: the model changed, evaluate it again
-            results["before_pruning"] = {**before, **module.figures_before_change}
+        changed_from = module.after_training()  # e.g. one-shot pruning: the model changed, evaluate it again
+        if changed_from is not None:
+            results["before_pruning"] = {**before, **changed_from}
             results.update(evaluate(trainer, module, datamodule, None, stats))
         if module.mergeable:
             with module.merged():

@@ -63,9 +63,10 @@ class BenchModule(L.LightningModule):
         """The method's own figures for results.json."""
         return {}
 
-    def after_training(self) -> bool:
-        """Change the trained model before its final evaluation (one-shot pruning); True if it did."""
-        return False
+    def after_training(self) -> dict | None:
+        """Change the trained model before its final evaluation (one-shot pruning): the method's figures
+        from before the change (train.py evaluates again and keeps both), or None if nothing changed."""
+        return None
 
     def export(self, run_dir: Path) -> dict:
         """Write the trained weights a user would ship (e.g. the adapter); returns their paths."""

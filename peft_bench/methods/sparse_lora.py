@@ -20,7 +20,6 @@ class SparseLoRAModule(LoRAModule):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.pruning = GradualPruning(self.method_cfg.pruning)
-        self.figures_before_change: dict = {}
         self._adapter: list[torch.Tensor] = []
 
     def configure_callbacks(self):
@@ -38,9 +37,9 @@ class SparseLoRAModule(LoRAModule):
         """The adapter's matrices (LoRA's A and B): what the L1 term and the pruning act on."""
         return {n: p for n, p in self.adapter_parameters().items() if p.ndim >= 2}
 
-    def after_training(self) -> bool:
-        self.figures_before_change = self.adapter_figures()
-        return self.pruning.after_training(self)
+    def after_training(self) -> dict | None:
+        before = self.adapter_figures()
+        return before if self.pruning.after_training(self) else None
 
     def method_results(self) -> dict:
         out = super().method_results()
