@@ -236,7 +236,7 @@ class Bench:
     def qlora_memory(self) -> None:
         lora = self.subprocess_run(["method=lora"])
         qlora = self.subprocess_run(["method=qlora"])
-        q = qlora["qlora"]
+        q = qlora["quantization"]
         self.figures["qlora"] = {
             "quantized_linear_weight_ratio": q["quantized_linear_weight_ratio"],
             "target": 0.16,

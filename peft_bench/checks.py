@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from peft_bench.config import CONF_DIR, SEED_MAX, RunConfig
 from peft_bench.errors import ConfigError, PeftBenchError
-from peft_bench.models import adaptable_module_names, load_model_config
+from peft_bench.models import adaptable_modules, load_model_config
 from peft_bench.tasks import get_task
 
 
@@ -116,6 +117,8 @@ class ModelFacts:
     """What the checks need to know of a model, read from its config.json alone (no weights)."""
 
     linear_names: list[str] | None  # adaptable Linear / Conv1D modules; None: no head for the task
+    conv1d_names: list[str]  # those of them that are GPT-2 Conv1D layers
+    bias_params: int  # parameters in bias terms
     position_limit: int | None  # the longest input its position embeddings take
 
 
@@ -130,13 +133,14 @@ def model_facts(run: RunConfig) -> ModelFacts:
     if key not in _FACTS:
         config = load_model_config(run.model, run.dataset.num_labels)
         try:
-            names = adaptable_module_names(config, task)
+            kinds, bias = adaptable_modules(config, task)
+            names, conv1d = list(kinds), [n for n, is_conv1d in kinds.items() if is_conv1d]
         except ValueError:  # transformers: no such head for this architecture
-            names = None
+            names, conv1d, bias = None, [], 0
         limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         if limit is not None and config.model_type in ("roberta", "xlm-roberta", "camembert"):
             limit -= 2  # positions start after the padding index
-        _FACTS[key] = ModelFacts(names, limit)
+        _FACTS[key] = ModelFacts(names, conv1d, bias, limit)
     return _FACTS[key]
 
 
@@ -154,13 +158,16 @@ def module_problems(run: RunConfig) -> list[str]:
         ]
     leaf = sorted({n.rsplit(".", 1)[-1] for n in names})
     out = []
-    targets = getattr(run.method, "target_modules", None) or []
+    targets = list(getattr(run.method, "target_modules", None) or [])
+    targets += [t for t in getattr(run.method, "feedforward_modules", None) or [] if t not in targets]
     for t in targets:
         if not any(n == t or n.endswith("." + t) for n in names):
             out.append(
                 f"method.target_modules: model {run.model.name} has no Linear module {t!r}; "
                 f"its Linear modules are {leaf}"
             )
+    conv1d = [n for n in facts.conv1d_names if any(n == t or n.endswith("." + t) for t in targets)]
+    out += get_class(run.method._target_).config_problems(run.method, run.model, conv1d, facts.bias_params)
     limit, key = facts.position_limit, task.length_key
     length = getattr(run.dataset, key)
     if limit is not None and length > limit:

@@ -41,6 +41,9 @@ class MethodConfig:
     lr: float = MISSING  # peak learning rate of AdamW (linear warmup, then linear decay to 0)
     weight_decay: float = 0.01  # AdamW decoupled weight decay (not applied to biases and LayerNorms)
     warmup_ratio: float = 0.06  # fraction of optimizer steps spent warming up
+    # a 4-bit base this method asks for (method=qlora: nf4); model.quantization follows it unless set itself
+    base_quantization: str | None = None
+    export: bool = True  # save what a user would ship: the adapter (PEFT's format) or the trained weights
 
     def problems(self) -> list[str]:
         out = name_problems("method", self.name)
@@ -73,14 +76,32 @@ class AdapterConfig(MethodConfig):
         return out
 
 
+LORA_INITS = ("true", "gaussian", "pissa", "olora")  # + pissa_niter_<n>
+
+
 @dataclass
 class LoRAConfig(AdapterConfig):
-    alpha: float = 16.0  # LoRA scaling numerator: the update is (alpha / r) * B A
+    """LoRA and the variants PEFT builds from LoraConfig flags (DoRA, rsLoRA, PiSSA, OLoRA, LoRA+)."""
+
+    alpha: float = 16.0  # LoRA scaling numerator: the update is (alpha / r) * B A (rsLoRA: alpha / sqrt(r))
+    use_dora: bool = False  # DoRA: magnitude and direction of W trained apart (Liu et al., 2024)
+    use_rslora: bool = False  # rsLoRA: scale alpha / sqrt(r), stable across ranks (Kalajdzievski, 2023)
+    # adapter init: true (A Kaiming-uniform, B zero), gaussian, pissa / pissa_niter_<n> (principal singular
+    # vectors of W; W keeps the residual), olora (QR of W): the last two change the base weights
+    init: str = "true"
+    loraplus_lr_ratio: float | None = None  # LoRA+: B's learning rate is this times A's (Hayou et al., 2024)
 
     def problems(self) -> list[str]:
         out = super().problems()
         if not self.alpha > 0:
             out.append(f"method.alpha={self.alpha}: must be > 0")
+        init = str(self.init).lower()
+        if init not in LORA_INITS and not re.fullmatch(r"pissa_niter_[1-9][0-9]*", init):
+            out.append(f"method.init={self.init!r}: valid values are {list(LORA_INITS)} or pissa_niter_<n>")
+        if self.loraplus_lr_ratio is not None and not self.loraplus_lr_ratio > 0:
+            out.append(
+                f"method.loraplus_lr_ratio={self.loraplus_lr_ratio}: must be > 0, or null for plain LoRA"
+            )
         return out
 
 
@@ -123,20 +144,103 @@ class SparseLoRAConfig(LoRAConfig):
 
 
 @dataclass
-class QLoRAConfig(LoRAConfig):
-    quant_type: str = "nf4"  # 4-bit data type of the frozen base weights: nf4 or fp4
-    double_quant: bool = True  # quantize the quantization constants too (~0.4 bit/param saved)
+class HiRAConfig(AdapterConfig):
+    dropout: float = 0.0  # the update W0 * (B A) has high rank even from rank-r factors; no alpha scaling
+
+
+@dataclass
+class AdaLoRAConfig(AdapterConfig):
+    """AdaLoRA (Zhang et al., ICLR 2023): SVD-shaped adapters whose rank budget is reallocated by
+    importance during training; `r` (the top-level rank) is the average rank it ends with."""
+
+    alpha: float = 32.0  # PEFT's AdaLoraConfig default lora_alpha (its LoraConfig default is 8)
+    init_r_factor: float = (
+        1.5  # start with round(1.5 r) per matrix (the paper's initial budget b(0) = 1.5 b(T))
+    )
+    tinit: float = 0.1  # fraction of steps before the budget starts to shrink (warm-up)
+    tfinal: float = 0.2  # fraction of steps at the end with the final budget fixed
+    delta_t: int = 10  # reallocate every this many steps
+    beta1: float = 0.85  # EMA of the importance (PEFT's default, the paper's)
+    beta2: float = 0.85  # EMA of its uncertainty
+    orth_reg_weight: float = 0.5  # weight of the orthogonality penalty on P and Q
 
     def problems(self) -> list[str]:
         out = super().problems()
-        if self.quant_type not in ("nf4", "fp4"):
-            out.append(f"method.quant_type={self.quant_type!r}: valid values are 'nf4', 'fp4'")
+        if not (0 <= self.tinit < 1 and 0 <= self.tfinal < 1 and self.tinit + self.tfinal < 1):
+            out.append(
+                f"method.tinit={self.tinit}, method.tfinal={self.tfinal}: fractions of the steps, "
+                "together < 1"
+            )
+        if self.init_r_factor < 1:
+            out.append(
+                f"method.init_r_factor={self.init_r_factor}: the initial budget must be >= the final (>= 1)"
+            )
         return out
 
 
 @dataclass
-class HiRAConfig(AdapterConfig):
-    dropout: float = 0.0  # the update W0 * (B A) has high rank even from rank-r factors; no alpha scaling
+class VeRAConfig(AdapterConfig):
+    """VeRA (Kopiczko et al., ICLR 2024): one pair of frozen random matrices shared by all layers, with
+    trained scaling vectors d and b per layer; `r` is the shared matrices' rank."""
+
+    dropout: float = 0.0
+    d_initial: float = 0.1  # initial value of the d vectors (the paper's)
+    projection_prng_key: int = 0  # seed of the shared random matrices
+
+
+@dataclass
+class LycorisConfig(AdapterConfig):
+    """LoHa (Hadamard product of two low-rank products) and LoKr (Kronecker product), LyCORIS through PEFT."""
+
+    alpha: float = 8.0  # PEFT's default; the update is scaled by alpha / r
+    dropout: float = 0.0  # rank_dropout: drops rows of the update
+    module_dropout: float = 0.0  # drops the whole adapter of a module for a step
+
+
+@dataclass
+class MiSSConfig(AdapterConfig):
+    """MiSS (Kang et al., 2025; the successor of Bone): one shared trainable block per layer, of r rows."""
+
+    dropout: float = 0.0
+
+
+@dataclass
+class SHiRAConfig(AdapterConfig):
+    """SHiRA (Bhardwaj et al., 2024): a sparse set of base weights trained directly; `r` sets how many,
+    r (m + n) per m x n matrix, the count of a rank-r LoRA."""
+
+    dropout: float = 0.0
+    mask_type: str = "random"  # which weights train (PEFT's random mask)
+    mask_seed: int = "${seed}"  # type: ignore[assignment]  # the mask differs per seed, as the init does
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.mask_type != "random":
+            out.append(f"method.mask_type={self.mask_type!r}: valid values are ['random']")
+        return out
+
+
+@dataclass
+class IA3Config(MethodConfig):
+    """IA3 (Liu et al., 2022): learned vectors rescaling keys, values and the feed-forward activations."""
+
+    target_modules: list[str] = "${model.target_sets.ia3}"  # type: ignore[assignment]
+    feedforward_modules: list[str] = "${model.target_sets.ffn_out}"  # type: ignore[assignment]
+    export_merged: bool = False
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if not self.target_modules:
+            out.append("method.target_modules is empty: name at least one module to adapt")
+        extra = [m for m in self.feedforward_modules if m not in self.target_modules]
+        if extra:
+            out.append(f"method.feedforward_modules {extra} must also be in method.target_modules")
+        return out
+
+
+@dataclass
+class BitFitConfig(MethodConfig):
+    """BitFit (Ben Zaken et al., 2022): only the bias terms train (and the task head)."""
 
 
 @dataclass
@@ -266,6 +370,9 @@ def data_file_paths(data_files: Any) -> list[str]:
 # --------------------------------------------------------------------------- model
 
 
+QUANTIZATIONS = ("nf4", "fp4")
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING  # short name used in run names and tables
@@ -276,13 +383,16 @@ class ModelConfig:
     target_sets: dict[str, list[str]] = field(default_factory=dict)  # named target sets: qv, qkvo, attn_ffn
     head_modules: list[str] = field(default_factory=list)  # task-head modules trained fully beside adapters
     num_layers: int = MISSING  # transformer layers, for layer-selective adapters
-    prepare_with: str | None = (
-        None  # module whose prepare(folder) creates a missing local `pretrained` folder
-    )
+    prepare_with: str | None = None  # module whose prepare(folder) builds a missing local `pretrained` folder
     # dropout on the attention probabilities; null keeps the checkpoint's (BERT, DistilBERT, GPT-2: 0.1).
     # 0.0 by default: PyTorch's fused attention kernels on CPU take no dropout, so any attention dropout
     # sends every layer to the unfused path (docs/measurements.md)
     attention_dropout: float | None = 0.0
+    # the frozen base in 4 bits (bitsandbytes): nf4 or fp4; null: full precision. By default what the
+    # method asks for (method=qlora: nf4), so model.quantization=nf4 with any 4-bit-capable method is QLoRA's
+    # recipe for that method (QDoRA: method=dora model.quantization=nf4)
+    quantization: str | None = "${oc.select:method.base_quantization,null}"  # type: ignore[assignment]
+    double_quant: bool = True  # quantize the quantization constants too (~0.4 bit/parameter saved)
 
     def problems(self) -> list[str]:
         if name_problems("model", self.name):
@@ -297,6 +407,10 @@ class ModelConfig:
             return [
                 f"model.attention_dropout={self.attention_dropout}: must be in [0, 1), "
                 "or null for the checkpoint's"
+            ]
+        if self.quantization not in (None, *QUANTIZATIONS):
+            return [
+                f"model.quantization={self.quantization!r}: valid values are {list(QUANTIZATIONS)} or null"
             ]
         return []
 
@@ -391,8 +505,14 @@ SCHEMAS = [  # (group, name, schema): a group option's yaml names its schema fir
     (None, "run_schema", RunConfig),
     ("method", "lora_schema", LoRAConfig),
     ("method", "sparse_lora_schema", SparseLoRAConfig),
-    ("method", "qlora_schema", QLoRAConfig),
     ("method", "hira_schema", HiRAConfig),
+    ("method", "adalora_schema", AdaLoRAConfig),
+    ("method", "vera_schema", VeRAConfig),
+    ("method", "lycoris_schema", LycorisConfig),
+    ("method", "miss_schema", MiSSConfig),
+    ("method", "shira_schema", SHiRAConfig),
+    ("method", "ia3_schema", IA3Config),
+    ("method", "bitfit_schema", BitFitConfig),
     ("method", "full_schema", FullConfig),
     ("dataset", "dataset_schema", ClassificationDatasetConfig),
     ("dataset", "lm_dataset_schema", LMDatasetConfig),

@@ -4,6 +4,7 @@ randomly initialised from an architecture spec (tiny models for tests), with the
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
@@ -63,11 +64,18 @@ def load_model_config(model: ModelConfig, num_labels: int | None) -> PretrainedC
     return config
 
 
-def adaptable_module_names(config: PretrainedConfig, task: Task = CLASSIFICATION) -> list[str]:
-    """Qualified names of the Linear (and GPT-2 Conv1D) modules, built on the meta device."""
+def adaptable_modules(config: PretrainedConfig, task: Task = CLASSIFICATION) -> tuple[dict[str, bool], int]:
+    """({qualified name: is a GPT-2 Conv1D} of the Linear and Conv1D modules, the parameters in bias
+    terms), from the model built on the meta device."""
     with torch.device("meta"):
         model = task.auto_class().from_config(config)
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear | Conv1D)]
+    kinds = {n: isinstance(m, Conv1D) for n, m in model.named_modules() if isinstance(m, nn.Linear | Conv1D)}
+    return kinds, sum(p.numel() for n, p in model.named_parameters() if n.endswith(".bias"))
+
+
+def adaptable_module_names(config: PretrainedConfig, task: Task = CLASSIFICATION) -> list[str]:
+    """Qualified names of the Linear (and GPT-2 Conv1D) modules."""
+    return list(adaptable_modules(config, task)[0])
 
 
 def load_backbone(model: ModelConfig, task: Task, num_labels: int | None, **kwargs) -> nn.Module:
@@ -92,3 +100,90 @@ def load_tokenizer(model: ModelConfig):
         raise PeftBenchError(
             f"model {model.name}: cannot load tokenizer {name!r}: {offline_hint()} ({e})"
         ) from None
+
+
+# ------------------------------------------------------------------------------ 4-bit loading
+
+
+def load_base(
+    model: ModelConfig, task: Task, num_labels: int | None, device: str = "cpu"
+) -> tuple[nn.Module, int | None]:
+    """The base a method adapts: the model with its task head, its frozen base in 4 bits when
+    model.quantization says so (a new task head stays in full precision). Returns the model and, for a
+    4-bit base, its size in memory. Built the same way by a run and by whoever reloads its export."""
+    if model.quantization is None:
+        return load_backbone(model, task, num_labels), None
+    heads = list(model.head_modules) if task.trains_head else []
+    return load_quantized_backbone(model, task, num_labels, heads, device)
+
+
+def load_quantized_backbone(
+    model: ModelConfig, task: Task, num_labels: int | None, skip_modules: list[str], device: str
+) -> tuple[nn.Module, int]:
+    """The model with its frozen base in 4 bits (bitsandbytes through transformers' BitsAndBytesConfig:
+    model.quantization nf4/fp4, double quantization per model.double_quant), ready for k-bit training.
+    `skip_modules` (a new task head) stay in full precision: quantized, they could not be trained.
+    Compute in bf16 on a bf16 GPU, fp32 elsewhere; placed on `device` (the run's, decided once).
+    Returns the model and the base's size in memory (before adapters)."""
+    import bitsandbytes as bnb
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    cuda = device == "cuda"
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=model.quantization,
+        bnb_4bit_use_double_quant=model.double_quant,
+        bnb_4bit_compute_dtype=torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32,
+        # a language model keeps transformers' default (lm_head and tied embeddings unquantized)
+        llm_int8_skip_modules=skip_modules or None,
+    )
+    device_map = {"": torch.cuda.current_device() if cuda else "cpu"}
+    if model.pretrained is not None:
+        loaded = load_backbone(model, task, num_labels, quantization_config=quant, device_map=device_map)
+    else:  # random init: quantization happens on loading, so save the fresh model and load it back
+        with tempfile.TemporaryDirectory() as tmp:
+            load_backbone(model, task, num_labels).save_pretrained(tmp)
+            loaded = task.auto_class().from_pretrained(tmp, quantization_config=quant, device_map=device_map)
+    for module in loaded.modules():
+        # bitsandbytes 0.50 repacks 4-bit CPU weights for inference on the first eval forward (the
+        # sanity check) and keeps that layout, whose kernel then breaks the next training step
+        # ("a view of a leaf Variable ... in-place operation"): keep the trainable layout throughout.
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+    base_bytes = loaded.get_memory_footprint()  # before adapters are added
+    return prepare_model_for_kbit_training(loaded, use_gradient_checkpointing=False), base_bytes
+
+
+def quantization_figures(
+    trained: nn.Module, base_bytes: int, model: ModelConfig, task: Task, num_labels: int | None
+) -> dict:
+    """What 4-bit storage saved: the quantized Linear weights (packed values + quantization state) and
+    the whole base, each against the same model in fp32."""
+    import bitsandbytes as bnb
+
+    config = load_model_config(model, num_labels)
+    with torch.device("meta"):
+        reference = task.auto_class().from_config(config)
+    full_bytes = sum(p.numel() * 4 for p in reference.parameters())
+    layers = [m for m in trained.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    quantized = sum(quantized_bytes(m.weight) for m in layers)
+    quantized_fp32 = sum(4 * m.in_features * m.out_features for m in layers)
+    return {
+        "quant_type": model.quantization,
+        "double_quant": model.double_quant,
+        "base_weight_bytes": base_bytes,
+        "base_weight_bytes_fp32": full_bytes,
+        "base_weight_ratio": base_bytes / full_bytes,
+        "quantized_linear_modules": len(layers),
+        "quantized_linear_weight_bytes": quantized,
+        "quantized_linear_weight_bytes_fp32": quantized_fp32,
+        "quantized_linear_weight_ratio": quantized / max(1, quantized_fp32),
+        "linear_modules": len(adaptable_module_names(config, task)),
+    }
+
+
+def quantized_bytes(weight) -> int:
+    """Storage of a 4-bit weight: the packed values plus its quantization state (absmax, nested state)."""
+    state = weight.quant_state.as_dict(packed=True)
+    return weight.data.nbytes + sum(v.nbytes for v in state.values() if isinstance(v, torch.Tensor))

@@ -7,10 +7,10 @@ Reads every results.json under the given run or sweep folders and writes into FO
 DIR/report for one DIR, reports/<names> for several):
   report.md   per dataset: the runs by setting (mean ± std over seeds), the method comparison (each
               method's best setting by validation score), seed statistics with a paired test against
-              LoRA, QLoRA memory, the plots; and every run left out of the tables, with its reason;
+              LoRA, 4-bit base memory, the plots; and every run left out of the tables, with its reason;
   runs.csv    one row per run, every field (nested ones as a.b, config as config.*, lists as JSON);
   *.png/svg   score vs trainable parameters (log axis, Pareto front), sparsity vs rank, train time
-              and peak memory per method, QLoRA memory against LoRA, training curves.
+              and peak memory per method, 4-bit base memory against LoRA, training curves.
 A setting is a run's configuration without its seed (and without paths and logging), so
 `seed=1,2,3 -m` gives three runs of one setting.
 """
@@ -415,9 +415,9 @@ def seed_statistics(settings: list[Setting]) -> list[str]:
 def qlora_memory(settings: list[Setting]) -> list[str]:
     rows = []
     for s in settings:
-        if "qlora" not in s.runs[0]:  # the quantization figures of a 4-bit base
+        if "quantization" not in s.runs[0]:  # the figures of a 4-bit base
             continue
-        q = s.runs[0]["qlora"]
+        q = s.runs[0]["quantization"]
         base = baseline_for(s, settings)
         peak, base_peak = s.mean("peak_memory_bytes"), base.mean("peak_memory_bytes") if base else None
         rows.append(
@@ -448,7 +448,7 @@ def qlora_memory(settings: list[Setting]) -> list[str]:
     ]
     return [
         "",
-        "### QLoRA memory",
+        "### 4-bit base memory",
         "",
         f"Peak memory is {', '.join(sorted(kind))} (on a CPU that includes the "
         "Python process and libraries, so weight savings show less than on a GPU).",
@@ -564,19 +564,19 @@ def plots(dataset: str, settings: list[Setting], chosen: list[Setting], out: Pat
     save(fig, "time_memory")
 
     # QLoRA against LoRA at the same rank: quantized weights and peak memory
-    pairs = [(s, baseline_for(s, settings)) for s in settings if "qlora" in s.runs[0]]
+    pairs = [(s, baseline_for(s, settings)) for s in settings if "quantization" in s.runs[0]]
     pairs = [(q, b) for q, b in pairs if b is not None]
     if pairs:
         fig, axes = plt.subplots(1, 2, figsize=(9, 4))
         q, b = pairs[0]
-        info = q.runs[0]["qlora"]
+        info = q.runs[0]["quantization"]
         axes[0].bar(
             ["fp32 (LoRA)", "NF4 (QLoRA)"],
             [
                 info["quantized_linear_weight_bytes_fp32"] / 2**20,
                 info["quantized_linear_weight_bytes"] / 2**20,
             ],
-            color=[colors.get("lora", "C0"), colors["qlora"]],
+            color=[colors.get("lora", "C0"), colors[q.method]],
         )
         axes[0].set_ylabel("linear-layer weights (MiB)")
         labels = [f"{x.method} r={x.rank}" for pair in pairs for x in pair]
@@ -587,7 +587,7 @@ def plots(dataset: str, settings: list[Setting], chosen: list[Setting], out: Pat
         )
         axes[1].set_ylabel("peak memory (MiB)")
         axes[1].tick_params(axis="x", rotation=30)
-        fig.suptitle(f"{dataset}: QLoRA memory against LoRA")
+        fig.suptitle(f"{dataset}: 4-bit base memory against LoRA")
         save(fig, "qlora_vs_lora")
 
     # training curves: the logged training loss and validation score of the first seed of each setting

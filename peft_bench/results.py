@@ -48,23 +48,15 @@ class DataInfo(TypedDict, total=False):
     notes: list[str]  # e.g. a damaged cache entry set aside
 
 
-class AdapterInfo(TypedDict, total=False):  # "lora" / "hira": the method's adapter settings
-    r: int
-    alpha: float
-    dropout: float
-    target_modules: list[str]
-    layers: list[int] | None
-    l1_lambda: float
-
-
 class PruningInfo(TypedDict, total=False):
+    l1_lambda: float
     target: float
     schedule: str
     criterion: str
     steps: list[list]  # [optimizer step, sparsity applied]
 
 
-class QuantizationInfo(TypedDict, total=False):  # "qlora"
+class QuantizationInfo(TypedDict, total=False):  # "quantization": a 4-bit base
     quant_type: str
     double_quant: bool
     base_weight_bytes: int
@@ -155,10 +147,9 @@ RunResult = TypedDict(
         "peak_memory_bytes": int,
         "peak_memory_kind": str,
         # the method's own
-        "lora": AdapterInfo,
-        "hira": AdapterInfo,
+        "adapter": dict,  # the PEFT config the run trained with (its set fields)
         "pruning": PruningInfo,
-        "qlora": QuantizationInfo,
+        "quantization": QuantizationInfo,
         "sparsity_exact_zero": float,
         "sparsity_below_1e-3": float,
         "sparsity_per_matrix": dict[str, dict[str, float]],
@@ -170,6 +161,8 @@ RunResult = TypedDict(
         "adapter_dir": str,
         "adapter_file_bytes": int,
         "merged_dir": str,
+        "export_file": str,  # methods without an adapter: their trained weights (trainable.safetensors)
+        "export_bytes": int,
     },
     total=False,
 )

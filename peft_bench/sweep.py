@@ -25,6 +25,9 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
+NOT_RUN_KEYS = ("rank", "sparsity", "run_name", "run_dir")
+
+
 def check_jobs(
     overrides: list[str],
     compose: Callable[[list[str]], DictConfig],
@@ -43,11 +46,18 @@ def check_jobs(
         except ConfigError as e:
             problems += [f"job {' '.join(job)}: {p}" for p in e.problems]
             continue
-        key = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str)
+        # what the run trains: the top-level rank and sparsity act only through the method's own keys
+        # (method.r, method.pruning.target), and run_name spells them out
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        key = json.dumps(
+            {k: v for k, v in resolved.items() if k not in NOT_RUN_KEYS}, sort_keys=True, default=str
+        )
         if key in seen:
             problems.append(
                 f"jobs {seen[key][0]} ({' '.join(seen[key][1])}) and {num} ({' '.join(job)}) are the same "
-                "run: a repeated value would be counted twice; remove the repeat"
+                "run (a repeated value, or one the method does not use: rank for ia3, bitfit and full, "
+                "sparsity for methods without pruning): it would be counted twice. Remove the repeat, or "
+                "sweep that value in a command of its own with the methods that use it"
             )
         else:
             seen[key] = (num, job)

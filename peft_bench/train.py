@@ -244,6 +244,7 @@ def run_locked(
             model=run_cfg.model,
             dataset=run_cfg.dataset,
             accelerator=device_type(run_cfg.trainer),
+            total_steps=optimizer_steps(run_cfg, len(datamodule.data["train"])),
         )
         trainable, total = module.parameter_counts()
         if run_cfg.trainer.compile:  # compiles the model's forward in place (state_dict keys unchanged)
@@ -283,7 +284,7 @@ def run_locked(
         if changed_from is not None:
             results["before_pruning"] = {**before, **changed_from}
             results.update(evaluate(trainer, module, datamodule, None, stats))
-        if module.mergeable:
+        if module.can_merge():
             with module.merged():
                 merged = evaluate(trainer, module, datamodule, None, stats, validate=False)
             results["inference_latency_merged_ms_per_example"] = merged["inference_latency_ms_per_example"]
@@ -341,18 +342,32 @@ def completed_differences(prior: dict, current: dict, run_cfg: RunConfig) -> lis
     return differ
 
 
+def train_batches(run_cfg: RunConfig, examples: int) -> int:
+    """Training batches per epoch, after trainer.limit_train_batches (as Lightning counts them)."""
+    batches, limit = math.ceil(examples / run_cfg.dataset.batch_size), run_cfg.trainer.limit_train_batches
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        return min(batches, limit)
+    if isinstance(limit, float):
+        return int(batches * limit)
+    return batches
+
+
+def optimizer_steps(run_cfg: RunConfig, examples: int) -> int:
+    """The optimizer steps the run will take, as Lightning's estimated_stepping_batches counts them."""
+    t = run_cfg.trainer
+    total = math.ceil(train_batches(run_cfg, examples) / t.accumulate_grad_batches) * max(
+        t.max_epochs or 1, 1
+    )
+    return min(total, t.max_steps) if t.max_steps != -1 else total
+
+
 def check_validation_interval(run_cfg: RunConfig, datamodule) -> None:
     """Lightning's own error for a validation interval longer than an epoch is a traceback after the data
     is built; say it in one sentence instead."""
-    interval, t = run_cfg.trainer.val_check_interval, run_cfg.trainer
+    interval = run_cfg.trainer.val_check_interval
     if not isinstance(interval, int) or isinstance(interval, bool):
         return
-    batches = math.ceil(len(datamodule.data["train"]) / run_cfg.dataset.batch_size)
-    limit = t.limit_train_batches
-    if isinstance(limit, int) and not isinstance(limit, bool):
-        batches = min(batches, limit)
-    elif isinstance(limit, float):
-        batches = int(batches * limit)
+    batches = train_batches(run_cfg, len(datamodule.data["train"]))
     if interval > batches:
         raise PeftBenchError(
             f"trainer.val_check_interval={interval} is more than the {batches} training batches of an "

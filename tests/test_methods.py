@@ -22,7 +22,7 @@ def module_for(method: str, *extra: str):
 
     run_cfg = check_config(compose(["model=tiny", "dataset=demo", f"method={method}", *extra]))
     return get_class(run_cfg.method._target_)(
-        method=run_cfg.method, model=run_cfg.model, dataset=run_cfg.dataset
+        method=run_cfg.method, model=run_cfg.model, dataset=run_cfg.dataset, total_steps=100
     )
 
 
@@ -62,7 +62,7 @@ def test_trainable_parameter_counts(method_runs):
     assert method_runs["sparse_lora"]["trainable_params"] == qv + head
     assert method_runs["qlora"]["trainable_params"] == qv + head
     assert method_runs["lora_layers"]["trainable_params"] == qv // 2 + head  # top layer only
-    assert method_runs["lora_layers"]["lora"]["layers"] == [1]
+    assert method_runs["lora_layers"]["adapter"]["layers_to_transform"] == [1]
     qkv_ffn = LAYERS * (3 * (r * DIM + DIM * r) + (r * DIM + FFN * r) + (r * FFN + DIM * r))
     assert method_runs["hira"]["trainable_params"] == qkv_ffn + head
     assert method_runs["full"]["trainable_params"] == method_runs["full"]["total_params"]
@@ -111,7 +111,7 @@ def test_hira_update_is_the_hadamard_product_with_the_frozen_weight():
 
 
 def test_qlora_stores_linear_weights_in_4_bits(method_runs):
-    q = method_runs["qlora"]["qlora"]
+    q = method_runs["qlora"]["quantization"]
     assert q["quant_type"] == "nf4" and q["double_quant"] is True
     # every Linear but the task heads: 6 per layer (q, k, v, out, lin1, lin2)
     assert q["quantized_linear_modules"] == 6 * LAYERS

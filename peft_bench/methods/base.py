@@ -15,19 +15,26 @@ from transformers import get_linear_schedule_with_warmup
 
 from peft_bench.config import DatasetConfig, MethodConfig, ModelConfig
 from peft_bench.errors import DivergedError
-from peft_bench.models import load_backbone
+from peft_bench.models import load_base, quantization_figures
 from peft_bench.tasks import get_task
 
 
 class BenchModule(L.LightningModule):
     def __init__(
-        self, method: MethodConfig, model: ModelConfig, dataset: DatasetConfig, accelerator: str = "cpu"
+        self,
+        method: MethodConfig,
+        model: ModelConfig,
+        dataset: DatasetConfig,
+        accelerator: str = "cpu",
+        total_steps: int | None = None,
     ):
         """`accelerator`: the device type the run trains on ("cpu", "cuda", "mps"), decided once by the
-        run (train.device_type), so a method that places weights itself (4-bit loading) agrees with it."""
+        run (train.device_type), so the 4-bit base is placed where training happens. `total_steps`: the
+        optimizer steps the run will take, for methods whose schedule needs them up front (AdaLoRA)."""
         super().__init__()
         self.method_cfg, self.model_cfg, self.task = method, model, get_task(dataset.task)
-        self.accelerator_type = accelerator
+        self.accelerator_type, self.total_steps = accelerator, total_steps
+        self.base_weight_bytes: int | None = None  # a 4-bit base's size in memory
         self.num_labels = getattr(dataset, "num_labels", None)
         self.model = self.build_model(self.load_backbone())
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps the mode it finds
@@ -46,10 +53,53 @@ class BenchModule(L.LightningModule):
     defer_finite_check: bool | None = None  # None: check each step's loss on CPU, every N steps elsewhere
     mergeable = False  # True where the adapter folds into the base weights (merged inference)
     evaluate_best = True  # validate/test the best checkpoint by val F1; False: the final weights
+    supports_4bit = False  # trains on a 4-bit base (model.quantization)
+    supports_conv1d = True  # adapts GPT-2's Conv1D projections
+    uses_layers = False  # honours method.layers (layer-selective adapters)
+
+    @classmethod
+    def config_problems(
+        cls, method: MethodConfig, model: ModelConfig, conv1d_targets: list[str], bias_params: int
+    ) -> list[str]:
+        """What this method cannot do with this model, said before anything loads. `conv1d_targets`: the
+        targeted modules that are GPT-2 Conv1D layers; `bias_params`: the model's bias terms (counted on
+        the meta device)."""
+        out = []
+        name = method.name
+        if model.quantization is not None and not cls.supports_4bit:
+            out.append(
+                f"method={name} cannot train on a 4-bit base (model.quantization={model.quantization}): "
+                "PEFT has no bitsandbytes layer for it; set model.quantization=null, or use a method "
+                "that has one (docs/methods.md, column 4-bit)"
+            )
+        if conv1d_targets and not cls.supports_conv1d:
+            out.append(
+                f"method={name} cannot adapt {model.name}'s Conv1D layers {conv1d_targets[:3]} (GPT-2 "
+                "style): PEFT has no Conv1D layer for it; use a Llama-style model or another method "
+                "(docs/methods.md, column Conv1D)"
+            )
+        if getattr(method, "layers", None) and not cls.uses_layers:
+            out.append(
+                f"method={name} adapts every layer: method.layers={method.layers} is not supported, "
+                "set method.layers=null"
+            )
+        return out
+
+    def head_modules(self) -> list[str]:
+        """A classification head is new and trained in full; a language model's head is pretrained."""
+        return list(self.model_cfg.head_modules) if self.task.trains_head else []
 
     def load_backbone(self) -> nn.Module:
-        """The pretrained (or randomly initialised) model with its task head."""
-        return load_backbone(self.model_cfg, self.task, self.num_labels)
+        """The pretrained (or randomly initialised) model with its task head; its frozen base in 4 bits
+        when model.quantization says so (the head stays in full precision)."""
+        model, self.base_weight_bytes = load_base(
+            self.model_cfg, self.task, self.num_labels, self.accelerator_type
+        )
+        return model
+
+    def can_merge(self) -> bool:
+        """Whether merged inference is measured: the adapter folds into full-precision base weights."""
+        return self.mergeable and self.model_cfg.quantization is None
 
     def build_model(self, backbone: nn.Module) -> nn.Module:
         """The model to train, built from the pretrained backbone (adapters, freezing, ...)."""
@@ -60,8 +110,13 @@ class BenchModule(L.LightningModule):
         return {}
 
     def method_results(self) -> dict:
-        """The method's own figures for results.json."""
-        return {}
+        """The method's own figures for results.json (and the 4-bit base's, where there is one)."""
+        if self.model_cfg.quantization is None:
+            return {}
+        figures = quantization_figures(
+            self.model, self.base_weight_bytes, self.model_cfg, self.task, self.num_labels
+        )
+        return {"quantization": figures}
 
     def after_training(self) -> dict | None:
         """Change the trained model before its final evaluation (one-shot pruning): the method's figures
@@ -69,8 +124,20 @@ class BenchModule(L.LightningModule):
         return None
 
     def export(self, run_dir: Path) -> dict:
-        """Write the trained weights a user would ship (e.g. the adapter); returns their paths."""
-        return {}
+        """Write the trained weights a user would ship; returns their paths. Here: the trainable weights
+        (a full fine-tune: all of them; BitFit: the biases and the head) as safetensors, which
+        `load_state_dict(..., strict=False)` puts back on the same base. Adapter methods save PEFT's
+        format."""
+        if not self.method_cfg.export:
+            return {}
+        from safetensors.torch import save_file
+
+        path = run_dir / "trainable.safetensors"
+        trained = {
+            n: p.detach().contiguous().cpu() for n, p in self.model.named_parameters() if p.requires_grad
+        }
+        save_file(trained, str(path))
+        return {"export_file": path.name, "export_bytes": path.stat().st_size}
 
     def merged(self):
         """Context in which the adapter is folded into the base weights (no-op where not mergeable)."""
@@ -188,6 +255,15 @@ class BenchModule(L.LightningModule):
     # ------------------------------------------------------------------ optimisation
 
     def configure_optimizers(self):
+        optimizer = self.make_optimizer()
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = get_linear_schedule_with_warmup(
+            optimizer, int(self.method_cfg.warmup_ratio * total), total
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the trainable weights, no weight decay on biases and norms."""
         decay, no_decay = [], []
         for name, p in self.named_parameters():
             if p.requires_grad:
@@ -197,9 +273,4 @@ class BenchModule(L.LightningModule):
             {"params": no_decay, "weight_decay": 0.0},
         ]
         fused = all(p.is_cuda for p in decay + no_decay)
-        optimizer = torch.optim.AdamW(groups, lr=self.method_cfg.lr, fused=fused or None)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = get_linear_schedule_with_warmup(
-            optimizer, int(self.method_cfg.warmup_ratio * total), total
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return torch.optim.AdamW(groups, lr=self.method_cfg.lr, fused=fused or None)

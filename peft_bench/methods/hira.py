@@ -6,31 +6,20 @@ from __future__ import annotations
 from peft import HiraConfig
 
 from peft_bench.config import HiRAConfig
-from peft_bench.methods.lora import LoRAModule
+from peft_bench.methods.adapter import AdapterModule
 
 
-class HiRAModule(LoRAModule):
+class HiRAModule(AdapterModule):
     method_cfg: HiRAConfig
+    supports_4bit = True
+    uses_layers = True
 
     def peft_config(self) -> HiraConfig:
         m = self.method_cfg
         return HiraConfig(
-            task_type=self.peft_task_type(),
+            **self.common(),
             r=m.r,
             hira_dropout=m.dropout,
             target_modules=list(m.target_modules),
             layers_to_transform=m.layers,
-            modules_to_save=self.head_modules(),
         )
-
-    def method_results(self) -> dict:
-        m = self.method_cfg
-        return {
-            "hira": {
-                "r": m.r,
-                "dropout": m.dropout,
-                "target_modules": list(m.target_modules),
-                "layers": m.layers,
-            },
-            **self.adapter_figures(),
-        }

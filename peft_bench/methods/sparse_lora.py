@@ -43,9 +43,9 @@ class SparseLoRAModule(LoRAModule):
 
     def method_results(self) -> dict:
         out = super().method_results()
-        out["lora"]["l1_lambda"] = self.method_cfg.l1_lambda
         p = self.pruning
         out["pruning"] = {
+            "l1_lambda": self.method_cfg.l1_lambda,
             "target": p.target,
             "schedule": p.schedule,
             "criterion": p.criterion,
