@@ -1,5 +1,6 @@
 """`python -m peft_bench ...` and the `peft-bench` console script: one run, or a sweep with -m;
-`peft-bench report DIR...` and `peft-bench prepare OVERRIDES...` run those tools."""
+`peft-bench report DIR...`, `peft-bench prepare OVERRIDES...` and `peft-bench tune OVERRIDES...` run
+those tools."""
 
 import importlib
 import os
@@ -7,7 +8,7 @@ import socket
 import sys
 from urllib.parse import urlparse
 
-SUBCOMMANDS = ("report", "prepare")
+SUBCOMMANDS = ("report", "prepare", "tune")
 PROXIES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
@@ -36,6 +37,8 @@ def go_offline_if_the_hub_is_unreachable() -> None:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         command = sys.argv.pop(1)
+        if command == "tune":
+            go_offline_if_the_hub_is_unreachable()
         sys.argv[0] = f"peft-bench {command}"
         importlib.import_module(f"peft_bench.{command}").main()
         return

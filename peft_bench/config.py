@@ -44,6 +44,9 @@ class MethodConfig:
     # a 4-bit base this method asks for (method=qlora: nf4); model.quantization follows it unless set itself
     base_quantization: str | None = None
     export: bool = True  # save what a user would ship: the adapter (PEFT's format) or the trained weights
+    # the tuning search space (python -m peft_bench.tune), keys of this method: {lr: [low, high]} is
+    # log-uniform; {key: {low, high, log}} or {key: {choices: [...]}}. None: lr over [lr/10, lr*10]
+    search: dict[str, Any] | None = None
 
     def problems(self) -> list[str]:
         out = name_problems("method", self.name)
@@ -497,6 +500,7 @@ class RunConfig:
     # also save last.ckpt every N optimizer steps (null: at each validation and epoch end only)
     checkpoint_every_n_steps: int | None = None
     eval_before_training: bool = False  # also validate and test the un-tuned model (results: before_training)
+    test: bool = True  # evaluate on the test split; false: validation only (tuning trials never touch test)
     skip_completed: bool = True  # a job whose results.json says completed (same config) is not run again
     resume: bool = True  # continue from <run_dir>/checkpoints/last.ckpt when an earlier attempt left one
 

@@ -33,6 +33,10 @@ class DivergedError(Exception):
     """The training loss became NaN or infinite."""
 
 
+class TrialStopped(Exception):
+    """A callback stopped the run on purpose (a tuning trial the pruner stopped): status `pruned`."""
+
+
 def prepare_command() -> str:
     """The command that fetches and caches what this run (or sweep) needs: its own overrides."""
     from hydra.core.hydra_config import HydraConfig

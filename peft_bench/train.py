@@ -3,6 +3,7 @@ test the best checkpoint -> results.json. Hydra's multirun calls this once per j
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import logging
@@ -42,7 +43,7 @@ from peft_bench.callbacks.run_stats import RunStats
 from peft_bench.checks import check_config
 from peft_bench.config import CONF_DIR, PEFT_BENCH_TRAINER_KEYS, RunConfig
 from peft_bench.data.base import local_fingerprint
-from peft_bench.errors import DivergedError, PeftBenchError, RunInProgress
+from peft_bench.errors import DivergedError, PeftBenchError, RunInProgress, TrialStopped
 from peft_bench.io import AtomicCheckpointIO, RunLock, process_identity, set_aside
 from peft_bench.measure import peak_memory, reset_peak_memory
 from peft_bench.models import load_tokenizer
@@ -212,7 +213,7 @@ def run_locked(
         "notes": notes,
     }
     write_results(run_dir, results)  # a job that is killed now still shows up: status running, pid, host
-    logger, restore = None, False
+    logger, restore, stats, trainer, module = None, False, None, None, None
     try:
         L.seed_everything(run_cfg.seed, workers=True, verbose=False)
         datamodule = get_class(run_cfg.dataset._target_)(
@@ -264,7 +265,7 @@ def run_locked(
         )
 
         if run_cfg.eval_before_training:
-            results["before_training"] = evaluate(trainer, module, datamodule, None, stats)
+            results["before_training"] = evaluate(trainer, module, datamodule, None, stats, test=run_cfg.test)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         if trainer.global_step == 0:
             raise PeftBenchError(
@@ -278,13 +279,13 @@ def run_locked(
             if best is not None and best.best_model_path and module.evaluate_best
             else None
         )
-        results.update(evaluate(trainer, module, datamodule, ckpt_path, stats))
+        results.update(evaluate(trainer, module, datamodule, ckpt_path, stats, test=run_cfg.test))
         before = {k: v for k, v in results.items() if k.startswith(("val_", "test_"))}
         changed_from = module.after_training()  # e.g. one-shot pruning: the model changed, evaluate it again
         if changed_from is not None:
             results["before_pruning"] = {**before, **changed_from}
-            results.update(evaluate(trainer, module, datamodule, None, stats))
-        if module.can_merge():
+            results.update(evaluate(trainer, module, datamodule, None, stats, test=run_cfg.test))
+        if module.can_merge() and run_cfg.test:
             with module.merged():
                 merged = evaluate(trainer, module, datamodule, None, stats, validate=False)
             results["inference_latency_merged_ms_per_example"] = merged["inference_latency_ms_per_example"]
@@ -307,9 +308,15 @@ def run_locked(
             if isinstance(e, KeyboardInterrupt | SystemExit)
             else "diverged"
             if isinstance(e, DivergedError)
+            else "pruned"
+            if isinstance(e, TrialStopped)
             else "failed"
         )
         results["error"] = f"{type(e).__name__}: {e}"
+        if stats is not None and trainer is not None and stats.first_step_at is not None:
+            # what it had trained when it stopped (a pruned trial's compute counts in the study)
+            with contextlib.suppress(Exception):
+                results.update(stats.figures(str(trainer.precision), module.device, run_cfg.cache_dir))
         e.recorded = not (restore and prior is not None)  # in results.json; else the sweep's ledger says it
         if isinstance(e, SIGTERMException):  # Lightning's stop on SIGTERM exits 0: say it was killed
             raise SystemExit(128 + signal.SIGTERM) from e
@@ -395,13 +402,22 @@ def trim_csv_log(path: Path, step: int) -> None:
 
 
 def evaluate(
-    trainer: L.Trainer, module, datamodule, ckpt: str | None, stats: RunStats, validate: bool = True
+    trainer: L.Trainer,
+    module,
+    datamodule,
+    ckpt: str | None,
+    stats: RunStats,
+    validate: bool = True,
+    test: bool = True,
 ) -> dict:
-    """val_* and test_* metrics of `ckpt` (None: the module's current weights), and test-set latency."""
+    """val_* and test_* metrics of `ckpt` (None: the module's current weights), and test-set latency;
+    `test=False`: validation only (the test split is not touched)."""
     out = {}
     if validate:
         val = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
         out.update({f"val_{k.removeprefix('val/')}": float(v) for k, v in val.items()})
+    if not test:
+        return out
     test = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
     out.update({f"test_{k.removeprefix('test/')}": float(v) for k, v in test.items()})
     out["inference_latency_ms_per_example"] = stats.latency_ms()

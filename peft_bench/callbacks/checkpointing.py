@@ -32,6 +32,7 @@ NOT_TRAINING = (
     "checkpoint",
     "checkpoint_every_n_steps",
     "eval_before_training",
+    "test",
     "dataset.data_files",
     "dataset.num_workers",
     "dataset.eval_batch_size",

@@ -1,0 +1,576 @@
+"""A fair comparison in one command: each method tuned on the validation split with an equal budget,
+then its best setting (and its untuned default) re-run over seeds and evaluated on test.
+
+    python -m peft_bench.tune method=lora,dora,hira dataset=sst2 model=minilm tune.trials=16 tune.seeds=3
+    python -m peft_bench.tune ... hydra/launcher=slurm_gpu tune.workers=8      # trials as SLURM jobs
+
+Every other override means what it does for a run (one value each; `method` may list several).
+The folder (tune.dir, default tune/<the command's overrides>) holds study.db (Optuna's storage, one
+study per method; tune.storage=postgresql://... or journal:<file> for a cluster), trials/<method>/<n>/
+and final/<method>/<best|default>-s<seed>/ (ordinary run folders), and report/. Re-running the same
+command continues the same study: finished trials are never repeated, a trial whose process died is
+marked failed and replaced, and each method ends with exactly tune.trials finished trials.
+
+Search: Optuna's TPE sampler (seeded) over each method's `method.search` space (default: the learning
+rate, log-uniform over a decade either side of the method's default); every trial trains the same
+steps. Early stopping: the validation metric is reported every tune.eval_every optimizer steps and
+Optuna's median pruner stops trials that trail the others; pruned and failed trials are recorded and
+never count as best (a diverged trial is a failed one, never the end of the study).
+Watch a study in a browser: `optuna-dashboard sqlite:///<tune dir>/study.db` (pip install optuna-dashboard).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import OmegaConf
+
+from peft_bench.errors import ConfigError, DivergedError, PeftBenchError, TrialStopped
+
+log = logging.getLogger("peft_bench")
+
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+KILLED = "killed"  # user attribute of a trial whose process died: marked failed, not counted, replaced
+
+
+@dataclass
+class TuneConfig:
+    trials: int = 16  # finished trials per method (the equal budget)
+    seeds: int = 3  # seeds of the final runs of each method's best and default settings (1..seeds)
+    workers: int = 1  # processes (or SLURM jobs, with a submitit launcher) pulling trials from the studies
+    dir: str | None = None  # the tune folder; default tune/<the command's overrides>
+    storage: str | None = None  # Optuna storage URL; default sqlite:///<dir>/study.db; journal:<file> too
+    eval_every: int | None = None  # validate (and report to the pruner) every N steps; None: 4 times a run
+    prune: bool = True  # stop trials that trail (Optuna's median pruner)
+    pruner_startup: int = 2  # trials that run to the end before the pruner may stop one
+    startup_trials: int | None = None  # random trials before TPE models the space; None: max(2, trials // 4)
+    sampler_seed: int = 0
+    defaults: bool = True  # also run each method's untuned default over the seeds (the change from tuning)
+
+    def problems(self) -> list[str]:
+        out = []
+        for key in ("trials", "seeds", "workers"):
+            if getattr(self, key) < 1:
+                out.append(f"tune.{key}={getattr(self, key)}: must be >= 1")
+        if self.eval_every is not None and self.eval_every < 1:
+            out.append(f"tune.eval_every={self.eval_every}: must be >= 1, or null")
+        return out
+
+
+# ---------------------------------------------------------------------------------- the command
+
+
+@dataclass
+class Study:
+    """One tuning command: its run overrides, methods, options, folder and storage."""
+
+    overrides: list[str]  # run overrides, methods aside (hydra/launcher and hydra.* included)
+    methods: list[str]
+    cfg: TuneConfig
+    dir: Path
+    key: str  # the command as a name: the studies' names in a shared storage
+
+    @property
+    def storage_url(self) -> str:
+        if self.cfg.storage:
+            return self.cfg.storage
+        return f"sqlite:///{(self.dir / 'study.db').absolute()}"
+
+    def run_overrides(self) -> list[str]:
+        return [o for o in self.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+
+    def launcher_overrides(self) -> list[str]:
+        return [o for o in self.overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+
+
+def parse(argv: list[str]) -> Study:
+    """The command line as a Study: tune.* options typed, methods split out, every job checked."""
+    from peft_bench.checks import check_config, compose_job
+    from peft_bench.resolvers import overrides_key
+    from peft_bench.sweep import sweep_jobs
+
+    tune_args = [a for a in argv if a.startswith("tune.")]
+    rest = [a for a in argv if not a.startswith("tune.") and a not in ("-m", "--multirun")]
+    names = [f.name for f in fields(TuneConfig)]
+    problems = [
+        f"{a.split('=')[0]}: no such tune option (they are {', '.join(f'tune.{n}' for n in names)})"
+        for a in tune_args
+        if a.removeprefix("tune.").split("=")[0] not in names
+    ]
+    cfg = TuneConfig()
+    for arg in tune_args:
+        if arg.removeprefix("tune.").split("=")[0] not in names:
+            continue
+        try:  # typed one by one, so every bad value is named
+            merged = OmegaConf.merge(
+                OmegaConf.structured(cfg), OmegaConf.from_dotlist([arg.removeprefix("tune.")])
+            )
+            cfg = OmegaConf.to_object(merged)
+        except Exception as e:  # noqa: BLE001  (OmegaConf's validation error names the type)
+            problems.append(f"{arg}: {str(e).splitlines()[0]}")
+    problems += cfg.problems()
+    methods_arg = [a for a in rest if a.split("=", 1)[0] == "method"]
+    methods = methods_arg[-1].split("=", 1)[1].split(",") if methods_arg else ["lora"]
+    overrides = [a for a in rest if a.split("=", 1)[0] != "method"]
+    several = [o for o in overrides if len(sweep_jobs([o])) > 1]
+    if several:
+        problems.append(
+            f"{several}: give one value each; only method= may list several (the study compares them)"
+        )
+    if len(set(methods)) != len(methods):
+        problems.append(f"method={','.join(methods)}: a method is listed twice")
+    if problems:
+        raise ConfigError(problems)
+    # every method's config composes and passes the checks, before anything is fetched or trained
+    for method in methods:
+        run_cfg = compose_job(
+            [*[o for o in overrides if not o.startswith(("hydra.", "hydra/"))], f"method={method}"]
+        )
+        space(check_config(run_cfg).method)  # and a malformed search space fails here
+    what = [
+        *overrides,
+        f"method={','.join(methods)}",
+        *[a for a in tune_args if a.split("=")[0] not in ("tune.workers", "tune.dir", "tune.storage")],
+    ]
+    key = overrides_key([o for o in what if not o.startswith(("hydra.", "hydra/"))])
+    folder = Path(cfg.dir) if cfg.dir else Path("tune") / key
+    return Study(overrides, methods, cfg, folder.absolute(), key)
+
+
+# ---------------------------------------------------------------------------------- search space
+
+
+def space(method) -> dict[str, dict]:
+    """The method's search space as {config key under method: spec}: spec {low, high, log} (float, or
+    int when both bounds are ints) or {choices}. Default: lr, log-uniform over [lr/10, lr*10]."""
+    given = method.search if getattr(method, "search", None) else {"lr": [method.lr / 10, method.lr * 10]}
+    out = {}
+    for key, spec in dict(given).items():
+        if not hasattr(method, key):
+            raise ConfigError([f"method.search: method {method.name} has no key {key!r}"])
+        if isinstance(spec, list | tuple) and len(spec) == 2:
+            spec = {"low": spec[0], "high": spec[1], "log": True}
+        if isinstance(spec, dict) and "choices" in spec:
+            out[key] = {"choices": list(spec["choices"])}
+        elif isinstance(spec, dict) and {"low", "high"} <= set(spec) and spec["low"] < spec["high"]:
+            if spec.get("log", True) and spec["low"] <= 0:
+                raise ConfigError([f"method.search.{key}: a log-uniform range needs low > 0"])
+            out[key] = {"low": spec["low"], "high": spec["high"], "log": bool(spec.get("log", True))}
+        else:
+            raise ConfigError(
+                [
+                    f"method.search.{key}={spec!r}: give [low, high] (log-uniform), "
+                    "{low, high, log} or {choices: [...]}"
+                ]
+            )
+    return out
+
+
+def suggest(trial, spec: dict[str, dict]) -> dict[str, Any]:
+    params = {}
+    for key, s in spec.items():
+        if "choices" in s:
+            params[key] = trial.suggest_categorical(key, s["choices"])
+        elif isinstance(s["low"], int) and isinstance(s["high"], int):
+            params[key] = trial.suggest_int(key, s["low"], s["high"], log=s["log"])
+        else:
+            params[key] = trial.suggest_float(key, float(s["low"]), float(s["high"]), log=s["log"])
+    return params
+
+
+# ---------------------------------------------------------------------------------- storage, studies
+
+
+def storage(study: Study):
+    import optuna
+
+    url = study.storage_url
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    if url.startswith("sqlite:"):
+        study.dir.mkdir(parents=True, exist_ok=True)
+    # a busy SQLite file makes a writer wait, not fail, while another worker commits
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else None
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+
+
+def open_study(study: Study, method: str, task_higher_is_better: bool, store=None):
+    import optuna
+
+    cfg = study.cfg
+    sampler = optuna.samplers.TPESampler(
+        seed=cfg.sampler_seed, n_startup_trials=cfg.startup_trials or max(2, cfg.trials // 4)
+    )
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup)
+        if cfg.prune
+        else optuna.pruners.NopPruner()
+    )
+    return optuna.create_study(
+        storage=store or storage(study),
+        study_name=f"{study.key}/{method}",
+        sampler=sampler,
+        pruner=pruner,
+        direction="maximize" if task_higher_is_better else "minimize",
+        load_if_exists=True,
+    )
+
+
+def counted(trials) -> list:
+    """The trials that use the budget: all but those whose process died (replaced by new ones)."""
+    return [t for t in trials if t.user_attrs.get(KILLED) is None]
+
+
+# ---------------------------------------------------------------------------------- one worker
+
+
+class ReportToPruner(L.Callback):
+    """Reports the monitored validation metric to the trial after every validation during training and
+    stops the run (TrialStopped) when the pruner says the trial trails. A NaN is not reported: a diverged
+    trial fails on its own, the study goes on."""
+
+    def __init__(self, trial, monitor: str):
+        self.trial, self.monitor = trial, monitor
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None or not math.isfinite(float(value)):
+            return
+        self.trial.report(float(value), trainer.global_step)
+        if self.trial.should_prune():
+            raise TrialStopped(
+                f"pruned at optimizer step {trainer.global_step}: {self.monitor} {float(value):.4f} "
+                "trails the median of the trials before it"
+            )
+
+
+def with_params(method: str, params: dict) -> list[str]:
+    return [
+        f"method={method}",
+        *[f"method.{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in params.items()],
+    ]
+
+
+def trial_overrides(study: Study, method: str, params: dict) -> list[str]:
+    """A trial: the run's overrides and the sampled values, validated 4 times (or every tune.eval_every
+    steps), never tested."""
+    every = study.cfg.eval_every
+    return [
+        *study.run_overrides(),
+        *with_params(method, params),
+        "test=false",
+        f"trainer.val_check_interval={every if every else 0.25}",
+    ]
+
+
+def run_trial(study: Study, method: str, trial, params: dict) -> float:
+    """One trial: an ordinary run in trials/<method>/<n>, validation only, its metric reported as it goes."""
+    import optuna
+
+    from peft_bench.checks import compose_job
+    from peft_bench.tasks import get_task
+    from peft_bench.train import run
+
+    run_dir = study.dir / "trials" / method / str(trial.number)
+    cfg = compose_job(trial_overrides(study, method, params), run_dir)
+    task = get_task(cfg.dataset.task)
+    try:
+        results = run(cfg, callbacks=[ReportToPruner(trial, task.monitor)] if study.cfg.prune else [])
+    except TrialStopped as e:
+        log.info("trial %s #%d: %s", method, trial.number, e)
+        raise optuna.TrialPruned(str(e)) from None
+    value = results.get(task.select_by)
+    if value is None or not math.isfinite(value):
+        raise PeftBenchError(f"trial {method} #{trial.number} gave no finite {task.select_by}")
+    return value
+
+
+def trial_alive(t) -> bool:
+    """Whether the process that runs a RUNNING trial is alive: its worker's pid on this host; on another
+    host, its run folder's lock (held while its run runs)."""
+    from peft_bench.errors import RunInProgress
+    from peft_bench.io import RunLock, process_alive
+
+    alive = process_alive(t.user_attrs.get("worker", {}))
+    if alive is not None:
+        return alive
+    run_dir = Path(t.user_attrs.get("run_dir", "/nonexistent"))
+    if not (run_dir / "results.json").exists():
+        return True  # not started yet, or started elsewhere: cannot tell, so it is not replaced
+    try:
+        RunLock(run_dir).acquire().release()
+    except RunInProgress:
+        return True
+    return False
+
+
+def claim(study: Study, method: str, opt_study):
+    """Under the method's lock: mark trials whose process died as failed (not counted: a new trial takes
+    their place), then start a new trial if the budget allows. Returns the trial, or None when the
+    method's budget is spent."""
+    import optuna
+    from filelock import FileLock
+
+    from peft_bench.io import process_identity
+
+    lock_dir = study.dir / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(lock_dir / f"{method}.lock"):
+        for t in opt_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if trial_alive(t):
+                continue
+            opt_study._storage.set_trial_user_attr(t._trial_id, KILLED, "its process died; replaced")
+            opt_study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            log.warning(
+                "trial %s #%d: its process died; marked failed, a new trial takes its place", method, t.number
+            )
+        if len(counted(opt_study.get_trials(deepcopy=False))) >= study.cfg.trials:
+            return None
+        trial = opt_study.ask()
+        trial.set_user_attr("run_dir", str(study.dir / "trials" / method / str(trial.number)))
+        trial.set_user_attr("worker", process_identity())
+        return trial
+
+
+def work(argv: list[str], worker: int = 0) -> None:
+    """A worker: pulls trials from every method's study until each has its budget."""
+    import optuna
+
+    from peft_bench.tasks import get_task
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = parse(argv)
+    store = storage(study)
+    from peft_bench.checks import compose_job
+
+    task = get_task(compose_job([*study.run_overrides(), f"method={study.methods[0]}"]).dataset.task)
+    specs = {
+        m: space(OmegaConf.to_object(compose_job([*study.run_overrides(), f"method={m}"])).method)
+        for m in study.methods
+    }
+    studies = {m: open_study(study, m, task.higher_is_better, store) for m in study.methods}
+    done: set[str] = set()
+    while len(done) < len(study.methods):
+        # the method with the fewest counted trials first: the budgets fill evenly across workers
+        order = sorted(
+            (m for m in study.methods if m not in done),
+            key=lambda m: len(counted(studies[m].get_trials(deepcopy=False))),
+        )
+        method = order[0]
+        trial = claim(study, method, studies[method])
+        if trial is None:
+            done.add(method)
+            continue
+        params = suggest(trial, specs[method])
+        log.info("worker %d: trial %s #%d %s", worker, method, trial.number, params)
+        try:
+            value = run_trial(study, method, trial, params)
+        except optuna.TrialPruned:
+            studies[method].tell(trial, state=optuna.trial.TrialState.PRUNED)
+        except (DivergedError, PeftBenchError, RuntimeError, ValueError) as e:  # never the end of the study
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
+            studies[method].tell(trial, state=optuna.trial.TrialState.FAIL)
+            log.warning("trial %s #%d failed: %s", method, trial.number, e)
+        else:
+            studies[method].tell(trial, value)
+
+
+# ---------------------------------------------------------------------------------- workers and finals
+
+
+def start_workers(study: Study, argv: list[str]) -> None:
+    """tune.workers workers: local processes, or jobs of the submitit launcher the overrides choose
+    (hydra/launcher=slurm_gpu, slurm_cpu, submitit_local); each pulls trials until the budgets are spent."""
+    n = study.cfg.workers
+    launcher = launcher_config(study)
+    if launcher is None:
+        if n == 1:
+            work(argv)
+            return
+        procs = [
+            subprocess.Popen([sys.executable, "-m", "peft_bench.tune", "--worker", str(i), *argv])
+            for i in range(n)
+        ]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise PeftBenchError(f"tuning workers exited with {codes}; their output says why")
+        return
+    executor = submitit_executor(study, launcher)
+    jobs = [executor.submit(work, argv, i) for i in range(n)]
+    log.info("tuning: %d workers submitted (%s)", n, ", ".join(j.job_id for j in jobs))
+    for job in jobs:
+        job.result()  # raises with the job's error if a worker failed
+
+
+def launcher_config(study: Study) -> dict | None:
+    """The submitit launcher's settings when the overrides choose one; None for Hydra's basic launcher."""
+    from hydra import compose, initialize_config_dir
+
+    from peft_bench.config import CONF_DIR
+
+    if not study.launcher_overrides():
+        return None
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "config", overrides=[*study.overrides, "method=" + study.methods[0]], return_hydra_config=True
+        )
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    return launcher if "submitit" in str(launcher.get("_target_", "")) else None
+
+
+def submitit_executor(study: Study, launcher: dict):
+    """A submitit executor with the launcher's settings, mapped as hydra-submitit-launcher maps them."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    cluster = "slurm" if "Slurm" in launcher["_target_"] else "local"
+    params = {k: v for k, v in launcher.items() if k not in ("_target_", "submitit_folder")}
+    init = {"folder": str(study.dir / "workers" / "%j")}
+    if "max_num_timeout" in params:
+        init["max_num_timeout"] = params.pop("max_num_timeout")
+    executor = submitit.AutoExecutor(cluster=cluster, **init)
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(
+        **{
+            k if k in base else f"{cluster}_{k}": v
+            for k, v in params.items()
+            if v is not None and k != "name"
+        }
+    )
+    executor.update_parameters(name=f"tune-{study.key[:40]}")
+    return executor
+
+
+def best_params(opt_study) -> dict | None:
+    import optuna
+
+    complete = [
+        t for t in opt_study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE
+    ]
+    return opt_study.best_trial.params if complete else None
+
+
+def final_runs(study: Study) -> list[tuple[str, str, int, dict]]:
+    """(method, which: best | default, seed, params) of every final run."""
+    from peft_bench.checks import compose_job
+    from peft_bench.tasks import get_task
+
+    task = get_task(compose_job([*study.run_overrides(), f"method={study.methods[0]}"]).dataset.task)
+    out = []
+    for method in study.methods:
+        best = best_params(open_study(study, method, task.higher_is_better))
+        if best is None:
+            log.warning("method %s: no trial completed; no final runs", method)
+            continue
+        for seed in range(1, study.cfg.seeds + 1):
+            out.append((method, "best", seed, best))
+            if study.cfg.defaults:
+                out.append((method, "default", seed, {}))
+    return out
+
+
+def run_final(argv: list[str], method: str, which: str, seed: int, params: dict) -> None:
+    """One final run: the method's best (or default) setting at this seed, evaluated on test."""
+    from peft_bench.checks import compose_job
+    from peft_bench.train import run
+
+    study = parse(argv)
+    try:
+        run(
+            compose_job(
+                [*study.run_overrides(), *with_params(method, params), f"seed={seed}"],
+                study.dir / "final" / method / f"{which}-s{seed}",
+            )
+        )
+    except (PeftBenchError, DivergedError) as e:  # its results.json says why; the report lists it
+        log.error("final %s %s seed %d: %s", method, which, seed, e)
+
+
+def run_finals(study: Study, argv: list[str]) -> None:
+    """Each method's best setting (and its default) over the seeds, evaluated on test: ordinary runs in
+    final/<method>/<best|default>-s<seed>, as jobs of the launcher when there is one (a re-run skips the
+    completed ones)."""
+    finals = final_runs(study)
+    launcher = launcher_config(study)
+    if launcher is None:
+        for final in finals:
+            run_final(argv, *final)
+        return
+    executor = submitit_executor(study, launcher)
+    for job in [executor.submit(run_final, argv, *final) for final in finals]:
+        job.result()
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def write_tuned_report(study: Study) -> Path:
+    """The usual report of the final runs, with a "Tuned comparison" section and the best-so-far plot."""
+    from peft_bench.report import write_report
+    from peft_bench.tune_report import tuned_section
+
+    out = study.dir / "report"
+    summary = write_report([study.dir / "final"], out)
+    section = tuned_section(study, summary)
+    report = out / "report.md"
+    text = report.read_text()
+    head, sep, rest = text.partition("\n## ")
+    report.write_text(head + "\n" + section + "\n" + sep + rest)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return
+    from peft_bench.__main__ import go_offline_if_the_hub_is_unreachable
+
+    go_offline_if_the_hub_is_unreachable()
+    worker = None
+    if argv[:1] == ["--worker"]:
+        worker, argv = int(argv[1]), argv[2:]
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    from peft_bench.train import quiet_third_party
+
+    quiet_third_party()
+    try:
+        if worker is not None:
+            work(argv, worker)
+            return
+        study = parse(argv)
+        study.dir.mkdir(parents=True, exist_ok=True)
+        log.info(
+            "tuning %s: %d trials each, %d seeds; folder %s",
+            ",".join(study.methods),
+            study.cfg.trials,
+            study.cfg.seeds,
+            study.dir,
+        )
+        started = time.time()
+        start_workers(study, argv)
+        run_finals(study, argv)
+        report = write_tuned_report(study)
+        print(f"peft_bench.tune: done in {time.time() - started:.0f} s; report: {report}")
+    except PeftBenchError as e:
+        print(f"peft_bench.tune: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

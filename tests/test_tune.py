@@ -1,0 +1,206 @@
+"""python -m peft_bench.tune on the tiny model: an equal budget per method, finals over seeds on test,
+a study that survives a SIGKILL, workers sharing one study (local processes, SLURM jobs) and a
+PostgreSQL storage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+TINY_TUNE = [
+    "model=tiny",
+    "dataset=demo",
+    "logger=none",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "dataset.generator_size=400",
+]
+POSTGRES = "postgresql://peft_bench:peft_bench@127.0.0.1:5433/peft_bench"  # scripts/postgres.sh start
+
+
+def tune(args: list[str], timeout: int = 900, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-m", "peft_bench.tune", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+def trials(folder: Path, method: str, storage: str | None = None) -> list:
+    import optuna
+
+
+    url = storage or f"sqlite:///{folder / 'study.db'}"
+    names = [s.study_name for s in optuna.get_all_study_summaries(url)]
+    (name,) = [n for n in names if n.endswith(f"/{method}")]
+    return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+
+
+def finished(ts) -> list:
+    return [t for t in ts if t.state.name in ("COMPLETE", "PRUNED", "FAIL") and "killed" not in t.user_attrs]
+
+
+@pytest.mark.slow  # 8 trials and 8 final runs of the tiny model: ~1.5 min
+def test_two_methods_four_trials_two_seeds_then_the_report(tmp_path):
+    out = tune(["method=lora,hira", *TINY_TUNE, "tune.trials=4", "tune.seeds=2", f"tune.dir={tmp_path}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    for method in ("lora", "hira"):
+        ts = trials(tmp_path, method)
+        assert len(ts) == len(finished(ts)) == 4  # the equal budget, exactly
+        for t in ts:  # every trial an ordinary run folder, validated only: the test split untouched
+            r = json.loads((tmp_path / "trials" / method / str(t.number) / "results.json").read_text())
+            assert "val_f1" in r and not any(k.startswith("test_") for k in r), sorted(r)
+        for which in ("best", "default"):
+            for seed in (1, 2):
+                r = json.loads(
+                    (tmp_path / "final" / method / f"{which}-s{seed}" / "results.json").read_text()
+                )
+                assert r["status"] == "completed" and r["seed"] == seed and "test_acc" in r
+        best = json.loads((tmp_path / "final" / method / "best-s1" / "results.json").read_text())
+        best_trial = max((t for t in ts if t.state.name == "COMPLETE"), key=lambda t: t.value)
+        assert best["config"]["method"]["lr"] == pytest.approx(
+            best_trial.params["lr"]
+        )  # the best trial's setting
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Tuned comparison" in report and "| lora |" in report and "| hira |" in report
+    assert (tmp_path / "report" / "tuned_best_so_far.png").is_file()
+    again = tune(["method=lora,hira", *TINY_TUNE, "tune.trials=4", "tune.seeds=2", f"tune.dir={tmp_path}"])
+    assert (
+        again.returncode == 0 and len(trials(tmp_path, "lora")) == 4
+    )  # the same command: nothing more to do
+
+
+@pytest.mark.slow  # a study killed with SIGKILL during a trial, then the same command: ~1.5 min
+def test_a_killed_study_resumes_with_exactly_its_budget_and_repeats_no_trial(tmp_path):
+    args = [
+        "method=lora",
+        *TINY_TUNE,
+        "trainer.limit_train_batches=40",
+        "dataset.generator_size=2000",
+        "tune.trials=4",
+        "tune.seeds=1",
+        "tune.defaults=false",
+        f"tune.dir={tmp_path}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "peft_bench.tune", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    target = tmp_path / "trials" / "lora" / "1" / "results.json"  # the second trial, mid-way
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    first = (tmp_path / "trials" / "lora" / "0" / "results.json").stat().st_mtime_ns
+    out = tune(args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ts = trials(tmp_path, "lora")
+    assert len(finished(ts)) == 4  # exactly the budget
+    killed = [t for t in ts if "killed" in t.user_attrs]
+    assert [t.number for t in killed] == [1] and killed[0].state.name == "FAIL"
+    assert (tmp_path / "trials" / "lora" / "0" / "results.json").stat().st_mtime_ns == first  # not run again
+
+
+@pytest.mark.slow  # two worker processes, 6 trials: ~1 min
+def test_two_local_workers_share_one_study(tmp_path):
+    out = tune(
+        [
+            "method=lora",
+            *TINY_TUNE,
+            "tune.trials=6",
+            "tune.seeds=1",
+            "tune.defaults=false",
+            "tune.workers=2",
+            f"tune.dir={tmp_path}",
+        ]
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    ts = trials(tmp_path, "lora")
+    assert len(ts) == len(finished(ts)) == 6
+    assert len({t.user_attrs["worker"]["pid"] for t in ts}) == 2  # both pulled trials from the one study
+
+
+def postgres_ready() -> str | None:
+    try:
+        import sqlalchemy
+
+        sqlalchemy.create_engine(POSTGRES).connect().close()
+        return None
+    except Exception as e:  # noqa: BLE001
+        return f"no PostgreSQL at {POSTGRES} ({type(e).__name__}); run scripts/postgres.sh start"
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(postgres_ready() is not None, reason=str(postgres_ready()))
+def test_a_postgresql_storage_holds_the_study(tmp_path):
+    out = tune(
+        [
+            "method=lora",
+            *TINY_TUNE,
+            "tune.trials=2",
+            "tune.seeds=1",
+            "tune.defaults=false",
+            f"tune.storage={POSTGRES}",
+            f"tune.dir={tmp_path}",
+            f"tune.sampler_seed={os.getpid()}",
+        ]
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not (tmp_path / "study.db").exists()
+    assert len(finished(trials(tmp_path, "lora", POSTGRES))) == 2
+
+
+@pytest.mark.slurm
+def test_two_workers_as_slurm_jobs(tmp_path):
+    from tests.test_slurm import slurm_ready
+
+    if slurm_ready() is not None:
+        pytest.skip(slurm_ready())
+    out = tune(
+        [
+            "method=lora",
+            *TINY_TUNE,
+            "tune.trials=4",
+            "tune.seeds=1",
+            "tune.defaults=false",
+            "tune.workers=2",
+            "hydra/launcher=slurm_cpu",
+            f"tune.dir={tmp_path}",
+        ],
+        timeout=1200,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    ts = trials(tmp_path, "lora")
+    assert len(finished(ts)) == 4
+    assert len({t.user_attrs["worker"]["pid"] for t in ts}) == 2
+    assert len(list((tmp_path / "workers").iterdir())) >= 2  # submitit's job folders
+
+
+def test_bad_tune_options_are_one_message():
+    out = tune(["method=lora,lora", "model=tiny", "tune.trials=0", "tune.triels=3"], timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    for problem in (
+        "tune.triels: no such tune option",
+        "tune.trials=0: must be >= 1",
+        "a method is listed twice",
+    ):
+        assert problem in out.stderr, out.stderr
