@@ -20,6 +20,8 @@ Cases:
  4 QLoRA memory: quantized linear weights against fp32, peak memory against LoRA;
  5 pruning overhead: Sparse LoRA (L1 + gradual pruning) against LoRA at equal settings;
  6 sweep start-up: job start to first optimizer step, cold (empty cache) and warm (tokenized data cached);
+ 8 tuning: the median pruner's saving in trial compute at an equal budget, and the best validation
+   score of the pruned against the unpruned search (python -m peft_bench.tune, same TPE seed);
  7 how cost grows: examples/s and peak memory of each method against rank (1..32) and sequence length
    (64..512), one process per point (its peak memory is its own), two interleaved rounds (the
    fastest of each point kept), plotted to scaling.png/.svg.
@@ -203,6 +205,58 @@ class Bench:
             "method": "per-step fastest over repetitions, summed",
             "target": 0.01,
             "final_sparsity": sparse[-1].get("sparsity_exact_zero"),
+        }
+
+    def tune_pruner(self) -> None:
+        """The pruner's saving: the same study (LoRA's learning rate, TPE with the same seed, the same
+        budget of finished trials) with and without the median pruner; trial compute (training time
+        without validation, pruned trials included) and the best validation score of each."""
+        import optuna
+
+        trials = 3 if self.short else 8
+        limits = (
+            ["trainer.limit_train_batches=8"]
+            if self.short
+            else ["dataset.max_train_examples=1500", "trainer.limit_val_batches=6"]
+        )
+        arms = {}
+        for prune in (True, False):
+            folder = self.work / f"tune-prune-{prune}"
+            args = [
+                *self.base,
+                "logger=none",
+                "method=lora",
+                "trainer.max_epochs=1",
+                *limits,
+                f"tune.trials={trials}",
+                "tune.seeds=1",
+                "tune.defaults=false",
+                f"tune.prune={str(prune).lower()}",
+                f"tune.dir={folder}",
+            ]
+            out = subprocess.run(
+                [sys.executable, "-m", "peft_bench.tune", *args], cwd=ROOT, capture_output=True, text=True
+            )
+            if out.returncode != 0:
+                raise RuntimeError(f"peft_bench.tune failed: {out.stderr[-2000:]}")
+            runs = [json.loads(p.read_text()) for p in folder.glob("trials/lora/*/results.json")]
+            url = f"sqlite:///{folder / 'study.db'}"
+            (name,) = [s.study_name for s in optuna.get_all_study_summaries(url)]
+            study = optuna.load_study(study_name=name, storage=url)
+            arms["pruned" if prune else "unpruned"] = {
+                "trial_compute_s": sum(r.get("train_compute_s", 0.0) for r in runs),
+                "best_val": study.best_value,
+                "best_lr": study.best_params["lr"],
+                "states": [t.state.name for t in study.trials],
+            }
+        p, u = arms["pruned"], arms["unpruned"]
+        self.figures["tune_pruner"] = {
+            "saving": 1 - p["trial_compute_s"] / u["trial_compute_s"],
+            "best_val_delta": p["best_val"] - u["best_val"],
+            "trials": trials,
+            "arms": arms,
+            "target_saving": 0.3,
+            "target_delta": -0.005,
         }
 
     def subprocess_run(self, extra: list[str], env: dict | None = None) -> dict:
@@ -470,7 +524,16 @@ class Bench:
 
     # ------------------------------------------------------------------ all of it
 
-    CASES = ("overhead", "pruning", "seeds_pipeline", "mfu_imdb", "qlora_memory", "startup", "scaling")
+    CASES = (
+        "overhead",
+        "pruning",
+        "seeds_pipeline",
+        "mfu_imdb",
+        "qlora_memory",
+        "startup",
+        "scaling",
+        "tune_pruner",
+    )
 
     def run_all(self, cases: list[str] | None = None) -> dict:
         for name in cases or self.CASES:
@@ -761,6 +824,28 @@ def markdown(f: dict, notes: str = "") -> str:
                     f"warm {statistics.median(s['warm_s']):.2f} s{process}",
                 ]
             ]
+    if "tune_pruner" in f:
+        t = f["tune_pruner"]
+        p, u = t["arms"]["pruned"], t["arms"]["unpruned"]
+        rows += [
+            [
+                "8 tuning: the pruner's saving in trial compute at an equal budget",
+                f"{t['saving']:.1%}",
+                "≥ 30%",
+                ok(t["saving"], t["target_saving"]),
+                f"{t['trials']} finished trials each (LoRA lr, TPE same seed); "
+                f"compute {p['trial_compute_s']:.0f} s "
+                f"pruned ({p['states'].count('PRUNED')} trials stopped) against {u['trial_compute_s']:.0f} s",
+            ],
+            [
+                "8 tuning: best validation, pruned − unpruned search",
+                f"{t['best_val_delta']:+.4f}",
+                "≥ −0.005",
+                ok(t["best_val_delta"], t["target_delta"]),
+                f"best val {p['best_val']:.4f} (lr {p['best_lr']:.2e}) against {u['best_val']:.4f} "
+                f"(lr {u['best_lr']:.2e})",
+            ],
+        ]
     lines += [
         "| case | measured | target | | detail |",
         "|---|---|---|---|---|",

@@ -73,7 +73,7 @@ RunResult = TypedDict(
     "RunResult",
     {
         # what ran
-        "status": str,  # running | completed | failed | diverged | interrupted
+        "status": str,  # running | completed | failed | diverged | interrupted | pruned
         "error": str,  # failed, diverged, interrupted: the exception, one line
         "run_name": str,
         "method": str,

@@ -43,7 +43,6 @@ def tune(args: list[str], timeout: int = 900, **kwargs):
 def trials(folder: Path, method: str, storage: str | None = None) -> list:
     import optuna
 
-
     url = storage or f"sqlite:///{folder / 'study.db'}"
     names = [s.study_name for s in optuna.get_all_study_summaries(url)]
     (name,) = [n for n in names if n.endswith(f"/{method}")]
