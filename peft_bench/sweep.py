@@ -63,7 +63,7 @@ def check_jobs(
             seen[key] = (num, job)
             jobs.append((job, run))
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(list(dict.fromkeys(problems)))  # a bad value shared by several jobs: said once
     return jobs
 
 

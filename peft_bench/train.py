@@ -165,7 +165,12 @@ def run_locked(
             notes.append(f"{RESULTS_FILE} was unreadable and set aside as {aside.name}")
     current = fingerprint(config, None)
     completed = prior is not None and prior.get("status") == "completed"
-    if completed and run_cfg.skip_completed:
+    untested = completed and run_cfg.test and prior.get("config", {}).get("test") is False
+    if untested:  # a validation-only run (test=false, a tuning trial) has no test figures: train it again
+        log.info(
+            "%s: completed before with test=false; running it again to evaluate on test", run_cfg.run_name
+        )
+    if completed and run_cfg.skip_completed and not untested:
         differ = completed_differences(prior, current, run_cfg)
         if differ:
             raise PeftBenchError(

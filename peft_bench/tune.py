@@ -176,6 +176,15 @@ def space(method) -> dict[str, dict]:
     return out
 
 
+def method_spaces(study: Study) -> dict[str, dict[str, dict]]:
+    from peft_bench.checks import compose_job
+
+    return {
+        m: space(OmegaConf.to_object(compose_job([*study.run_overrides(), f"method={m}"])).method)
+        for m in study.methods
+    }
+
+
 def suggest(trial, spec: dict[str, dict]) -> dict[str, Any]:
     params = {}
     for key, s in spec.items():
@@ -226,6 +235,27 @@ def open_study(study: Study, method: str, task_higher_is_better: bool, store=Non
         direction="maximize" if task_higher_is_better else "minimize",
         load_if_exists=True,
     )
+
+
+STUDY_FILE = "study.json"  # in the tune folder: the storage (password hidden) and each method's study name
+
+
+def create_studies(study: Study) -> None:
+    """Create the storage and every method's study once, before any worker starts (SQLite's schema
+    set-up is not safe from two processes at once), and say in `study.json` where they are."""
+    import re
+
+    from peft_bench.checks import compose_job
+    from peft_bench.io import atomic_write
+    from peft_bench.tasks import get_task
+
+    task = get_task(compose_job([*study.run_overrides(), f"method={study.methods[0]}"]).dataset.task)
+    store = storage(study)
+    for method in study.methods:
+        open_study(study, method, task.higher_is_better, store)
+    shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", study.storage_url)
+    names = {m: f"{study.key}/{m}" for m in study.methods}
+    atomic_write(study.dir / STUDY_FILE, json.dumps({"storage": shown, "studies": names}, indent=2) + "\n")
 
 
 def counted(trials) -> list:
@@ -358,10 +388,7 @@ def work(argv: list[str], worker: int = 0) -> None:
     from peft_bench.checks import compose_job
 
     task = get_task(compose_job([*study.run_overrides(), f"method={study.methods[0]}"]).dataset.task)
-    specs = {
-        m: space(OmegaConf.to_object(compose_job([*study.run_overrides(), f"method={m}"])).method)
-        for m in study.methods
-    }
+    specs = method_spaces(study)
     studies = {m: open_study(study, m, task.higher_is_better, store) for m in study.methods}
     done: set[str] = set()
     while len(done) < len(study.methods):
@@ -518,6 +545,33 @@ def run_finals(study: Study, argv: list[str]) -> None:
 # ---------------------------------------------------------------------------------- report
 
 
+def trial_rows(study, method: str) -> list[dict]:
+    """Each trial of the method: number, state, params, value, and its run's compute time."""
+    from peft_bench.checks import compose_job
+    from peft_bench.results import read_results
+    from peft_bench.tasks import get_task
+
+    task = get_task(compose_job([*study.run_overrides(), f"method={method}"]).dataset.task)
+    rows = []
+    for t in open_study(study, method, task.higher_is_better).get_trials(deepcopy=False):
+        run_dir = study.dir / "trials" / method / str(t.number)
+        try:
+            r = read_results(run_dir)
+        except (OSError, ValueError):
+            r = {}
+        rows.append(
+            {
+                "number": t.number,
+                "state": "killed" if t.user_attrs.get(KILLED) else t.state.name.lower(),
+                "params": t.params,
+                "value": t.value,
+                "compute_s": r.get("train_compute_s"),
+                "steps": r.get("optimizer_steps"),
+            }
+        )
+    return rows
+
+
 def write_tuned_report(study: Study) -> Path:
     """The usual report of the final runs, with a "Tuned comparison" section and the best-so-far plot."""
     from peft_bench.report import write_report
@@ -525,7 +579,9 @@ def write_tuned_report(study: Study) -> Path:
 
     out = study.dir / "report"
     summary = write_report([study.dir / "final"], out)
-    section = tuned_section(study, summary)
+    section = tuned_section(
+        study, summary, {m: trial_rows(study, m) for m in study.methods}, method_spaces(study)
+    )
     report = out / "report.md"
     text = report.read_text()
     head, sep, rest = text.partition("\n## ")
@@ -562,6 +618,7 @@ def main(argv: list[str] | None = None) -> None:
             study.dir,
         )
         started = time.time()
+        create_studies(study)
         start_workers(study, argv)
         run_finals(study, argv)
         report = write_tuned_report(study)

@@ -4,39 +4,12 @@ t-test against LoRA, the change from the method's untuned default)."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from peft_bench.report import interval, md_table
 from peft_bench.results import RESULTS_FILE, read_results
 from peft_bench.tasks import get_task
-
-
-def trial_rows(study, method: str) -> list[dict]:
-    """Each trial of the method: number, state, params, value, and its run's compute time."""
-    from peft_bench.checks import compose_job
-    from peft_bench.tune import KILLED, open_study
-
-    task = get_task(compose_job([*study.run_overrides(), f"method={method}"]).dataset.task)
-    rows = []
-    for t in open_study(study, method, task.higher_is_better).get_trials(deepcopy=False):
-        run_dir = study.dir / "trials" / method / str(t.number)
-        try:
-            r = read_results(run_dir)
-        except (OSError, ValueError):
-            r = {}
-        rows.append(
-            {
-                "number": t.number,
-                "state": "killed" if t.user_attrs.get(KILLED) else t.state.name.lower(),
-                "params": t.params,
-                "value": t.value,
-                "compute_s": r.get("train_compute_s"),
-                "steps": r.get("optimizer_steps"),
-            }
-        )
-    return rows
 
 
 def finals(study, method: str, which: str) -> dict[int, dict]:
@@ -64,11 +37,21 @@ def paired(a: dict[int, float], b: dict[int, float]) -> str:
     return f"{sum(diff) / len(diff):+.4f} (t={res.statistic:.2f}, p={res.pvalue:.3g}, n={len(seeds)}){mark}"
 
 
-def tuned_section(study, summary: dict) -> str:
-    from omegaconf import OmegaConf
+def describe_space(spec: dict[str, dict]) -> str:
+    """A search space in words: `lr 1e-4..1e-2 (log); alpha {8, 16, 32}`."""
+    parts = []
+    for key, s in spec.items():
+        if "choices" in s:
+            parts.append(f"{key} {{{', '.join(str(c) for c in s['choices'])}}}")
+        else:
+            parts.append(f"{key} {s['low']:g}..{s['high']:g}" + (" (log)" if s["log"] else ""))
+    return "; ".join(parts)
 
+
+def tuned_section(
+    study, summary: dict, trials_by_method: dict[str, list[dict]], spaces: dict[str, dict]
+) -> str:
     from peft_bench.checks import compose_job
-    from peft_bench.tune import space
 
     task = get_task(compose_job([*study.run_overrides(), f"method={study.methods[0]}"]).dataset.task)
     score, spec = task.score, task.spec
@@ -95,8 +78,7 @@ def tuned_section(study, summary: dict) -> str:
     }
     rows, curves = [], {}
     for method in study.methods:
-        trials = trial_rows(study, method)
-        method_cfg = OmegaConf.to_object(compose_job([*study.run_overrides(), f"method={method}"])).method
+        trials = trials_by_method[method]
         states = {
             s: sum(1 for t in trials if t["state"] == s) for s in ("complete", "pruned", "fail", "killed")
         }
@@ -125,7 +107,7 @@ def tuned_section(study, summary: dict) -> str:
         rows.append(
             [
                 method,
-                json.dumps(space(method_cfg)).replace("|", "/"),
+                describe_space(spaces[method]),
                 params or "-",
                 f"{best['value']:{spec}}" if best else "-",
                 f"{states['complete']} / {states['pruned']} / {states['fail']}"

@@ -53,7 +53,7 @@ RESULT_FIELDS = {
     "device",
     "peak_memory_bytes",
     "peak_memory_kind",
-    "lora",
+    "adapter",
     "inference_latency_merged_ms_per_example",
     "merged_test_acc",
     "adapter_dir",
