@@ -4,7 +4,7 @@ PY := .venv/bin/python
 TORCH_VERSION ?= 2.13.0
 DATA ?= ../shared/data
 
-.PHONY: help setup test test-fast test-slurm slurm-start slurm-stop demo lint check-real check-lm smollm2 clean bench
+.PHONY: help setup test test-slow test-all test-slurm slurm-start slurm-stop demo lint check-real check-lm smollm2 clean bench
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -15,14 +15,17 @@ setup: ## create .venv, install torch (TORCH_VERSION, default the CPU 2.13.0 whe
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 	$(PY) -m pip install -q -e '.[dev]'
 
-test: ## run the test suite (CPU, no network; timing in docs/measurements.md)
+test: ## the test suite, the slow end-to-end tests skipped (CPU, no network; timing in docs/measurements.md)
 	$(PY) -m pytest -q
 
-test-fast: ## the tests not marked slow
-	$(PY) -m pytest -q -m "not slow"
+test-slow: ## only the slow end-to-end tests (real subprocesses, SLURM, PostgreSQL); CI runs them after make test
+	$(PY) -m pytest -q --slow -m slow
+
+test-all: ## every test
+	$(PY) -m pytest -q --slow
 
 test-slurm: slurm-start ## start a one-node SLURM on localhost (root, apt), then run the SLURM tests
-	$(PY) -m pytest -q -m slurm
+	$(PY) -m pytest -q --slow -m slurm
 
 slurm-start: ## install (apt) and start a one-node SLURM cluster on localhost; idempotent
 	bash scripts/slurm.sh start

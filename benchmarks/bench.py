@@ -241,7 +241,7 @@ class Bench:
                 raise RuntimeError(f"peft_bench.tune failed: {out.stderr[-2000:]}")
             runs = [json.loads(p.read_text()) for p in folder.glob("trials/lora/*/results.json")]
             url = f"sqlite:///{folder / 'study.db'}"
-            (name,) = [s.study_name for s in optuna.get_all_study_summaries(url)]
+            name = json.loads((folder / "study.json").read_text())["studies"]["lora"]
             study = optuna.load_study(study_name=name, storage=url)
             arms["pruned" if prune else "unpruned"] = {
                 "trial_compute_s": sum(r.get("train_compute_s", 0.0) for r in runs),

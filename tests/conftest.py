@@ -23,3 +23,22 @@ def shared_cache(tmp_path_factory):
     path = tmp_path_factory.mktemp("cache")
     os.environ["PEFT_BENCH_CACHE"] = str(path)
     return path
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--slow",
+        action="store_true",
+        help="also run the tests marked slow (end-to-end runs of real processes; make test-slow)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """`make test` stays short: the tests marked slow skip, saying so, unless --slow is given
+    (`make test-slow` runs only them, `make test-all` everything; CI runs both halves)."""
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow (an end-to-end run of real processes): make test-slow runs it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -7,9 +7,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import ROOT
 
 
+@pytest.mark.slow  # every benchmark case in its short mode: ~2 min on 2 cores
 def test_bench_short_mode_writes_every_case(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--short", "--out", str(tmp_path)],

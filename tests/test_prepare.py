@@ -26,6 +26,7 @@ def prepare_cli(args, cache):
     )
 
 
+@pytest.mark.slow  # prepare and a sweep as subprocesses: ~35 s
 def test_prepare_tokenizes_each_distinct_dataset_once_and_jobs_then_hit_the_cache(tmp_path, monkeypatch):
     sweep = ["model=minilm", "dataset=demo", "dataset.generator_size=400", "rank=2,4", "seed=1,2", "-m"]
     out = prepare_cli(sweep, tmp_path)

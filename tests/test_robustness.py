@@ -21,6 +21,7 @@ def results(folder) -> dict:
     return json.loads((folder / "results.json").read_text())
 
 
+@pytest.mark.slow  # two sweeps as subprocesses: ~40 s
 def test_same_command_same_folder_and_completed_jobs_are_skipped(tmp_path):
     args = ["-m", *SWEEP, "rank=2,4"]
     first = run_cli(args, cwd=tmp_path)

@@ -175,6 +175,7 @@ def test_two_job_sweep_writes_two_results_and_hits_the_tokenization_cache(tmp_pa
     assert "| lora | 2 |" in report and "| lora | 4 |" in report
 
 
+@pytest.mark.slow  # a MiniLM run logging to an offline W&B run: ~45 s
 def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
     out = run_cli(
         [*TINY[:2], "logger=wandb", "trainer=fast", f"hydra.run.dir={tmp_path}"],

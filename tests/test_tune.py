@@ -147,6 +147,7 @@ def postgres_ready() -> str | None:
         return f"no PostgreSQL at {POSTGRES} ({type(e).__name__}); run scripts/postgres.sh start"
 
 
+@pytest.mark.slow  # a study of 2 trials and its final run: ~30 s
 @pytest.mark.postgres
 @pytest.mark.skipif(postgres_ready() is not None, reason=str(postgres_ready()))
 def test_a_postgresql_storage_holds_the_study(tmp_path):
@@ -168,6 +169,7 @@ def test_a_postgresql_storage_holds_the_study(tmp_path):
     assert len(finished(trials(tmp_path, "lora", POSTGRES))) == 2
 
 
+@pytest.mark.slow  # two SLURM jobs as workers: ~30 s, more in the queue
 @pytest.mark.slurm
 def test_two_workers_as_slurm_jobs(tmp_path):
     from tests.test_slurm import slurm_ready
