@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from hydra.utils import get_class
 
 from peft_bench.checks import check_config

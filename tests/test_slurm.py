@@ -25,7 +25,11 @@ def slurm_ready() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.skipif(slurm_ready() is not None, reason=str(slurm_ready()))]
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.slow,
+    pytest.mark.skipif(slurm_ready() is not None, reason=str(slurm_ready())),
+]
 
 
 def test_sweep_goes_through_sbatch_and_every_job_writes_results(tmp_path):
