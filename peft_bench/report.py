@@ -469,7 +469,11 @@ def plots(dataset: str, settings: list[Setting], chosen: list[Setting], out: Pat
 
     written = []
     methods = list(dict.fromkeys(s.method for s in settings))
-    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    # a colour and a marker per method: tab10 for a few methods, tab20 (and markers) for up to ~20
+    palette = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    colors = {m: palette(i % palette.N) for i, m in enumerate(methods)}
+    markers = {m: "osD^vPX<>p"[i % 10] for i, m in enumerate(methods)}
+    many = len(methods) > 6  # the legend goes beside the axes, not over the points
     task = settings[0].task
     score_name = task.score_label
 
@@ -485,7 +489,7 @@ def plots(dataset: str, settings: list[Setting], chosen: list[Setting], out: Pat
         (s.runs[0]["trainable_params"], s.mean(s.score), s) for s in settings if s.mean(s.score) is not None
     ]
     if points:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = plt.subplots(figsize=(9, 5) if many else (7, 4.5))
         for m in methods:
             pts = [(x, y, s) for x, y, s in points if s.method == m]
             errs = [interval(s.values(s.score)) for _, _, s in pts]
@@ -493,7 +497,7 @@ def plots(dataset: str, settings: list[Setting], chosen: list[Setting], out: Pat
                 [x for x, _, _ in pts],
                 [y for _, y, _ in pts],
                 yerr=[e[1] for e in errs] if all(errs) else None,
-                fmt="o",
+                fmt=markers[m],
                 color=colors[m],
                 label=m,
                 capsize=3,
@@ -516,7 +520,10 @@ def plots(dataset: str, settings: list[Setting], chosen: list[Setting], out: Pat
         ax.set_xlabel("trainable parameters (log)")
         ax.set_ylabel(score_name + ("" if task.higher_is_better else " (lower is better)"))
         ax.set_title(f"{dataset}: {score_name} vs trainable parameters")
-        ax.legend(fontsize=8)
+        if many:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(methods) // 14)
+        else:
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         save(fig, "score_vs_params")
 
