@@ -31,8 +31,6 @@ class AdaLoRAModule(AdapterModule):
             init_r=max(m.r, round(m.init_r_factor * m.r)),
             lora_alpha=m.alpha,
             lora_dropout=m.dropout,
-            target_modules=list(m.target_modules),
-            layers_to_transform=m.layers,
             total_step=total,
             tinit=int(m.tinit * total),
             tfinal=int(m.tfinal * total),

@@ -35,8 +35,17 @@ class AdapterModule(BenchModule):
         raise NotImplementedError
 
     def common(self) -> dict:
-        """What every PEFT config here takes: the task type and the task head trained in full."""
-        return {"task_type": self.task.task_type(), "modules_to_save": self.head_modules() or None}
+        """What every PEFT config here takes: the task type, the task head trained in full, the target
+        modules and, for a method that honours method.layers, the layers to adapt."""
+        m = self.method_cfg
+        out = {
+            "task_type": self.task.task_type(),
+            "modules_to_save": self.head_modules() or None,
+            "target_modules": list(m.target_modules),
+        }
+        if self.uses_layers:
+            out["layers_to_transform"] = m.layers
+        return out
 
     def build_model(self, backbone: nn.Module) -> nn.Module:
         return get_peft_model(backbone, self.peft_config())

@@ -20,6 +20,4 @@ class HiRAModule(AdapterModule):
             **self.common(),
             r=m.r,
             hira_dropout=m.dropout,
-            target_modules=list(m.target_modules),
-            layers_to_transform=m.layers,
         )

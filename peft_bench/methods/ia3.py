@@ -17,6 +17,5 @@ class IA3Module(AdapterModule):
         m = self.method_cfg
         return PeftIA3Config(
             **self.common(),
-            target_modules=list(m.target_modules),
             feedforward_modules=list(m.feedforward_modules),
         )

@@ -58,8 +58,6 @@ class LoRAModule(AdapterModule):
             r=m.r,
             lora_alpha=m.alpha,
             lora_dropout=m.dropout,
-            target_modules=list(m.target_modules),
-            layers_to_transform=m.layers,
             use_dora=m.use_dora,
             use_rslora=m.use_rslora,
             init_lora_weights=init_weights(m.init),

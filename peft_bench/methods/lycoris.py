@@ -23,8 +23,6 @@ class LoHaModule(AdapterModule):
             alpha=m.alpha,
             rank_dropout=m.dropout,
             module_dropout=m.module_dropout,
-            target_modules=list(m.target_modules),
-            layers_to_transform=m.layers,
         )
 
 

@@ -21,6 +21,4 @@ class MiSSModule(AdapterModule):
             **self.common(),
             r=m.r,
             miss_dropout=m.dropout,
-            target_modules=list(m.target_modules),
-            layers_to_transform=m.layers,
         )

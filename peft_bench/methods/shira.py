@@ -22,5 +22,4 @@ class SHiRAModule(AdapterModule):
             r=m.r,
             mask_type=m.mask_type,
             random_seed=m.mask_seed,
-            target_modules=list(m.target_modules),
         )

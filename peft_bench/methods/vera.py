@@ -23,6 +23,4 @@ class VeRAModule(AdapterModule):
             vera_dropout=m.dropout,
             d_initial=m.d_initial,
             projection_prng_key=m.projection_prng_key,
-            target_modules=list(m.target_modules),
-            layers_to_transform=m.layers,
         )
