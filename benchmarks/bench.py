@@ -1,6 +1,6 @@
 """Benchmarks: peft_bench's speed and memory against references, as ratios measured side by side.
 
-    python benchmarks/bench.py [--short] [--out DIR] [--data ../shared/data]      (make bench)
+    python benchmarks/bench.py [--short] [--out DIR] [--data ../shared/data] [--work DIR]      (make bench)
 
 Kept outside the installed package, beside BENCHMARKS.md (as PEFT keeps method_comparison/ outside
 its library); it runs against whatever peft_bench is installed.
@@ -49,9 +49,9 @@ ROOT = Path(__file__).resolve().parent.parent  # the checkout: benchmarks/ is be
 
 
 class Bench:
-    def __init__(self, short: bool, data: Path, out: Path):
+    def __init__(self, short: bool, data: Path, out: Path, work: Path | None = None):
         self.short, self.data, self.out = short, data.resolve(), out
-        self.work = Path(tempfile.mkdtemp(prefix="peft_bench-bench-"))
+        self.work = work.resolve() if work else Path(tempfile.mkdtemp(prefix="peft_bench-bench-"))
         self.reps = 1 if short else 3
         self.figures: dict = {"short": short, "reps": self.reps, "machine": machine()}
         if short:
@@ -72,7 +72,10 @@ class Bench:
 
     def run_dir(self) -> Path:
         self._n += 1
-        return self.work / f"run{self._n}"
+        path = self.work / f"run{self._n}"
+        if path.exists():  # a completed run there would be skipped, and its old timings read as new
+            raise SystemExit(f"bench: {path} exists: --work resumes the tune case only; give a fresh folder")
+        return path
 
     # ------------------------------------------------------------------ one training, ours or bare
 
@@ -929,6 +932,12 @@ def main(argv: list[str] | None = None) -> None:
         help=f"only these ({', '.join(Bench.CASES)}); their figures replace those in OUT/bench.json",
     )
     parser.add_argument(
+        "--work",
+        type=Path,
+        help="folder for the cases' runs (default: a new temporary one); an interrupted bench's folder "
+        "resumes its tune case's studies (the same command goes on)",
+    )
+    parser.add_argument(
         "--point", help=argparse.SUPPRESS
     )  # one scaling point, in a process of its own (JSON)
     args = parser.parse_args(argv)
@@ -948,7 +957,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.out / 'bench.json'} holds {'short' if old.get('short') else 'full'}-mode figures: "
             "merge only like with like (or give another --out)"
         )
-    figures = {**old, **Bench(args.short, args.data, args.out).run_all(args.cases)}
+    figures = {**old, **Bench(args.short, args.data, args.out, args.work).run_all(args.cases)}
     args.out.mkdir(parents=True, exist_ok=True)
     md = args.out / "BENCHMARKS.md"
     notes = md.read_text().partition(NOTES)[2] if md.is_file() else ""

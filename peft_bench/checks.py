@@ -25,7 +25,9 @@ def compose_job(overrides: list[str], run_dir: str | Path = "/dev/null") -> Dict
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, f"run_dir={run_dir}"], return_hydra_config=True)
+        # quoted: a folder named from overrides (tune/<command>/...) holds '=' and ',' that Hydra would parse
+        quoted = str(run_dir).replace("'", "\\'")
+        cfg = compose("config", overrides=[*overrides, f"run_dir='{quoted}'"], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]

@@ -13,7 +13,7 @@ marked failed and replaced, and each method ends with exactly tune.trials finish
 
 Search: Optuna's TPE sampler (seeded) over each method's `method.search` space (default: the learning
 rate, log-uniform over a decade either side of the method's default); every trial trains the same
-steps. Early stopping: the validation metric is reported every tune.eval_every optimizer steps and
+steps. Early stopping: the validation metric is reported every tune.eval_every training batches and
 Optuna's median pruner stops trials that trail the others; pruned and failed trials are recorded and
 never count as best (a diverged trial is a failed one, never the end of the study).
 Watch a study in a browser: `optuna-dashboard sqlite:///<tune dir>/study.db` (pip install optuna-dashboard).
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import submitit
 from omegaconf import OmegaConf
 
 from peft_bench.errors import ConfigError, DivergedError, PeftBenchError, TrialStopped
@@ -50,7 +51,7 @@ class TuneConfig:
     workers: int = 1  # processes (or SLURM jobs, with a submitit launcher) pulling trials from the studies
     dir: str | None = None  # the tune folder; default tune/<the command's overrides>
     storage: str | None = None  # Optuna storage URL; default sqlite:///<dir>/study.db; journal:<file> too
-    eval_every: int | None = None  # validate (and report to the pruner) every N steps; None: 4 times a run
+    eval_every: int | None = None  # validate and report every N training batches; None: 4 times an epoch
     prune: bool = True  # stop trials that trail (Optuna's median pruner)
     pruner_startup: int = 2  # trials that run to the end before the pruner may stop one
     startup_trials: int | None = None  # random trials before TPE models the space; None: max(2, trials // 4)
@@ -64,7 +65,17 @@ class TuneConfig:
                 out.append(f"tune.{key}={getattr(self, key)}: must be >= 1")
         if self.eval_every is not None and self.eval_every < 1:
             out.append(f"tune.eval_every={self.eval_every}: must be >= 1, or null")
+        if self.pruner_startup < 0:
+            out.append(f"tune.pruner_startup={self.pruner_startup}: must be >= 0")
+        if self.startup_trials is not None and self.startup_trials < 0:
+            out.append(f"tune.startup_trials={self.startup_trials}: must be >= 0, or null")
+        if not 0 <= self.sampler_seed < 2**32:
+            out.append(f"tune.sampler_seed={self.sampler_seed}: must be in [0, 2**32)")
         return out
+
+    def startup(self) -> int:
+        """Random trials before TPE models the space."""
+        return max(2, self.trials // 4) if self.startup_trials is None else self.startup_trials
 
 
 # ---------------------------------------------------------------------------------- the command
@@ -132,10 +143,16 @@ def parse(argv: list[str]) -> Study:
     if problems:
         raise ConfigError(problems)
     # every method's config composes and passes the checks, before anything is fetched or trained
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     for method in methods:
-        run_cfg = compose_job(
-            [*[o for o in overrides if not o.startswith(("hydra.", "hydra/"))], f"method={method}"]
-        )
+        try:
+            run_cfg = compose_job(
+                [*[o for o in overrides if not o.startswith(("hydra.", "hydra/"))], f"method={method}"]
+            )
+        except (HydraException, OmegaConfBaseException) as e:  # an unknown method, a mistyped key
+            raise ConfigError([f"method={method}: {str(e).splitlines()[0]}"]) from None
         space(check_config(run_cfg).method)  # and a malformed search space fails here
     what = [
         *overrides,
@@ -161,8 +178,24 @@ def space(method) -> dict[str, dict]:
         if isinstance(spec, list | tuple) and len(spec) == 2:
             spec = {"low": spec[0], "high": spec[1], "log": True}
         if isinstance(spec, dict) and "choices" in spec:
-            out[key] = {"choices": list(spec["choices"])}
-        elif isinstance(spec, dict) and {"low", "high"} <= set(spec) and spec["low"] < spec["high"]:
+            choices = spec["choices"]
+            if (
+                not isinstance(choices, list | tuple)
+                or not choices
+                or not all(c is None or isinstance(c, str | int | float | bool) for c in choices)
+            ):
+                raise ConfigError(
+                    [f"method.search.{key}.choices={choices!r}: give a non-empty list of plain values"]
+                )
+            out[key] = {"choices": list(choices)}
+        elif (
+            isinstance(spec, dict)
+            and {"low", "high"} <= set(spec)
+            and all(
+                isinstance(spec[b], int | float) and not isinstance(spec[b], bool) for b in ("low", "high")
+            )
+            and spec["low"] < spec["high"]
+        ):
             if spec.get("log", True) and spec["low"] <= 0:
                 raise ConfigError([f"method.search.{key}: a log-uniform range needs low > 0"])
             out[key] = {"low": spec["low"], "high": spec["high"], "log": bool(spec.get("log", True))}
@@ -176,13 +209,18 @@ def space(method) -> dict[str, dict]:
     return out
 
 
-def method_spaces(study: Study) -> dict[str, dict[str, dict]]:
+def method_configs(study: Study) -> dict:
+    """Each method's config as the command composes it (its untuned default)."""
     from peft_bench.checks import compose_job
 
     return {
-        m: space(OmegaConf.to_object(compose_job([*study.run_overrides(), f"method={m}"])).method)
+        m: OmegaConf.to_object(compose_job([*study.run_overrides(), f"method={m}"])).method
         for m in study.methods
     }
+
+
+def method_spaces(study: Study) -> dict[str, dict[str, dict]]:
+    return {m: space(c) for m, c in method_configs(study).items()}
 
 
 def suggest(trial, spec: dict[str, dict]) -> dict[str, Any]:
@@ -215,13 +253,25 @@ def storage(study: Study):
     return optuna.storages.RDBStorage(url, engine_kwargs=engine)
 
 
+def sampler(cfg: TuneConfig, n: int):
+    """TPE for a study's n-th trial, seeded from (tune.sampler_seed, n): every trial draws from a stream of
+    its own, so a replacement after a kill or a second worker does not redraw a trial's values, and one
+    worker's study is the same on every machine. (One TPESampler per process would restart its stream in
+    every worker and on every resume.) Running trials count as bad ones (constant liar), so parallel
+    workers spread out."""
+    import optuna
+
+    return optuna.samplers.TPESampler(
+        seed=(cfg.sampler_seed * 1_000_003 + n) % 2**32,
+        n_startup_trials=cfg.startup(),
+        constant_liar=True,
+    )
+
+
 def open_study(study: Study, method: str, task_higher_is_better: bool, store=None):
     import optuna
 
     cfg = study.cfg
-    sampler = optuna.samplers.TPESampler(
-        seed=cfg.sampler_seed, n_startup_trials=cfg.startup_trials or max(2, cfg.trials // 4)
-    )
     pruner = (
         optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup)
         if cfg.prune
@@ -230,7 +280,7 @@ def open_study(study: Study, method: str, task_higher_is_better: bool, store=Non
     return optuna.create_study(
         storage=store or storage(study),
         study_name=f"{study.key}/{method}",
-        sampler=sampler,
+        sampler=sampler(cfg, 0),
         pruner=pruner,
         direction="maximize" if task_higher_is_better else "minimize",
         load_if_exists=True,
@@ -249,12 +299,28 @@ def create_studies(study: Study) -> None:
     from peft_bench.io import atomic_write
     from peft_bench.tasks import get_task
 
+    shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", study.storage_url)
+    names = {m: f"{study.key}/{m}" for m in study.methods}
+    path = study.dir / STUDY_FILE
+    if path.is_file():  # its trial folders are numbered per study: another study's would collide with them
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError):
+            before = None
+        if before != {"storage": shown, "studies": names}:
+            raise ConfigError(
+                [
+                    f"tune.dir={study.dir} holds another study ({path} names "
+                    f"{before.get('studies') if isinstance(before, dict) else 'an unreadable one'}, in "
+                    f"{before.get('storage') if isinstance(before, dict) else '?'}): a study's options, "
+                    "methods, run overrides and storage are fixed once it starts; give the same command, "
+                    "or another tune.dir"
+                ]
+            )
     task = get_task(compose_job([*study.run_overrides(), f"method={study.methods[0]}"]).dataset.task)
     store = storage(study)
     for method in study.methods:
         open_study(study, method, task.higher_is_better, store)
-    shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", study.storage_url)
-    names = {m: f"{study.key}/{m}" for m in study.methods}
     atomic_write(study.dir / STUDY_FILE, json.dumps({"storage": shown, "studies": names}, indent=2) + "\n")
 
 
@@ -291,32 +357,48 @@ class ReportToPruner(L.Callback):
 def with_params(method: str, params: dict) -> list[str]:
     return [
         f"method={method}",
-        *[f"method.{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in params.items()],
+        *[f"method.{k}={json.dumps(v)}" for k, v in params.items()],  # None -> null, a str quoted
     ]
+
+
+def validation(study: Study) -> str:
+    """How often trials and finals validate: 4 times an epoch, or every tune.eval_every training batches.
+    The same for both, so a final scores on test the checkpoint its trial's value was picked from (the
+    best validation one)."""
+    every = study.cfg.eval_every
+    return f"trainer.val_check_interval={every if every else 0.25}"
 
 
 def trial_overrides(study: Study, method: str, params: dict) -> list[str]:
-    """A trial: the run's overrides and the sampled values, validated 4 times (or every tune.eval_every
-    steps), never tested."""
-    every = study.cfg.eval_every
-    return [
-        *study.run_overrides(),
-        *with_params(method, params),
-        "test=false",
-        f"trainer.val_check_interval={every if every else 0.25}",
-    ]
+    """A trial: the run's overrides and the sampled values, validated as the finals are, never tested."""
+    return [*study.run_overrides(), *with_params(method, params), "test=false", validation(study)]
+
+
+def study_job(study: Study, overrides: list[str], run_dir: Path):
+    """A trial's or a final run's config, composed as a run's is; with W&B, in one group for the study
+    and with an id that a resumed trial or final continues (whichever process or job runs it)."""
+    import hashlib
+
+    from peft_bench.checks import compose_job
+
+    cfg = compose_job(overrides, run_dir)
+    if "group" in cfg.logger:
+        where = f"{study.key}/{run_dir.relative_to(study.dir)}"
+        cfg.logger.name = str(run_dir.relative_to(study.dir))  # trials/lora/3, final/lora/best-s1
+        cfg.logger.group = f"tune-{study.key}"[:128]
+        cfg.logger.id = hashlib.sha256(where.encode()).hexdigest()[:16]
+    return cfg
 
 
 def run_trial(study: Study, method: str, trial, params: dict) -> float:
     """One trial: an ordinary run in trials/<method>/<n>, validation only, its metric reported as it goes."""
     import optuna
 
-    from peft_bench.checks import compose_job
     from peft_bench.tasks import get_task
     from peft_bench.train import run
 
     run_dir = study.dir / "trials" / method / str(trial.number)
-    cfg = compose_job(trial_overrides(study, method, params), run_dir)
+    cfg = study_job(study, trial_overrides(study, method, params), run_dir)
     task = get_task(cfg.dataset.task)
     try:
         results = run(cfg, callbacks=[ReportToPruner(trial, task.monitor)] if study.cfg.prune else [])
@@ -370,6 +452,7 @@ def claim(study: Study, method: str, opt_study):
             )
         if len(counted(opt_study.get_trials(deepcopy=False))) >= study.cfg.trials:
             return None
+        opt_study.sampler = sampler(study.cfg, len(opt_study.get_trials(deepcopy=False)))
         trial = opt_study.ask()
         trial.set_user_attr("run_dir", str(study.dir / "trials" / method / str(trial.number)))
         trial.set_user_attr("worker", process_identity())
@@ -407,13 +490,32 @@ def work(argv: list[str], worker: int = 0) -> None:
         try:
             value = run_trial(study, method, trial, params)
         except optuna.TrialPruned:
-            studies[method].tell(trial, state=optuna.trial.TrialState.PRUNED)
+            tell(studies[method], method, trial, state=optuna.trial.TrialState.PRUNED)
+        except submitit.core.utils.UncompletedJobError:  # a SLURM time limit, not the method's fault:
+            raise  # the trial stays running; the next claim finds its process gone and replaces it
         except (DivergedError, PeftBenchError, RuntimeError, ValueError) as e:  # never the end of the study
             trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
-            studies[method].tell(trial, state=optuna.trial.TrialState.FAIL)
+            tell(studies[method], method, trial, state=optuna.trial.TrialState.FAIL)
             log.warning("trial %s #%d failed: %s", method, trial.number, e)
         else:
-            studies[method].tell(trial, value)
+            tell(studies[method], method, trial, values=value)
+
+
+def tell(opt_study, method: str, trial, **outcome) -> None:
+    """Record a trial's outcome, unless another worker already marked it killed meanwhile (a worker on
+    another host that found its run folder unlocked between the run's end and this tell)."""
+    try:
+        opt_study.tell(trial, **outcome)
+    except (RuntimeError, ValueError):
+        state = opt_study._storage.get_trial(trial._trial_id).state
+        if not state.is_finished():
+            raise
+        log.warning(
+            "trial %s #%d: already marked %s by another worker; its outcome is not recorded",
+            method,
+            trial.number,
+            state.name,
+        )
 
 
 # ---------------------------------------------------------------------------------- workers and finals
@@ -437,10 +539,31 @@ def start_workers(study: Study, argv: list[str]) -> None:
             raise PeftBenchError(f"tuning workers exited with {codes}; their output says why")
         return
     executor = submitit_executor(study, launcher)
-    jobs = [executor.submit(work, argv, i) for i in range(n)]
+    jobs = [executor.submit(Worker(), argv, i) for i in range(n)]
     log.info("tuning: %d workers submitted (%s)", n, ", ".join(j.job_id for j in jobs))
+    wait_for(jobs, "tuning worker")
+
+
+def wait_for(jobs, what: str) -> None:
+    """Wait for every submitit job; one sentence per failed job (its id and log), not a traceback."""
+    failed = []
     for job in jobs:
-        job.result()  # raises with the job's error if a worker failed
+        try:
+            job.result()
+        except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
+            last = [line for line in str(e).splitlines() if line.strip()][-1:] or [""]
+            failed.append(f"{what} job {job.job_id} failed ({last[0][:200]}); log: {job.paths.stderr}")
+    if failed:
+        raise PeftBenchError("; ".join(failed))
+
+
+class Worker(submitit.helpers.Checkpointable):
+    """A tuning worker as a SLURM job: on a time limit or a preemption submitit requeues it (up to the
+    launcher's max_num_timeout) and it goes on pulling trials; the trial it was running is found dead by
+    the next claim and replaced."""
+
+    def __call__(self, argv: list[str], worker: int) -> None:
+        work(argv, worker)
 
 
 def launcher_config(study: Study) -> dict | None:
@@ -461,7 +584,6 @@ def launcher_config(study: Study) -> dict | None:
 
 def submitit_executor(study: Study, launcher: dict):
     """A submitit executor with the launcher's settings, mapped as hydra-submitit-launcher maps them."""
-    import submitit
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
     cluster = "slurm" if "Slurm" in launcher["_target_"] else "local"
@@ -480,6 +602,29 @@ def submitit_executor(study: Study, launcher: dict):
     )
     executor.update_parameters(name=f"tune-{study.key[:40]}")
     return executor
+
+
+def unfinished(study: Study) -> list[str]:
+    """Trials still running (an earlier command's orphaned workers, a SLURM job still going) or budgets not
+    spent: the finals must wait, or they would test a best setting that a later trial may beat."""
+    import optuna
+
+    from peft_bench.checks import compose_job
+    from peft_bench.tasks import get_task
+
+    task = get_task(compose_job([*study.run_overrides(), f"method={study.methods[0]}"]).dataset.task)
+    out = []
+    for method in study.methods:
+        trials = counted(open_study(study, method, task.higher_is_better).get_trials(deepcopy=False))
+        running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+        for t in running:
+            who = t.user_attrs.get("worker", {})
+            out.append(
+                f"{method} trial #{t.number} is still running (pid {who.get('pid')} on {who.get('host')})"
+            )
+        if len(trials) < study.cfg.trials:
+            out.append(f"{method} has {len(trials)} of {study.cfg.trials} trials")
+    return out
 
 
 def best_params(opt_study) -> dict | None:
@@ -501,8 +646,7 @@ def final_runs(study: Study) -> list[tuple[str, str, int, dict]]:
     for method in study.methods:
         best = best_params(open_study(study, method, task.higher_is_better))
         if best is None:
-            log.warning("method %s: no trial completed; no final runs", method)
-            continue
+            continue  # main() says so, with the trials' errors
         for seed in range(1, study.cfg.seeds + 1):
             out.append((method, "best", seed, best))
             if study.cfg.defaults:
@@ -510,36 +654,64 @@ def final_runs(study: Study) -> list[tuple[str, str, int, dict]]:
     return out
 
 
-def run_final(argv: list[str], method: str, which: str, seed: int, params: dict) -> None:
-    """One final run: the method's best (or default) setting at this seed, evaluated on test."""
+def without_a_best(study: Study) -> list[str]:
+    """A sentence for each method none of whose trials completed (so it has no final runs), with the
+    first failed trial's error: an error that fails every trial must not pass for a result."""
     from peft_bench.checks import compose_job
+    from peft_bench.tasks import get_task
+
+    task = get_task(compose_job([*study.run_overrides(), f"method={study.methods[0]}"]).dataset.task)
+    out = []
+    for method in study.methods:
+        opt_study = open_study(study, method, task.higher_is_better)
+        if best_params(opt_study) is not None:
+            continue
+        errors = [
+            t.user_attrs["error"] for t in opt_study.get_trials(deepcopy=False) if "error" in t.user_attrs
+        ]
+        why = f"; the first trial's error: {errors[0]}" if errors else " (every trial was pruned or killed)"
+        out.append(f"method {method}: no trial completed, so it has no final runs{why}")
+    return out
+
+
+def run_final(argv: list[str], method: str, which: str, seed: int, params: dict) -> str | None:
+    """One final run: the method's best (or default) setting at this seed, evaluated on test. Returns
+    why it did not complete (its results.json says so too), or None."""
     from peft_bench.train import run
 
     study = parse(argv)
     try:
         run(
-            compose_job(
-                [*study.run_overrides(), *with_params(method, params), f"seed={seed}"],
+            study_job(
+                study,
+                [*study.run_overrides(), *with_params(method, params), f"seed={seed}", validation(study)],
                 study.dir / "final" / method / f"{which}-s{seed}",
             )
         )
     except (PeftBenchError, DivergedError) as e:  # its results.json says why; the report lists it
         log.error("final %s %s seed %d: %s", method, which, seed, e)
+        return f"final {method} {which} seed {seed}: {e}"
+    return None
 
 
-def run_finals(study: Study, argv: list[str]) -> None:
+def run_finals(study: Study, argv: list[str]) -> list[str]:
     """Each method's best setting (and its default) over the seeds, evaluated on test: ordinary runs in
     final/<method>/<best|default>-s<seed>, as jobs of the launcher when there is one (a re-run skips the
-    completed ones)."""
+    completed ones). Returns why each final that did not complete did not."""
+    waiting = unfinished(study)
+    if waiting:
+        raise PeftBenchError(
+            f"the search is not finished: {'; '.join(waiting)}. The finals start only on a finished "
+            "search; run the same command again once those trials are done (a dead one is replaced)"
+        )
     finals = final_runs(study)
     launcher = launcher_config(study)
     if launcher is None:
-        for final in finals:
-            run_final(argv, *final)
-        return
+        return [e for e in (run_final(argv, *final) for final in finals) if e]
     executor = submitit_executor(study, launcher)
-    for job in [executor.submit(run_final, argv, *final) for final in finals]:
-        job.result()
+    jobs = [executor.submit(run_final, argv, *final) for final in finals]
+    wait_for(jobs, "final run")
+    return [e for e in (job.result() for job in jobs) if e]
 
 
 # ---------------------------------------------------------------------------------- report
@@ -574,13 +746,23 @@ def trial_rows(study, method: str) -> list[dict]:
 
 def write_tuned_report(study: Study) -> Path:
     """The usual report of the final runs, with a "Tuned comparison" section and the best-so-far plot."""
+    from peft_bench.checks import compose_job
     from peft_bench.report import write_report
+    from peft_bench.tasks import get_task
     from peft_bench.tune_report import tuned_section
 
     out = study.dir / "report"
     summary = write_report([study.dir / "final"], out)
+    task = get_task(compose_job([*study.run_overrides(), f"method={study.methods[0]}"]).dataset.task)
+    configs = method_configs(study)
+    spaces = {m: space(c) for m, c in configs.items()}
     section = tuned_section(
-        study, summary, {m: trial_rows(study, m) for m in study.methods}, method_spaces(study)
+        study,
+        summary,
+        {m: trial_rows(study, m) for m in study.methods},
+        spaces,
+        {m: best_params(open_study(study, m, task.higher_is_better)) for m in study.methods},
+        {m: {k: getattr(configs[m], k) for k in spaces[m]} for m in study.methods},
     )
     report = out / "report.md"
     text = report.read_text()
@@ -620,8 +802,14 @@ def main(argv: list[str] | None = None) -> None:
         started = time.time()
         create_studies(study)
         start_workers(study, argv)
-        run_finals(study, argv)
+        failed = run_finals(study, argv)
         report = write_tuned_report(study)
+        failed = [*without_a_best(study), *failed]
+        if failed:
+            raise PeftBenchError(
+                f"{len(failed)} problem(s), the report ({report}) lists what did complete: "
+                + " | ".join(failed)
+            )
         print(f"peft_bench.tune: done in {time.time() - started:.0f} s; report: {report}")
     except PeftBenchError as e:
         print(f"peft_bench.tune: error: {e}", file=sys.stderr)

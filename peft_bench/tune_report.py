@@ -12,14 +12,34 @@ from peft_bench.results import RESULTS_FILE, read_results
 from peft_bench.tasks import get_task
 
 
-def finals(study, method: str, which: str) -> dict[int, dict]:
-    """{seed: results} of the method's completed final runs of `which` (best or default)."""
-    out = {}
-    for path in sorted((study.dir / "final" / method).glob(f"{which}-s*/{RESULTS_FILE}")):
-        r = read_results(path.parent)
-        if r.get("status") == "completed":
-            out[r["seed"]] = r
-    return out
+def same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, int | float) and isinstance(b, int | float) and math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
+def finals(study, method: str, which: str, expected: dict) -> tuple[dict[int, dict], list[str]]:
+    """{seed: results} of the method's final runs of `which` (best or default) that completed, at seeds
+    1..tune.seeds, with the method settings `expected` (the best trial's values, or the defaults); and a
+    line for each run folder left out, saying why (not completed, another setting, another seed)."""
+    out, left_out = {}, []
+    for seed in range(1, study.cfg.seeds + 1):
+        folder = study.dir / "final" / method / f"{which}-s{seed}"
+        try:
+            r = read_results(folder)
+        except (OSError, ValueError):
+            left_out.append(f"{method} {which} seed {seed}: no readable {RESULTS_FILE}")
+            continue
+        got = r.get("config", {}).get("method", {})
+        differ = [k for k, v in expected.items() if not same(got.get(k), v)]
+        if r.get("status") != "completed":
+            left_out.append(f"{method} {which} seed {seed}: {r.get('status')} ({r.get('error', '')[:120]})")
+        elif differ or r.get("seed") != seed:
+            what = [f"{k}={got.get(k)}, not {expected[k]}" for k in differ] or [f"seed {r.get('seed')}"]
+            left_out.append(f"{method} {which} seed {seed}: trained another setting ({'; '.join(what)})")
+        else:
+            out[seed] = r
+    return out, left_out
 
 
 def paired(a: dict[int, float], b: dict[int, float]) -> str:
@@ -30,7 +50,7 @@ def paired(a: dict[int, float], b: dict[int, float]) -> str:
         return "-"
     x, y = [a[s] for s in seeds], [b[s] for s in seeds]
     diff = [u - v for u, v in zip(x, y, strict=True)]
-    if all(d == diff[0] for d in diff):
+    if max(diff) - min(diff) <= 1e-9 * max(1.0, *map(abs, x), *map(abs, y)):  # float noise is no variance
         return f"{diff[0]:+.4f} (n={len(seeds)}, no variance)"
     res = stats.ttest_rel(x, y)
     mark = " *" if res.pvalue < 0.05 else ""
@@ -49,8 +69,15 @@ def describe_space(spec: dict[str, dict]) -> str:
 
 
 def tuned_section(
-    study, summary: dict, trials_by_method: dict[str, list[dict]], spaces: dict[str, dict]
+    study,
+    summary: dict,
+    trials_by_method: dict[str, list[dict]],
+    spaces: dict[str, dict],
+    best_params: dict[str, dict | None],
+    default_params: dict[str, dict],
 ) -> str:
+    """`best_params`: each method's best trial's values (None: no trial completed), as its finals ran;
+    `default_params`: the method's own values of the same keys (its untuned default)."""
     from peft_bench.checks import compose_job
 
     task = get_task(compose_job([*study.run_overrides(), f"method={study.methods[0]}"]).dataset.task)
@@ -63,7 +90,7 @@ def tuned_section(
         f"(Optuna TPE, seed {cfg.sampler_seed}; "
         + (
             f"median pruner after {cfg.pruner_startup} trials, validation every "
-            f"{cfg.eval_every or 'quarter of the'} {'steps' if cfg.eval_every else 'run'}"
+            f"{cfg.eval_every or 'quarter of an'} {'training batches' if cfg.eval_every else 'epoch'}"
             if cfg.prune
             else "no pruning"
         )
@@ -73,18 +100,27 @@ def tuned_section(
         f"(`optuna-dashboard {study.storage_url}` shows it in a browser).",
         "",
     ]
-    tests = {
-        m: {s: r[score] for s, r in finals(study, m, "best").items() if score in r} for m in study.methods
-    }
+    tests, defaults, left_out = {}, {}, []
+    for m in study.methods:
+        runs, out = finals(study, m, "best", best_params[m]) if best_params[m] is not None else ({}, [])
+        tests[m], left_out = {s: r[score] for s, r in runs.items() if score in r}, left_out + out
+        if cfg.defaults:
+            runs, out = finals(study, m, "default", default_params[m])
+            defaults[m], left_out = {s: r[score] for s, r in runs.items() if score in r}, left_out + out
     rows, curves = [], {}
     for method in study.methods:
         trials = trials_by_method[method]
         states = {
             s: sum(1 for t in trials if t["state"] == s) for s in ("complete", "pruned", "fail", "killed")
         }
-        complete = [t for t in trials if t["state"] == "complete" and t["value"] is not None]
-        best = (
-            (max if task.higher_is_better else min)(complete, key=lambda t: t["value"]) if complete else None
+        # the trial the finals re-ran (Optuna's best trial; the first of equal values)
+        best = next(
+            (
+                t
+                for t in sorted(trials, key=lambda t: t["number"])
+                if t["state"] == "complete" and t["params"] == best_params[method]
+            ),
+            None,
         )
         running, curve = None, []
         for t in sorted(trials, key=lambda t: t["number"]):
@@ -93,16 +129,17 @@ def tuned_section(
             curve.append(running)
         curves[method] = curve
         compute = sum(t["compute_s"] or 0 for t in trials)
-        stat = interval(list(tests[method].values()))
-        default = {s: r[score] for s, r in finals(study, method, "default").items() if score in r}
+        test = tests[method]
+        stat = interval(list(test.values()))
         change = "-"
-        if tests[method] and default:
-            mean_best = sum(tests[method].values()) / len(tests[method])
-            change = f"{mean_best - sum(default.values()) / len(default):+{spec}}"
-        vs = paired(tests[method], tests["lora"]) if "lora" in tests and method != "lora" else "-"
+        common = sorted(set(test) & set(defaults.get(method, {})))
+        if common:  # the same seeds on both sides
+            delta = sum(test[s] - defaults[method][s] for s in common) / len(common)
+            change = f"{delta:+{spec}} (n={len(common)})"
+        vs = paired(test, tests["lora"]) if "lora" in tests and method != "lora" else "-"
         params = ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in (best or {}).get("params", {}).items()
+            for k, v in (best_params[method] or {}).items()
         )
         rows.append(
             [
@@ -114,11 +151,11 @@ def tuned_section(
                 + (f" (+{states['killed']} killed)" if states["killed"] else ""),
                 f"{compute:.0f}",
                 "-"
-                if not tests[method]
+                if not test
                 else (
-                    f"{sum(tests[method].values()) / len(tests[method]):{spec}}"
+                    f"{sum(test.values()) / len(test):{spec}} (n={len(test)})"
                     if stat is None
-                    else f"{stat[0]:{spec}} [{stat[2]:{spec}}, {stat[3]:{spec}}]"
+                    else f"{stat[0]:{spec}} [{stat[2]:{spec}}, {stat[3]:{spec}}] (n={len(test)})"
                 ),
                 vs,
                 change,
@@ -131,11 +168,15 @@ def tuned_section(
         f"Best {task.select_by}",
         "Complete / pruned / failed",
         "Trial compute (s)",
-        f"{score} mean [95% CI]",
-        "vs LoRA: Δ (paired t-test)",
-        "Δ vs untuned default",
+        f"{score} mean [95% CI] (n seeds)",
+        "vs LoRA: Δ = method − LoRA (paired t-test)",
+        "Δ vs untuned default (same seeds)",
     ]
     lines += md_table(header, rows)
+    if not task.higher_is_better:
+        lines += ["", f"{score}: lower is better, so a negative Δ is an improvement."]
+    if left_out:
+        lines += ["", "Final runs not counted above:", "", *[f"- {line}" for line in left_out]]
     image = plot_curves(curves, task, study.dir / "report")
     if image:
         lines += ["", f"![best so far]({image})"]

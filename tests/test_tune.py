@@ -32,7 +32,7 @@ POSTGRES = "postgresql://peft_bench:peft_bench@127.0.0.1:5433/peft_bench"  # scr
 def tune(args: list[str], timeout: int = 900, **kwargs):
     return subprocess.run(
         [sys.executable, "-m", "peft_bench.tune", *args],
-        cwd=ROOT,
+        cwd=kwargs.pop("cwd", ROOT),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -80,6 +80,19 @@ def test_two_methods_four_trials_two_seeds_then_the_report(tmp_path):
     assert (
         again.returncode == 0 and len(trials(tmp_path, "lora")) == 4
     )  # the same command: nothing more to do
+    # a final folder holding a run of another setting (copied there by hand, say) is not counted as the
+    # best setting's: the report names it and the command says it could not run that final
+    path = tmp_path / "final" / "lora" / "best-s2" / "results.json"
+    r = json.loads(path.read_text())
+    r["config"]["method"]["lr"] = 0.5
+    path.write_text(json.dumps(r))
+    out = tune(["method=lora,hira", *TINY_TUNE, "tune.trials=4", "tune.seeds=2", f"tune.dir={tmp_path}"])
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "final lora best seed 2" in out.stderr and "another configuration" in out.stderr, out.stderr
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "lora best seed 2: trained another setting (lr=0.5, not" in report, report
+    row = next(line for line in report.splitlines() if line.startswith("| lora |"))
+    assert "(n=1)" in row, row  # seed 1 alone, and the change from the default on seed 1 alone
 
 
 @pytest.mark.slow  # a study killed with SIGKILL during a trial, then the same command: ~1.5 min
@@ -116,6 +129,8 @@ def test_a_killed_study_resumes_with_exactly_its_budget_and_repeats_no_trial(tmp
     killed = [t for t in ts if "killed" in t.user_attrs]
     assert [t.number for t in killed] == [1] and killed[0].state.name == "FAIL"
     assert (tmp_path / "trials" / "lora" / "0" / "results.json").stat().st_mtime_ns == first  # not run again
+    # the new process's sampler does not restart trial 0's stream: the replacement draws a new value
+    assert len({t.params["lr"] for t in ts}) == len(ts), [t.params for t in ts]
 
 
 @pytest.mark.slow  # two worker processes, 6 trials: ~1 min
@@ -135,6 +150,7 @@ def test_two_local_workers_share_one_study(tmp_path):
     ts = trials(tmp_path, "lora")
     assert len(ts) == len(finished(ts)) == 6
     assert len({t.user_attrs["worker"]["pid"] for t in ts}) == 2  # both pulled trials from the one study
+    assert len({t.params["lr"] for t in ts}) == 6, [t.params for t in ts]  # no two workers draw alike
 
 
 def postgres_ready() -> str | None:
@@ -205,3 +221,99 @@ def test_bad_tune_options_are_one_message():
         "a method is listed twice",
     ):
         assert problem in out.stderr, out.stderr
+
+
+def test_bad_values_and_searches_are_one_message():
+    cases = {
+        "tune.pruner_startup=-1": "tune.pruner_startup=-1: must be >= 0",
+        "tune.startup_trials=-1": "tune.startup_trials=-1: must be >= 0, or null",
+        "tune.sampler_seed=-1": "tune.sampler_seed=-1: must be in [0, 2**32)",
+        "method=lroa": "method=lroa:",
+        "method.search={lr:{choices:[]}}": "method.search.lr.choices=[]: give a non-empty list",
+        "method.search={lr:{choices:5}}": "method.search.lr.choices=5: give a non-empty list",
+        "method.search={lr:[a,b]}": "method.search.lr=",
+    }
+    for arg, said in cases.items():
+        out = tune(["model=tiny", "dataset=demo", arg], timeout=300)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, (arg, out.stderr[-2000:])
+        assert said in out.stderr, (arg, out.stderr)
+
+
+def test_a_sampled_value_reaches_the_run_as_itself():
+    """None is null (not the string 'None'), a string stays a string, a float is exact."""
+    from peft_bench.checks import compose_job
+    from peft_bench.tune import with_params
+
+    cfg = compose_job(
+        [
+            "model=tiny",
+            "dataset=demo",
+            *with_params("lora", {"base_quantization": None, "lr": 0.0012520653814999472}),
+        ]
+    )
+    assert cfg.method.base_quantization is None and cfg.method.lr == 0.0012520653814999472
+    cfg = compose_job(["model=tiny", "dataset=demo", *with_params("lora", {"init": "pissa_niter_4"})])
+    assert cfg.method.init == "pissa_niter_4"
+
+
+def test_an_error_in_every_trial_fails_the_command_naming_it(tmp_path):
+    """An error that fails every trial (here: validation every 10,000 batches of a 4-batch epoch) leaves
+    no best setting: the command says so, with the trials' error, and exits non-zero."""
+    out = tune(
+        [
+            "method=lora",
+            *TINY_TUNE,
+            "tune.trials=2",
+            "tune.seeds=1",
+            "tune.eval_every=10000",
+            f"tune.dir={tmp_path}",
+        ],
+        timeout=600,
+    )
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "method lora: no trial completed" in out.stderr and "10000" in out.stderr, out.stderr[-3000:]
+    assert len(finished(trials(tmp_path, "lora"))) == 2
+
+
+@pytest.mark.slow  # a study of 1 trial and 1 final run, then 3 more commands in its folder: ~1 min
+def test_a_folder_holds_one_study_and_the_finals_wait_for_running_trials(tmp_path):
+    import optuna
+    import psutil
+
+    from peft_bench.io import process_identity
+
+    # the default folder, tune/<the command>: its name holds '=' and ',' (as run folders' names do)
+    out = tune(
+        ["method=lora", *TINY_TUNE, "tune.seeds=1", "tune.defaults=false", "tune.trials=1"], cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (folder,) = (tmp_path / "tune").iterdir()
+    assert "=" in folder.name and (folder / "final" / "lora" / "best-s1" / "results.json").is_file()
+    tmp_path = folder
+    args = ["method=lora", *TINY_TUNE, "tune.seeds=1", "tune.defaults=false", f"tune.dir={tmp_path}"]
+    before = sorted(p.stat().st_mtime_ns for p in tmp_path.rglob("results.json"))
+    # another command in the same folder: its trial folders would collide with this study's
+    other = tune([*args, "tune.trials=2"], timeout=300)
+    assert other.returncode == 2 and "holds another study" in other.stderr, other.stderr[-3000:]
+    assert sorted(p.stat().st_mtime_ns for p in tmp_path.rglob("results.json")) == before  # untouched
+    # a trial still running (an earlier command's worker that goes on): the finals must wait for it
+    sleeper = subprocess.Popen(["sleep", "300"])
+    try:
+        name = json.loads((tmp_path / "study.json").read_text())["studies"]["lora"]
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'study.db'}")
+        running = study.ask()
+        me = process_identity()
+        running.set_user_attr(
+            "worker",
+            {**me, "pid": sleeper.pid, "process_started_at": psutil.Process(sleeper.pid).create_time()},
+        )
+        out = tune([*args, "tune.trials=1"], timeout=300)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+        assert f"lora trial #{running.number} is still running (pid {sleeper.pid}" in out.stderr, out.stderr
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    out = tune([*args, "tune.trials=1"], timeout=300)  # its process gone: marked killed, nothing to redo
+    assert out.returncode == 0, out.stderr[-3000:]
+    ts = trials(tmp_path, "lora")
+    assert len(finished(ts)) == 1 and ts[running.number].user_attrs.get("killed")
