@@ -45,8 +45,10 @@ class MethodConfig:
     base_quantization: str | None = None
     export: bool = True  # save what a user would ship: the adapter (PEFT's format) or the trained weights
     # the tuning search space (python -m peft_bench.tune), keys of this method: {lr: [low, high]} is
-    # log-uniform; {key: {low, high, log}} or {key: {choices: [...]}}. None: lr over [lr/10, lr*10]
-    search: dict[str, Any] | None = None
+    # log-uniform; {key: {low, high, log}} or {key: {choices: [...]}}. None: lr over [lr/10, lr*10].
+    # Typed Any: OmegaConf cannot merge `method.search={...}` from the command line into an Optional[Dict]
+    # that is None, nor add keys to an empty one; tune.space() checks its shape.
+    search: Any = None
 
     def problems(self) -> list[str]:
         out = name_problems("method", self.name)

@@ -171,6 +171,8 @@ def space(method) -> dict[str, dict]:
     """The method's search space as {config key under method: spec}: spec {low, high, log} (float, or
     int when both bounds are ints) or {choices}. Default: lr, log-uniform over [lr/10, lr*10]."""
     given = method.search if getattr(method, "search", None) else {"lr": [method.lr / 10, method.lr * 10]}
+    if not isinstance(given, dict):
+        raise ConfigError([f"method.search={given!r}: give a mapping, e.g. {{lr: [1e-4, 1e-2]}}"])
     out = {}
     for key, spec in dict(given).items():
         if not hasattr(method, key):

@@ -232,6 +232,7 @@ def test_bad_values_and_searches_are_one_message():
         "method.search={lr:{choices:[]}}": "method.search.lr.choices=[]: give a non-empty list",
         "method.search={lr:{choices:5}}": "method.search.lr.choices=5: give a non-empty list",
         "method.search={lr:[a,b]}": "method.search.lr=",
+        "method.search=5": "method.search=5: give a mapping",
     }
     for arg, said in cases.items():
         out = tune(["model=tiny", "dataset=demo", arg], timeout=300)
