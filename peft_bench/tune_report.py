@@ -89,7 +89,7 @@ def tuned_section(
         f"Each method searched on the validation split with the same budget: {cfg.trials} finished trials "
         f"(Optuna TPE, seed {cfg.sampler_seed}; "
         + (
-            f"median pruner after {cfg.pruner_startup} trials, validation every "
+            f"median pruner after {cfg.prune_startup()} trials, validation every "
             f"{cfg.eval_every or 'quarter of an'} {'training batches' if cfg.eval_every else 'epoch'}"
             if cfg.prune
             else "no pruning"
