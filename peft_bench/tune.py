@@ -822,4 +822,8 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()
+    # run as the module under its own name, not __main__: submitit then pickles the workers and final
+    # runs it sends to SLURM by reference (peft_bench.tune.Worker), not by value with this module's state
+    from peft_bench.tune import main as tune_main
+
+    tune_main()
