@@ -9,7 +9,6 @@ from pathlib import Path
 
 from peft_bench.report import interval, md_table
 from peft_bench.results import RESULTS_FILE, read_results
-from peft_bench.tasks import get_task
 
 
 def same(a, b) -> bool:
@@ -78,9 +77,8 @@ def tuned_section(
 ) -> str:
     """`best_params`: each method's best trial's values (None: no trial completed), as its finals ran;
     `default_params`: the method's own values of the same keys (its untuned default)."""
-    from peft_bench.checks import compose_job
 
-    task = get_task(compose_job([*study.run_overrides(), f"method={study.methods[0]}"]).dataset.task)
+    task = study.task  # composed once per study
     score, spec = task.score, task.spec
     cfg = study.cfg
     lines = [
