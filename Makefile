@@ -4,7 +4,7 @@ PY := .venv/bin/python
 TORCH_VERSION ?= 2.13.0
 DATA ?= ../shared/data
 
-.PHONY: help setup test test-slow test-all test-slurm slurm-start slurm-stop demo lint check-real check-lm smollm2 clean bench
+.PHONY: help setup test test-slow test-all test-slurm slurm-start slurm-stop demo lint check-real check-lm smollm2 clean bench check-gpu
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ lint: ## ruff: lint (E501 at 110 columns included) and formatting
 
 clean: ## remove Hydra outputs (keeps .venv and the cache, $$PEFT_BENCH_CACHE or ~/.cache/peft_bench)
 	rm -rf outputs multirun reports
+
+check-gpu: ## on a GPU machine: bf16-mixed LoRA, QLoRA nf4 (peak memory), MFU, DDP over all visible GPUs -> one table
+	$(PY) benchmarks/check_gpu.py $(ARGS)
 
 bench: ## benchmarks (real SST-2/IMDB in $(DATA), MiniLM; ~52 min on 2 cores): ratios against references -> benchmarks/BENCHMARKS.md
 	$(PY) benchmarks/bench.py --data $(DATA)

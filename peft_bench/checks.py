@@ -4,6 +4,7 @@ job's overrides (tests, prepare, the benchmarks)."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -53,6 +54,10 @@ def check_config(cfg: DictConfig) -> RunConfig:
     return run
 
 
+# trainer.strategy values that run: each process runs the whole command (train.py: rank 0 owns the folder)
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
+
+
 def trainer_problems(run: RunConfig) -> list[str]:
     """Trainer and run values that would fail deep inside Lightning, or train nothing and still
     'complete' with the untrained model's scores."""
@@ -97,6 +102,24 @@ def trainer_problems(run: RunConfig) -> list[str]:
             f"trainer.val_check_interval={v!r}: give a number of batches >= 1, a fraction of an epoch "
             "in (0, 1], or null for once per epoch"
         )
+    clip = t.gradient_clip_val
+    if clip is not None and not 0 <= clip < math.inf:
+        out.append(
+            f"trainer.gradient_clip_val={clip}: give the largest gradient norm, a finite number > 0 "
+            "(0 or null: no clipping)"
+        )
+    out += device_problems(t)
+    if t.strategy not in STRATEGIES:
+        out.append(
+            f"trainer.strategy={t.strategy!r}: give one of {', '.join(STRATEGIES)} (spawned, sharded and "
+            "DeepSpeed strategies are not supported: each process must run the command itself)"
+        )
+    devices = t.devices if isinstance(t.devices, int) and not isinstance(t.devices, bool) else None
+    if devices and devices > 1 and run.dataset.batch_size % devices:
+        out.append(
+            f"dataset.batch_size={run.dataset.batch_size} is the batch of the whole job: it must divide "
+            f"over its trainer.devices={devices} processes"
+        )
     sanity = t.num_sanity_val_steps
     if sanity is not None and sanity < -1:
         out.append(
@@ -114,6 +137,70 @@ def trainer_problems(run: RunConfig) -> list[str]:
     return out
 
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def precisions() -> list[str]:
+    """Lightning's precision values (its own list, so a new one is valid here the day Lightning has it)."""
+    import typing
+
+    from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+    return [*typing.get_args(_PRECISION_INPUT_STR), *typing.get_args(_PRECISION_INPUT_STR_ALIAS)]
+
+
+def runs_here() -> bool:
+    """Whether this process is on the machine that will train: not the launching process of a SLURM
+    sweep (a login node), whose jobs run elsewhere."""
+    try:
+        launcher = str(HydraConfig.get().launcher.get("_target_", ""))
+    except ValueError:  # outside Hydra
+        return True
+    return "Slurm" not in launcher or "SLURM_JOB_ID" in os.environ
+
+
+def device_problems(t) -> list[str]:
+    """An accelerator or precision Lightning would refuse only after the data has loaded. The device is
+    this machine's: a SLURM sweep's pre-check on a login node without a GPU leaves it to the job, which
+    checks again on its node."""
+    import torch
+
+    out = []
+    accelerator = str(t.accelerator).lower()
+    if accelerator not in ACCELERATORS:
+        out.append(f"trainer.accelerator={t.accelerator!r}: valid values are {list(ACCELERATORS)}")
+    elif runs_here():
+        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            out.append(
+                f"trainer.accelerator={t.accelerator}: no CUDA GPU is visible to this process "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}, torch "
+                f"{torch.__version__}); use trainer.accelerator=cpu or auto, or run on a GPU node"
+            )
+        if accelerator == "mps" and not torch.backends.mps.is_available():
+            out.append("trainer.accelerator=mps: Apple's MPS is not available here; use cpu or auto")
+    if t.precision is not None:
+        valid = precisions()
+        if str(t.precision) not in valid:
+            out.append(
+                f"trainer.precision={t.precision!r}: valid values are {valid}, or null (from the device)"
+            )
+        elif str(t.precision).startswith("transformer-engine"):
+            import importlib.util
+
+            if importlib.util.find_spec("transformer_engine") is None:
+                out.append(
+                    f"trainer.precision={t.precision}: needs NVIDIA's transformer_engine, not installed"
+                )
+        elif str(t.precision) in ("16", "16-mixed") and (
+            accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+        ):
+            out.append(
+                f"trainer.precision={t.precision}: float16 mixed precision needs a GPU; on a CPU use "
+                "bf16-mixed or 32-true"
+            )
+    return out
+
+
 @dataclass(frozen=True)
 class ModelFacts:
     """What the checks need to know of a model, read from its config.json alone (no weights)."""
@@ -122,6 +209,7 @@ class ModelFacts:
     conv1d_names: list[str]  # those of them that are GPT-2 Conv1D layers
     bias_params: int  # parameters in bias terms
     position_limit: int | None  # the longest input its position embeddings take
+    shapes: dict[str, tuple[int, int]]  # (in, out) features of each adaptable module
 
 
 _FACTS: dict[str, ModelFacts] = {}  # per model and task: a sweep's jobs share one meta-device build
@@ -135,15 +223,39 @@ def model_facts(run: RunConfig) -> ModelFacts:
     if key not in _FACTS:
         config = load_model_config(run.model, run.dataset.num_labels)
         try:
-            kinds, bias = adaptable_modules(config, task)
+            kinds, bias, shapes = adaptable_modules(config, task)
             names, conv1d = list(kinds), [n for n, is_conv1d in kinds.items() if is_conv1d]
         except ValueError:  # transformers: no such head for this architecture
-            names, conv1d, bias = None, [], 0
+            names, conv1d, bias, shapes = None, [], 0, {}
         limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         if limit is not None and config.model_type in ("roberta", "xlm-roberta", "camembert"):
             limit -= 2  # positions start after the padding index
-        _FACTS[key] = ModelFacts(names, conv1d, bias, limit)
+        _FACTS[key] = ModelFacts(names, conv1d, bias, limit, shapes)
     return _FACTS[key]
+
+
+def rank_problems(run: RunConfig, module: type, facts: ModelFacts, targets: list[str]) -> list[str]:
+    """A rank above the width of a layer it adapts is no longer a low-rank adapter: from r = in*out /
+    (in + out) it trains more parameters than the layer, and PiSSA's SVD of it fails. Refused unless
+    the method's rank is not the rank of a per-layer update (VeRA's shared projections, LoKr's factor:
+    `rank_bounded_by_width = False`)."""
+    r = getattr(run.method, "r", None)
+    if not isinstance(r, int) or r < 1 or not getattr(module, "rank_bounded_by_width", False):
+        return []
+    adapted = {
+        n: shape for n, shape in facts.shapes.items() if any(n == t or n.endswith("." + t) for t in targets)
+    }
+    if not adapted:
+        return []
+    name, (fan_in, fan_out) = min(adapted.items(), key=lambda kv: min(kv[1]))
+    width = min(fan_in, fan_out)
+    if r <= width:
+        return []
+    return [
+        f"method.r={r}: above the width of a layer it adapts ({name} of model {run.model.name} is "
+        f"{fan_in} -> {fan_out}): a rank-{r} update of it is not low-rank (the adapter has more parameters "
+        f"than the layer); give rank <= {width}, or use method=full"
+    ]
 
 
 def module_problems(run: RunConfig) -> list[str]:
@@ -169,7 +281,9 @@ def module_problems(run: RunConfig) -> list[str]:
                 f"its Linear modules are {leaf}"
             )
     conv1d = [n for n in facts.conv1d_names if any(n == t or n.endswith("." + t) for t in targets)]
-    out += get_class(run.method._target_).config_problems(run.method, run.model, conv1d, facts.bias_params)
+    module = get_class(run.method._target_)
+    out += module.config_problems(run.method, run.model, conv1d, facts.bias_params)
+    out += rank_problems(run, module, facts, targets)
     limit, key = facts.position_limit, task.length_key
     length = getattr(run.dataset, key)
     if limit is not None and length > limit:

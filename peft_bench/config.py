@@ -52,8 +52,10 @@ class MethodConfig:
 
     def problems(self) -> list[str]:
         out = name_problems("method", self.name)
-        if not self.lr > 0:
-            out.append(f"method.lr={self.lr}: the learning rate must be > 0")
+        if not 0 < self.lr < math.inf:
+            out.append(f"method.lr={self.lr}: the learning rate must be a finite number > 0")
+        if not 0 <= self.weight_decay < math.inf:
+            out.append(f"method.weight_decay={self.weight_decay}: must be a finite number >= 0 (0: none)")
         if not 0 <= self.warmup_ratio < 1:
             out.append(f"method.warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
         return out
@@ -430,7 +432,10 @@ class TrainerConfig:
     these defaults."""
 
     accelerator: str = "auto"  # cpu, gpu, auto
-    devices: Any = 1  # how many devices Lightning uses
+    devices: Any = 1  # how many devices Lightning uses (> 1: one process each; dataset.batch_size is split)
+    # auto (DDP for devices > 1), ddp, ddp_find_unused_parameters_true: one process per device, each
+    # started as a command of its own (by Lightning, or as SLURM tasks); checks.trainer_problems names them
+    strategy: str = "auto"
     precision: str | None = None  # None: bf16-mixed on a bf16-capable GPU, else 32-true
     max_epochs: int = 3
     max_steps: int = -1  # -1: run max_epochs

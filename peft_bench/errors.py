@@ -29,6 +29,11 @@ class RunInProgress(PeftBenchError):
     """Another process holds the run folder's lock."""
 
 
+class UnsafeCheckpoint(PeftBenchError):
+    """A checkpoint that holds pickled Python objects besides tensors and plain values: reading it could
+    run code, so it is refused unread."""
+
+
 class DivergedError(Exception):
     """The training loss became NaN or infinite."""
 

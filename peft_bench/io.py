@@ -3,9 +3,12 @@ processes could share is locked; a corrupt file is set aside (renamed, never del
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import platform
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -15,7 +18,7 @@ import torch
 from filelock import FileLock, Timeout
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from peft_bench.errors import RunInProgress
+from peft_bench.errors import PeftBenchError, RunInProgress, UnsafeCheckpoint
 
 log = logging.getLogger("peft_bench")
 
@@ -66,9 +69,99 @@ def set_aside(path: Path, why: str) -> Path:
     return target
 
 
+def load_checkpoint(path: Path, mmap: bool = False) -> Any:
+    """torch.load with weights_only=True, always: tensors, containers and plain values load, anything
+    else (a pickled object whose loading would call a function) is refused unread with UnsafeCheckpoint
+    naming the file and the object. Every checkpoint peft_bench writes loads this way."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        raise ValueError(f"{path} is truncated or damaged ({e.strerror})") from None  # a cut zip archive
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise  # a truncated or foreign file: the caller's to handle as corrupt
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"the Python object {found.group(1)}" if found else "a Python object that is not plain data"
+        raise UnsafeCheckpoint(
+            f"{path} was refused unread: it holds {what}, and loading it could run code (peft_bench's own "
+            "checkpoints hold only tensors and plain values). Remove the file if it is not yours, or run "
+            "with resume=false to start this run over in its folder"
+        ) from None
+
+
+# OSErrors that say the filesystem refused (not a bug, not a damaged file): what a user fixes
+FILESYSTEM_REFUSALS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the filesystem is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+def check_writable(folder: Path, elsewhere: str = "hydra.run.dir=") -> None:
+    """Before a run or sweep starts: its folder can be made and written (a few bytes, flushed), else
+    one sentence (a read-only mount, a full disk, no permission) instead of a traceback from Hydra's
+    log setup."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / ".peft_bench_write_check", b"peft_bench" * 100).unlink()
+    except OSError as e:
+        refusal = filesystem_refusal(e, folder, started=False, elsewhere=elsewhere)
+        if refusal is None:
+            raise
+        raise refusal from None
+
+
+def filesystem_refusal(
+    e: BaseException, folder: Path, started: bool = True, elsewhere: str = "hydra.run.dir="
+) -> PeftBenchError | None:
+    """One sentence for an error whose cause (anywhere in its chain: a full disk raises again while
+    Lightning cleans up) is the filesystem refusing a write or a read: which file, why, what the folder
+    kept and what to do. None for any other error."""
+    seen, cause = set(), None
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in FILESYSTEM_REFUSALS:
+            cause = e  # the earliest in the chain is the cause
+        e = e.__cause__ or e.__context__
+    if cause is None:
+        return None
+    folder = Path(folder)
+    shown = cause.filename and not Path(str(cause.filename)).name.endswith(".tmp")  # not our temporary names
+    where = f" ({cause.filename})" if shown else ""
+    fix = "free some space" if cause.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable"
+    if not started:
+        return PeftBenchError(
+            f"{folder}: {FILESYSTEM_REFUSALS[cause.errno]}{where}: nothing was started. {fix.capitalize()}, "
+            f"or give another folder ({elsewhere})"
+        )
+    kept = [name for name in ("results.json", "checkpoints/last.ckpt") if (folder / name).is_file()]
+    if kept and kept[0] == "results.json":
+        try:
+            kept[0] += f" (status {json.loads((folder / 'results.json').read_text()).get('status')})"
+        except (OSError, ValueError, AttributeError):
+            pass
+    return PeftBenchError(
+        f"{folder}: {FILESYSTEM_REFUSALS[cause.errno]}{where}; the run stopped. Kept: "
+        f"{', '.join(kept) or 'nothing'}. {fix.capitalize()} (or give another folder with "
+        f"{elsewhere}) and run the same command again: it resumes from checkpoints/last.ckpt if there is one"
+    )
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's torch checkpoint IO, but a checkpoint is written to a temporary file, flushed to
-    disk and renamed: a kill or a full disk during a save leaves the previous checkpoint intact."""
+    disk and renamed: a kill or a full disk during a save leaves the previous checkpoint intact; and
+    read with weights_only=True whatever Lightning asks (`load_checkpoint`), so a resume or the
+    evaluation of the best checkpoint never unpickles code."""
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        return load_checkpoint(Path(path))
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)

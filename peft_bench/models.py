@@ -64,13 +64,19 @@ def load_model_config(model: ModelConfig, num_labels: int | None) -> PretrainedC
     return config
 
 
-def adaptable_modules(config: PretrainedConfig, task: Task = CLASSIFICATION) -> tuple[dict[str, bool], int]:
+def adaptable_modules(
+    config: PretrainedConfig, task: Task = CLASSIFICATION
+) -> tuple[dict[str, bool], int, dict[str, tuple[int, int]]]:
     """({qualified name: is a GPT-2 Conv1D} of the Linear and Conv1D modules, the parameters in bias
-    terms), from the model built on the meta device."""
+    terms, {name: (in features, out features)} of those modules), from the model built on the meta
+    device."""
     with torch.device("meta"):
         model = task.auto_class().from_config(config)
-    kinds = {n: isinstance(m, Conv1D) for n, m in model.named_modules() if isinstance(m, nn.Linear | Conv1D)}
-    return kinds, sum(p.numel() for n, p in model.named_parameters() if n.endswith(".bias"))
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear | Conv1D)}
+    kinds = {n: isinstance(m, Conv1D) for n, m in layers.items()}
+    # nn.Linear keeps its weight as (out, in), GPT-2's Conv1D as (in, out)
+    shapes = {n: tuple(m.weight.shape[::-1] if not kinds[n] else m.weight.shape) for n, m in layers.items()}
+    return kinds, sum(p.numel() for n, p in model.named_parameters() if n.endswith(".bias")), shapes
 
 
 def adaptable_module_names(config: PretrainedConfig, task: Task = CLASSIFICATION) -> list[str]:

@@ -1,6 +1,6 @@
 """Compare the runs of one or more sweeps: tables, seed statistics and plots.
 
-    python -m peft_bench.report DIR [DIR ...] [--out FOLDER] [--wandb auto|on|off]
+    python -m peft_bench.report DIR [DIR ...] [--out FOLDER] [--wandb auto|on|off] [--include-edited]
     peft-bench report DIR [DIR ...]
 
 Reads every results.json under the given run or sweep folders and writes into FOLDER (default
@@ -12,7 +12,8 @@ DIR/report for one DIR, reports/<names> for several):
   *.png/svg   score vs trainable parameters (log axis, Pareto front), sparsity vs rank, train time
               and peak memory per method, 4-bit base memory against LoRA, training curves.
 A setting is a run's configuration without its seed (and without paths and logging), so
-`seed=1,2,3 -m` gives three runs of one setting.
+`seed=1,2,3 -m` gives three runs of one setting. A results.json changed after its run wrote it (its
+digest does not match) is left out, named, unless --include-edited counts it (marked ⚠).
 """
 
 from __future__ import annotations
@@ -26,28 +27,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peft_bench.results import RESULTS_FILE, collect, flatten, unfinished_reason
+from peft_bench.io import filesystem_refusal
+from peft_bench.resolvers import setting_identity
+from peft_bench.results import RESULTS_FILE, collect, digest_state, flatten, unfinished_reason
 from peft_bench.tasks import Task, column, task_of
 
-# Config keys that say where or how a run was logged, not what was run: settings ignore them. The
-# top-level rank and sparsity are read where they act (method.r, method.pruning.target), so a method
-# without a rank (full fine-tuning) has none.
-NOT_SETTING = (
-    "seed",
-    "run_dir",
-    "run_name",
-    "cache_dir",
-    "skip_completed",
-    "resume",
-    "rank",
-    "sparsity",
-    "checkpoint",
-    "eval_before_training",
-    "model.pretrained",
-    "model.tokenizer",
-    "dataset.data_files",
-)
-NOT_SETTING_PREFIX = ("logger.",)
 SHORT = {"method.r": "rank", "method.pruning.target": "sparsity"}
 REQUIRED = ("method", "dataset", "model", "seed", "trainable_params", "total_params", "train_time_s")
 BASELINE = "lora"
@@ -58,7 +42,7 @@ ALPHA = 0.05
 class Setting:
     dataset: str
     method: str
-    config: dict  # flattened, without the NOT_SETTING keys
+    config: dict  # flattened, the keys that define a setting (resolvers.setting_identity)
     runs: list[dict] = field(default_factory=list)
     label: str = ""  # the keys that tell it apart from the other settings of its dataset
 
@@ -93,10 +77,16 @@ class Setting:
 # ---------------------------------------------------------------------------------------- reading
 
 
-def load_runs(dirs: list[Path]) -> tuple[list[dict], list[tuple[Path, str]]]:
+EDITED = "edited after the run: its figures do not match the digest written with them"
+NO_DIGEST = "no digest (written by an older peft_bench): counted as it is"
+
+
+def load_runs(dirs: list[Path], include_edited: bool = False) -> tuple[list[dict], list[tuple[Path, str]]]:
     """(completed runs, [(folder, why it is left out)] for the unreadable, partial, failed, running,
-    stale (killed) and duplicate runs). A run of the same setting and seed as one already read (the same
-    sweep twice, `rank=4,4`) is left out as a duplicate: seeds are counted once each."""
+    stale (killed), edited and duplicate runs). A run of the same setting and seed as one already read
+    (the same sweep twice, `rank=4,4`) is left out as a duplicate: seeds are counted once each. A record
+    whose digest does not match (changed after its run wrote it) is left out unless `include_edited`;
+    then it is counted with a warning."""
     good, left_out, seen = [], [], {}
     for root in dirs:
         if not root.is_dir():
@@ -105,26 +95,39 @@ def load_runs(dirs: list[Path]) -> tuple[list[dict], list[tuple[Path, str]]]:
         for run_dir, r in collect(root):
             if (why := unfinished_reason(r)) is not None:
                 left_out.append((run_dir, why))
+            elif (trust := digest_state(r)) == "edited" and not include_edited:
+                left_out.append((run_dir, f"{EDITED} (--include-edited counts it)"))
             elif missing := [k for k in (*REQUIRED, "config") if k not in r] + (
                 [] if "val_acc" in r or "val_ppl" in r else ["val_acc or val_ppl"]
             ):
                 left_out.append((run_dir, f"partial {RESULTS_FILE}: no {', '.join(missing)}"))
-            elif (key := (setting_key(r), r["seed"])) in seen:
-                left_out.append((run_dir, f"duplicate of {seen[key]} (same setting and seed): counted once"))
             else:
-                seen[key] = run_dir
-                good.append({**r, "_dir": str(run_dir)})
+                marks = [f"{EDITED}; counted (--include-edited)"] if trust == "edited" else []
+                warnings = [*r.get("warnings", []), *marks]
+                r = {**r, "warnings": warnings, "_trust": trust, "_dir": str(run_dir)}
+                key = (setting_key(r), r["seed"])
+                if key not in seen:
+                    seen[key] = r
+                    good.append(r)
+                    continue
+                kept = seen[key]
+                if has_test(r) and not has_test(kept):  # the same run, once evaluated with test=false
+                    good[good.index(kept)], seen[key], kept, r = r, r, r, kept  # keep the one with test figures
+                left_out.append(
+                    (Path(r["_dir"]), f"duplicate of {kept['_dir']} (same setting and seed): counted once")
+                )
     return good, left_out
+
+
+def has_test(r: dict) -> bool:
+    """Whether a run has test figures (one with test=false, as a tuning trial, has validation only)."""
+    return isinstance(r.get(task_of(r).score), int | float)
 
 
 def setting_config(r: dict) -> dict:
     """A run's configuration without its seed, paths and logging; with the tokenized data's cache key
     (the data's content and layout and the tokenizer: the files' paths are left out, their bytes are not)."""
-    cfg = {
-        k: v
-        for k, v in flatten(r["config"], lists_as_json=True).items()
-        if k not in NOT_SETTING and not k.startswith(NOT_SETTING_PREFIX)
-    }
+    cfg = setting_identity(flatten(r["config"], lists_as_json=True))
     if isinstance(r.get("data"), dict) and r["data"].get("cache_key"):
         cfg["data.cache_key"] = r["data"]["cache_key"]
     return cfg
@@ -650,7 +653,7 @@ def write_runs_csv(runs: list[dict], path: Path) -> None:
             "run_dir": r["_dir"],
             **{
                 k: v
-                for k, v in flatten({k: v for k, v in r.items() if k != "_dir"}, lists_as_json=True).items()
+                for k, v in flatten({k: v for k, v in r.items() if k[0] != "_"}, lists_as_json=True).items()
                 if v is None or isinstance(v, str | int | float | bool)
             },
         }
@@ -670,11 +673,15 @@ def default_out(dirs: list[Path]) -> Path:
     return Path("reports") / "+".join(d.resolve().name for d in dirs)[:120]
 
 
-def write_report(dirs: list[Path], out: Path | None = None, wandb_mode: str = "auto") -> dict:
-    """Write report.md, runs.csv and the plots into `out`; returns what was written and read."""
+def write_report(
+    dirs: list[Path], out: Path | None = None, wandb_mode: str = "auto", include_edited: bool = False
+) -> dict:
+    """Write report.md, runs.csv and the plots into `out`; returns what was written and read.
+    `include_edited`: count runs whose results.json changed after the run (marked ⚠) instead of
+    leaving them out."""
     out = out or default_out(dirs)
     out.mkdir(parents=True, exist_ok=True)
-    runs, left_out = load_runs(dirs)
+    runs, left_out = load_runs(dirs, include_edited)
     by_dataset = settings_of(runs)
     lines = [
         "# peft_bench report",
@@ -736,6 +743,9 @@ def write_report(dirs: list[Path], out: Path | None = None, wandb_mode: str = "a
             *[f"- `{d}`: {w}" for d, w in warned_runs],
             "",
         ]
+    older = [r["_dir"] for r in runs if r.get("_trust") == "none"]
+    if older:
+        lines += ["## Notes", "", *[f"- `{d}`: {NO_DIGEST}" for d in older], ""]
     lines += ["## Runs left out of the tables", ""]
     lines += [f"- `{d}`: {why}" for d, why in left_out] or ["None: every run completed."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
@@ -807,11 +817,26 @@ def main(argv: list[str] | None = None) -> None:
         default="auto",
         help="log the table and plots to one W&B run (auto: when the runs logged to W&B)",
     )
+    parser.add_argument(
+        "--include-edited",
+        action="store_true",
+        help="count runs whose results.json was changed after the run (its digest does not match), "
+        "marked ⚠, instead of leaving them out",
+    )
     args = parser.parse_args(argv)
     missing = [str(d) for d in args.dirs if not d.is_dir()]
     if missing:
         parser.error(f"no such folder: {', '.join(missing)}")
-    s = write_report(args.dirs, args.out, args.wandb)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file: give a folder (report.md, runs.csv and plots go in it)")
+    try:
+        s = write_report(args.dirs, args.out, args.wandb, include_edited=args.include_edited)
+    except OSError as e:  # a read-only or full disk: one sentence
+        out = args.out or default_out(args.dirs)
+        if (refusal := filesystem_refusal(e, out, started=False, elsewhere="--out")) is None:
+            raise
+        print(f"peft_bench.report: error: {refusal}", file=sys.stderr)
+        sys.exit(2)
     if s["runs"] == 0:
         print(f"peft_bench.report: no completed run under {', '.join(map(str, args.dirs))}", file=sys.stderr)
     for d, why in s["left_out"]:

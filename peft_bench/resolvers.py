@@ -59,12 +59,65 @@ def package_path(package: str, subpath: str = "") -> str:
     return str(Path(list(spec.submodule_search_locations)[0]) / subpath)
 
 
-CONTROL_KEYS = ("skip_completed", "resume")  # say how to run, not what: they do not name a run
+# ------------------------------------------------------------------------------ what defines a run
+
+# The one table of config keys that do not define a run. Every other key of the resolved config (the
+# method and its adapter, model, dataset recipe, seed, trainer: precision, devices, limits, batch sizes)
+# shapes a reported figure, so a run is the same run only if all of them match. Derived from it, and
+# from nothing else: the checkpoint fingerprint a resume must match and the skip of a completed run
+# (`run_identity`), the report's settings (`setting_identity`), the sweep's duplicate-job check
+# (`run_identity`) and the run folder's name (`overrides_key`). A key ending in "." is a prefix.
+KEY_ROLES: dict[str, str] = {
+    # how the command treats a folder it finds: not even part of the folder's name
+    "skip_completed": "control",
+    "resume": "control",
+    # where a run is written and read, how it is named and logged
+    "run_dir": "place",
+    "run_name": "place",
+    "cache_dir": "place",
+    "logger.": "place",
+    # file locations: their content is compared on its own (the data's cache key, the files' bytes)
+    "dataset.data_files": "place",
+    # what is kept along the way, and chatter: no figure changes
+    "checkpoint_every_n_steps": "saving",
+    "method.export_merged": "saving",
+    "dataset.num_workers": "saving",
+    "trainer.log_every_n_steps": "saving",
+    "trainer.num_sanity_val_steps": "saving",
+    # figures a run adds when asked: a completed run that lacks them is run again, not refused
+    "test": "asks",
+    "eval_before_training": "asks",
+    # plain values that act only through the method's own keys (method.r, method.pruning.target), which
+    # define the run; a method without a rank ignores `rank`
+    "rank": "alias",
+    "sparsity": "alias",
+    # a run of its own, but the same setting: the report's statistics are over seeds
+    "seed": "seed",
+}
+
+
+def key_role(key: str) -> str:
+    """A flattened config key's role in KEY_ROLES ("defines" when it is not listed: it shapes a figure)."""
+    if key in KEY_ROLES:
+        return KEY_ROLES[key]
+    return next((role for k, role in KEY_ROLES.items() if k.endswith(".") and key.startswith(k)), "defines")
+
+
+def run_identity(flat: dict) -> dict:
+    """The keys of a flattened config that define a run (its seed included): two runs are the same run
+    exactly when these match (and their data)."""
+    return {k: v for k, v in flat.items() if key_role(k) in ("defines", "seed")}
+
+
+def setting_identity(flat: dict) -> dict:
+    """The keys that define a setting: a run's, without its seed."""
+    return {k: v for k, v in flat.items() if key_role(k) == "defines"}
 
 
 def overrides_key(overrides: list[str]) -> str:
-    """A folder name that is a function of the command-line overrides alone: readable, then a hash."""
-    ordered = sorted(o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in CONTROL_KEYS)
+    """A folder name that is a function of the command-line overrides alone: readable, then a hash.
+    Control keys (`skip_completed`, `resume`) are left out: they say how to treat the folder."""
+    ordered = sorted(o for o in overrides if key_role(o.lstrip("+~").split("=", 1)[0]) != "control")
     if not ordered:
         return "defaults"
     digest = hashlib.sha256("\n".join(ordered).encode()).hexdigest()[:8]
@@ -100,8 +153,15 @@ def top_half(num_layers: int) -> list[int]:
     return list(range(num_layers // 2, num_layers))
 
 
+def rank_part(r) -> str:
+    """`-r<rank>` of a run's name: the rank the method trains with (method.r, whatever set it), nothing
+    for a method without one (ia3, bitfit, full)."""
+    return "" if r is None else f"-r{r}"
+
+
 def register_resolvers() -> None:
     for name, fn in (
+        ("rank_part", rank_part),
         ("pkg_path", package_path),
         ("sweep_id", sweep_id),
         ("top_half", top_half),

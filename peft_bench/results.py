@@ -3,6 +3,7 @@ and reading them back (every job of a folder, unreadable ones included, with wha
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import subprocess
@@ -39,6 +40,7 @@ class DataInfo(TypedDict, total=False):
     splits: dict[str, str]  # how each split was made (given, or carved from train by a seeded split)
     sizes: dict[str, int]  # examples (classification) or packed blocks (language modelling) per split
     label_counts: dict[str, dict[str, int]]  # per split, per class
+    overlap: dict[str, dict[str, int]]  # {split: {earlier split: examples whose normalised text both hold}}
     tokens: dict[str, int]  # language modelling: tokens per split
     block_size: int  # language modelling: tokens per packed block
     cache_key: str  # the tokenized-data cache entry (content, layout and recipe of the data, tokenizer)
@@ -79,7 +81,7 @@ RunResult = TypedDict(
         "method": str,
         "dataset": str,
         "model": str,
-        "rank": int,
+        "rank": int | None,
         "seed": int,
         "run_dir": str,
         "config": dict,  # the resolved config
@@ -95,6 +97,7 @@ RunResult = TypedDict(
         "warnings": list[str],  # figures that need care (single-class split, ...)
         "notes": list[str],  # what peft_bench did on its own (a corrupt file set aside, ...)
         "resumed_from": dict,  # {"checkpoint", "step"}
+        "digest": str,  # SHA-256 of every other key as written (figures_digest): an edit afterwards shows
         "data": DataInfo,
         # parameters
         "trainable_params": int,
@@ -180,8 +183,30 @@ LIBRARIES = [
 ]
 
 
+def figures_digest(record: dict) -> str:
+    """SHA-256 of a record's every key but `digest`, as canonical JSON (sorted keys, no spaces): the
+    figures, the config and the rest, as they were written. A record changed by hand no longer matches."""
+    body = {k: v for k, v in record.items() if k != "digest"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def digest_state(record: dict) -> str:
+    """`ok` (the record is as its run wrote it), `edited` (changed after: its digest does not match) or
+    `none` (no digest: written by a peft_bench older than the digest)."""
+    if "digest" not in record:
+        return "none"
+    return "ok" if record["digest"] == figures_digest(record) else "edited"
+
+
 def write_results(run_dir: Path, results: RunResult) -> Path:
-    return atomic_write(Path(run_dir) / RESULTS_FILE, json.dumps(results, indent=2, default=str))
+    """Write results.json with the digest of what it holds. A record that already carries a digest it
+    does not match (an edited record written back as read) keeps that digest: rewriting never launders
+    an edit."""
+    record = json.loads(json.dumps(results, default=str))  # exactly what a reader will parse
+    if digest_state(record) != "edited":
+        record["digest"] = figures_digest(record)
+    return atomic_write(Path(run_dir) / RESULTS_FILE, json.dumps(record, indent=2))
 
 
 def read_results(run_dir: Path) -> RunResult:

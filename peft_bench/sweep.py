@@ -13,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from peft_bench.checks import check_config
 from peft_bench.config import RunConfig
 from peft_bench.errors import ConfigError
+from peft_bench.resolvers import run_identity
+from peft_bench.results import flatten
 
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
@@ -23,9 +25,6 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
 
     parsed = OverridesParser.create().parse_overrides(overrides)
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
-NOT_RUN_KEYS = ("rank", "sparsity", "run_name", "run_dir")
 
 
 def check_jobs(
@@ -46,11 +45,10 @@ def check_jobs(
         except ConfigError as e:
             problems += [f"job {' '.join(job)}: {p}" for p in e.problems]
             continue
-        # what the run trains: the top-level rank and sparsity act only through the method's own keys
-        # (method.r, method.pruning.target), and run_name spells them out
-        resolved = OmegaConf.to_container(cfg, resolve=True)
+        # the keys that define a run (resolvers.KEY_ROLES): the top-level rank and sparsity act only
+        # through the method's own keys (method.r, method.pruning.target)
         key = json.dumps(
-            {k: v for k, v in resolved.items() if k not in NOT_RUN_KEYS}, sort_keys=True, default=str
+            run_identity(flatten(OmegaConf.to_container(cfg, resolve=True))), sort_keys=True, default=str
         )
         if key in seen:
             problems.append(

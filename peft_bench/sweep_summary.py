@@ -14,8 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from peft_bench.errors import PeftBenchError
+from peft_bench.io import check_writable
 from peft_bench.report import write_report
-from peft_bench.results import RESULTS_FILE, collect, job_order, unfinished_reason
+from peft_bench.results import RESULTS_FILE, collect, digest_state, job_order, unfinished_reason
 from peft_bench.sweep import check_jobs, job_failures, sweep_jobs
 from peft_bench.tasks import CLASSIFICATION, task_of
 
@@ -77,8 +78,9 @@ def runs_table(
 
         params = f"{r['trainable_params']:,} / {r['total_params']:,}" if "total_params" in r else "-"
         status = why or "completed"
-        if r.get("warnings") and status == "completed":
-            status += f" ⚠ {'; '.join(r['warnings'])}"
+        edited = ["edited after the run (digest mismatch)"] if digest_state(r) == "edited" else []
+        if (r.get("warnings") or edited) and status == "completed":
+            status += f" ⚠ {'; '.join([*edited, *r.get('warnings', [])])}"
         table.add_row(
             name,
             r.get("method", "?"),
@@ -128,12 +130,21 @@ def sweep_runs(
 
 
 class SweepSummary(Callback):
-    """Checks every job of a sweep before the first starts; prints a table of the jobs at the end and
+    """Checks that a run's or sweep's folder can be written and every job of a sweep before the first
+    starts; prints a table of the jobs at the end and
     exits non-zero unless every job completed."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            check_writable(Path(config.hydra.run.dir))
+        except PeftBenchError as e:
+            print(f"peft_bench: error: {e}", file=sys.stderr)
+            sys.exit(2)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self.started = time.time()
         try:
+            check_writable(Path(config.hydra.sweep.dir), elsewhere="hydra.sweep.dir=")
             check_sweep(config)
         except PeftBenchError as e:
             print(f"peft_bench: error: no job was started: {e}", file=sys.stderr)

@@ -44,9 +44,10 @@ from peft_bench.checks import check_config
 from peft_bench.config import CONF_DIR, PEFT_BENCH_TRAINER_KEYS, RunConfig
 from peft_bench.data.base import local_fingerprint
 from peft_bench.errors import DivergedError, PeftBenchError, RunInProgress, TrialStopped
-from peft_bench.io import AtomicCheckpointIO, RunLock, process_identity, set_aside
+from peft_bench.io import AtomicCheckpointIO, RunLock, filesystem_refusal, process_identity, set_aside
 from peft_bench.measure import peak_memory, reset_peak_memory
 from peft_bench.models import load_tokenizer
+from peft_bench.ranks import begin_attempt, job_rank, slurm_tasks, tell_ranks, wait_for_rank_zero
 from peft_bench.results import RESULTS_FILE, environment, read_results, write_results
 from peft_bench.sweep import record_job_failure
 from peft_bench.tasks import get_task
@@ -72,6 +73,7 @@ def quiet_third_party() -> None:
         ".*overridden `on_before_batch_transfer`.*",
         ".*Experiment logs directory.*exists and is not empty.*",
         ".*The `srun` command is available.*",
+        ".*when logging on epoch level in distributed setting.*",  # torchmetrics syncs val/test metrics itself
     ):
         warnings.filterwarnings("ignore", message=message)
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
@@ -94,12 +96,16 @@ def main(cfg: DictConfig) -> float | None:
     try:
         results = run(cfg)
     except Exception as e:
+        if (refusal := filesystem_refusal(e, Path(cfg.run_dir).absolute())) is not None:
+            refusal.recorded = getattr(e, "recorded", False)  # a full disk, a read-only folder: one sentence
+            e = refusal
         expected = isinstance(e, PeftBenchError | DivergedError)  # the user's to act on: no traceback
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # one job's failure must not stop the sweep: results.json says why, the summary lists it
             log.error("job failed, the sweep goes on: %s", e, exc_info=not expected)
-            if not getattr(e, "recorded", False):  # no results.json of this attempt says it: the ledger does
-                record_job_failure(e)
+            if not getattr(e, "recorded", False) and job_rank() == 0:  # no results.json says it: the ledger
+                with contextlib.suppress(OSError):  # the sweep folder may be on the same full disk
+                    record_job_failure(e)
             return None
         if isinstance(e, DivergedError):
             print(f"peft_bench: diverged: {e} (results.json says status: diverged)", file=sys.stderr)
@@ -122,11 +128,24 @@ def run(cfg: DictConfig, callbacks: tuple[L.Callback, ...] | list[L.Callback] = 
     first_in_process, _first_job_in_process = _first_job_in_process, False
     run_cfg = check_config(cfg)  # every config problem at once, before any data or weights
     run_dir = Path(run_cfg.run_dir).absolute()
+    rank = job_rank()
+    if rank > 0:  # another process of a DDP job: rank 0 holds the folder and writes every record
+        word = wait_for_rank_zero(run_dir, rank)
+        if not word["go"]:
+            return {}
+        return run_locked(cfg, run_cfg, run_dir, started, first_in_process, list(callbacks), word)
+    begin_attempt()
     lock = RunLock(run_dir)
     lock.acquire(holder=peek_results(run_dir))  # a second identical command stops here, touching nothing
+    why = "completed before: skipped"
     try:
         return run_locked(cfg, run_cfg, run_dir, started, first_in_process, list(callbacks))
+    except BaseException as e:
+        why = f"{type(e).__name__}: {e}"
+        raise
     finally:
+        if slurm_tasks() > 1:  # the other tasks of a SLURM job wait for a word; unless told to go: stop
+            tell_ranks(run_dir, go=False, why=why, unless_told=True)
         lock.release()
 
 
@@ -153,7 +172,10 @@ def run_locked(
     started: float,
     first_in_process: bool,
     extra_callbacks: list[L.Callback],
+    word: dict | None = None,
 ) -> dict:
+    """`word`: rank 0's, in a rank > 0 of a DDP job (which then writes nothing in the folder)."""
+    lead = word is None
     config = OmegaConf.to_container(cfg, resolve=True)
     notes: list[str] = []  # what peft_bench did on its own about this folder (set aside a corrupt file, ...)
     prior = None
@@ -179,7 +201,7 @@ def run_locked(
             )
         log.info("%s: completed before, skipped (skip_completed=false runs it again)", run_cfg.run_name)
         return prior
-    if completed or not run_cfg.resume:
+    if lead and (completed or not run_cfg.resume):
         start_over(run_dir, "redoing a completed run" if completed else "resume=false")
 
     # Resume from last.ckpt only if it is readable and was trained on this very configuration.
@@ -199,6 +221,8 @@ def run_locked(
     if ckpt is not None:  # the config part now, before anything is written; the data part once it is read
         check_resume(ckpt, current, last, data=False)
     resume_from = last if ckpt is not None else None
+    if not lead:  # from where rank 0 goes on (it has checked that checkpoint against the data too)
+        ckpt, resume_from = None, Path(word["resume_from"]) if word["resume_from"] else None
 
     reset_peak_memory()
     results: dict = {
@@ -209,7 +233,7 @@ def run_locked(
         "method": run_cfg.method.name,
         "dataset": run_cfg.dataset.name,
         "model": run_cfg.model.name,
-        "rank": run_cfg.rank,
+        "rank": getattr(run_cfg.method, "r", None),  # what it trains with (method.r), not the plain value
         "seed": run_cfg.seed,
         "run_dir": str(run_dir),
         "config": config,
@@ -217,7 +241,8 @@ def run_locked(
         "warnings": [],
         "notes": notes,
     }
-    write_results(run_dir, results)  # a job that is killed now still shows up: status running, pid, host
+    if lead:
+        write_results(run_dir, results)  # a job killed now still shows up: status running, pid, host
     logger, restore, stats, trainer, module = None, False, None, None, None
     try:
         L.seed_everything(run_cfg.seed, workers=True, verbose=False)
@@ -268,6 +293,8 @@ def run_locked(
             monitor=module.monitor,
             callbacks=[stats, Fingerprint(print_), *extra_callbacks],
         )
+        if lead and trainer.world_size > 1:  # the other ranks start now (Lightning or SLURM): tell them
+            tell_ranks(run_dir, go=True, resume_from=resume_from)
 
         if run_cfg.eval_before_training:
             results["before_training"] = evaluate(trainer, module, datamodule, None, stats, test=run_cfg.test)
@@ -305,7 +332,8 @@ def run_locked(
             **stats.figures(str(trainer.precision), module.device, run_cfg.cache_dir),
             **module.method_results(),
         )
-        results.update(module.export(run_dir))  # last: a merged export folds the adapter in for good
+        if lead:
+            results.update(module.export(run_dir))  # last: a merged export folds the adapter in for good
         results["status"] = "completed"
     except BaseException as e:
         results["status"] = (
@@ -329,8 +357,11 @@ def run_locked(
     finally:
         results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         results.update(peak_memory())
-        write_results(run_dir, prior if restore and prior is not None else results)
+        if lead:
+            write_results(run_dir, prior if restore and prior is not None else results)
         finish_logging(results["status"])
+    if not lead:
+        return results
     for warning in results["warnings"]:
         log.warning("%s: %s", run_cfg.run_name, warning)
     task = get_task(run_cfg.dataset.task)
@@ -483,6 +514,7 @@ def build_trainer(
         enable_checkpointing=run_cfg.checkpoint,
         enable_progress_bar=interactive,
         enable_model_summary=False,
+        use_distributed_sampler=False,  # the datamodule shards its own splits (data/base.py: processes)
         # no_grad, not inference_mode, for evaluation: metric states reset inside inference mode become
         # inference tensors that a later validation (fit after eval_before_training) cannot update
         inference_mode=False,

@@ -26,6 +26,8 @@ import json
 import logging
 import math
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -43,6 +45,33 @@ log = logging.getLogger("peft_bench")
 
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 KILLED = "killed"  # user attribute of a trial whose process died: marked failed, not counted, replaced
+# a password given in tune.storage's URL: main() moves it here, out of the command line that workers and
+# final runs (local processes, submitit's pickled jobs) are given; Study.storage_url puts it back
+STORAGE_PASSWORD = "PEFT_BENCH_STORAGE_PASSWORD"
+MASK = "***"
+CONNECT_TIMEOUT_S = 5  # a PostgreSQL server that does not answer fails the command in seconds, not minutes
+URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):([^@\s]*)@")
+
+
+def hide_password(text: str) -> str:
+    """`text` with the password of every URL in it replaced by ***: scheme://user:***@host/db. The one
+    helper for everything the command writes or prints that may hold a storage URL (study.json, the
+    report, its messages)."""
+    return URL_PASSWORD.sub(rf"\1:{MASK}@", text)
+
+
+def password_out_of(argv: list[str]) -> list[str]:
+    """The command line with tune.storage's password masked, the password moved to the environment
+    (STORAGE_PASSWORD), which this process's workers and final runs inherit: no command line (`ps`), pickled
+    submitit job or log holds it. PGPASSWORD or ~/.pgpass keep it off the command line from the start."""
+    out = []
+    for arg in argv:
+        found = URL_PASSWORD.search(arg) if arg.startswith("tune.storage=") else None
+        if found and found.group(2) != MASK:
+            os.environ[STORAGE_PASSWORD] = found.group(2)
+            arg = hide_password(arg)
+        out.append(arg)
+    return out
 
 
 @dataclass
@@ -103,9 +132,18 @@ class Study:
 
     @property
     def storage_url(self) -> str:
+        """The URL to connect with (the password put back from the environment): never to be shown."""
         if self.cfg.storage:
+            password = os.environ.get(STORAGE_PASSWORD)
+            if password is not None and f":{MASK}@" in self.cfg.storage:
+                return self.cfg.storage.replace(f":{MASK}@", f":{password}@", 1)
             return self.cfg.storage
         return f"sqlite:///{(self.dir / 'study.db').absolute()}"
+
+    @property
+    def storage_shown(self) -> str:
+        """The storage URL as it is written down and printed: its password hidden."""
+        return hide_password(self.storage_url)
 
     @functools.cached_property
     def task(self):
@@ -160,18 +198,27 @@ def parse(argv: list[str]) -> Study:
         problems.append(f"method={','.join(methods)}: a method is listed twice")
     if problems:
         raise ConfigError(problems)
-    # every method's config composes and passes the checks, before anything is fetched or trained
+    # every method's config composes and passes the checks, and so does every value its search may give a
+    # trial, before anything is fetched or trained; the problems of every method at once
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    run_overrides = [o for o in overrides if not o.startswith(("hydra.", "hydra/"))]
     for method in methods:
+        said = f"method={method}: " if len(methods) > 1 else ""
         try:
-            run_cfg = compose_job(
-                [*[o for o in overrides if not o.startswith(("hydra.", "hydra/"))], f"method={method}"]
+            spec, found = space_and_problems(
+                check_config(compose_job([*run_overrides, f"method={method}"])).method
             )
+            found += search_problems(run_overrides, method, spec)
         except (HydraException, OmegaConfBaseException) as e:  # an unknown method, a mistyped key
-            raise ConfigError([f"method={method}: {str(e).splitlines()[0]}"]) from None
-        space(check_config(run_cfg).method)  # and a malformed search space fails here
+            found = [f"method={method}: {str(e).splitlines()[0]}"]
+            said = ""
+        except ConfigError as e:  # the method's run config, or its search space's shape
+            found = e.problems
+        problems += [said + p for p in found]
+    if problems:
+        raise ConfigError(problems)
     what = [
         *overrides,
         f"method={','.join(methods)}",
@@ -187,45 +234,90 @@ def parse(argv: list[str]) -> Study:
 
 def space(method) -> dict[str, dict]:
     """The method's search space as {config key under method: spec}: spec {low, high, log} (float, or
-    int when both bounds are ints) or {choices}. Default: lr, log-uniform over [lr/10, lr*10]."""
+    int when both bounds are ints) or {choices}. Default: lr, log-uniform over [lr/10, lr*10]. Raises one
+    ConfigError naming every malformed key."""
+    out, problems = space_and_problems(method)
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def space_and_problems(method) -> tuple[dict[str, dict], list[str]]:
+    """The well-formed keys' specs, and a sentence for each malformed one."""
     given = method.search if getattr(method, "search", None) else {"lr": [method.lr / 10, method.lr * 10]}
     if not isinstance(given, dict):
         raise ConfigError([f"method.search={given!r}: give a mapping, e.g. {{lr: [1e-4, 1e-2]}}"])
-    out = {}
+    out, problems = {}, []
     for key, spec in dict(given).items():
-        if not hasattr(method, key):
-            raise ConfigError([f"method.search: method {method.name} has no key {key!r}"])
-        if isinstance(spec, list | tuple) and len(spec) == 2:
-            spec = {"low": spec[0], "high": spec[1], "log": True}
-        if isinstance(spec, dict) and "choices" in spec:
-            choices = spec["choices"]
-            if (
-                not isinstance(choices, list | tuple)
-                or not choices
-                or not all(c is None or isinstance(c, str | int | float | bool) for c in choices)
-            ):
-                raise ConfigError(
-                    [f"method.search.{key}.choices={choices!r}: give a non-empty list of plain values"]
-                )
-            out[key] = {"choices": list(choices)}
-        elif (
-            isinstance(spec, dict)
-            and {"low", "high"} <= set(spec)
-            and all(
-                isinstance(spec[b], int | float) and not isinstance(spec[b], bool) for b in ("low", "high")
-            )
-            and spec["low"] < spec["high"]
+        try:
+            out[key] = key_space(method, key, spec)
+        except ConfigError as e:
+            problems += e.problems
+    return out, problems
+
+
+def key_space(method, key: str, spec) -> dict:
+    """One key's spec, normalised: {low, high, log} or {choices}; ConfigError if it is malformed."""
+    if not hasattr(method, key):
+        raise ConfigError([f"method.search: method {method.name} has no key {key!r}"])
+    if isinstance(spec, list | tuple) and len(spec) == 2:
+        spec = {"low": spec[0], "high": spec[1], "log": True}
+    if isinstance(spec, dict) and "choices" in spec:
+        choices = spec["choices"]
+        if (
+            not isinstance(choices, list | tuple)
+            or not choices
+            or not all(c is None or isinstance(c, str | int | float | bool) for c in choices)
         ):
-            if spec.get("log", True) and spec["low"] <= 0:
-                raise ConfigError([f"method.search.{key}: a log-uniform range needs low > 0"])
-            out[key] = {"low": spec["low"], "high": spec["high"], "log": bool(spec.get("log", True))}
-        else:
+            raise ConfigError(
+                [f"method.search.{key}.choices={choices!r}: give a non-empty list of plain values"]
+            )
+        return {"choices": list(choices)}
+    if (
+        isinstance(spec, dict)
+        and {"low", "high"} <= set(spec)
+        and all(isinstance(spec[b], int | float) and not isinstance(spec[b], bool) for b in ("low", "high"))
+        and spec["low"] < spec["high"]
+    ):
+        if spec.get("log", True) and spec["low"] <= 0:
             raise ConfigError(
                 [
-                    f"method.search.{key}={spec!r}: give [low, high] (log-uniform), "
-                    "{low, high, log} or {choices: [...]}"
+                    f"method.search.{key}: low={spec['low']} on a log scale; a log-uniform range needs "
+                    "low > 0 (or log: false)"
                 ]
             )
+        return {"low": spec["low"], "high": spec["high"], "log": bool(spec.get("log", True))}
+    raise ConfigError(
+        [
+            f"method.search.{key}={spec!r}: give [low, high] (log-uniform), "
+            "{low, high, log} or {choices: [...]}"
+        ]
+    )
+
+
+def search_problems(run_overrides: list[str], method: str, spec: dict[str, dict]) -> list[str]:
+    """Every value the search may give a trial (each choice, both bounds of a range) checked as that trial's
+    run will be, by composing its config and running check_config (the run's rules, in one place): an
+    invalid one is named with the rule it breaks, before a trial of the budget is spent on it."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from peft_bench.checks import check_config, compose_job
+
+    out = []
+    for key, s in spec.items():
+        values = (
+            [("choice", c) for c in s["choices"]]
+            if "choices" in s
+            else [("low", s["low"]), ("high", s["high"])]
+        )
+        for what, value in values:
+            try:
+                check_config(compose_job([*run_overrides, *with_params(method, {key: value})]))
+            except ConfigError as e:
+                out += [f"method.search.{key}: the {what} {value!r} is invalid: {p}" for p in e.problems]
+            except (HydraException, OmegaConfBaseException) as e:  # a value of the wrong type for the key
+                out.append(f"method.search.{key}: the {what} {value!r} is invalid: {str(e).splitlines()[0]}")
     return out
 
 
@@ -268,9 +360,33 @@ def storage(study: Study):
         return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
     if url.startswith("sqlite:"):
         study.dir.mkdir(parents=True, exist_ok=True)
+    import sqlalchemy.exc
+
     # a busy SQLite file makes a writer wait, not fail, while another worker commits
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else None
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    if url.startswith("postgresql") and "connect_timeout" not in url:
+        engine = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    except sqlalchemy.exc.OperationalError as e:
+        raise PeftBenchError(unreachable(study, e)) from None
+
+
+def unreachable(study: Study, e: Exception) -> str:
+    """One sentence for a storage that cannot be reached: where, why (the driver's words), what to check."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(study.storage_url)
+    lines = str(getattr(e, "orig", None) or e).splitlines() or [""]
+    why = hide_password(lines[0].removeprefix("connection failed: ").strip())
+    if url.get_backend_name() != "postgresql":
+        return f"tune.storage={study.storage_shown}: cannot open the storage ({why})"
+    return (
+        f"tune.storage={study.storage_shown}: cannot connect to PostgreSQL at host "
+        f"{url.host or 'localhost'}, port {url.port or 5432} ({why}): check that the server is running "
+        "there and accepts TCP connections from this host (listen_addresses, pg_hba.conf), and the "
+        f"credentials (user {url.username}, the password from PGPASSWORD or ~/.pgpass)"
+    )
 
 
 def sampler(cfg: TuneConfig, n: int):
@@ -312,12 +428,27 @@ STUDY_FILE = "study.json"  # in the tune folder: the storage (password hidden) a
 
 def create_studies(study: Study) -> None:
     """Create the storage and every method's study once, before any worker starts (SQLite's schema
-    set-up is not safe from two processes at once), and say in `study.json` where they are."""
-    import re
+    set-up is not safe from two processes at once), and say in `study.json` where they are; under the
+    folder's lock, so that of two commands started at once on one folder the second finds the first's
+    study.json (and is refused if it is another study), as if started after it."""
+    from filelock import FileLock, Timeout
 
+    (study.dir / "locks").mkdir(parents=True, exist_ok=True)
+    lock = FileLock(study.dir / "locks" / f"{STUDY_FILE}.lock", timeout=600)
+    try:
+        with lock:
+            create_studies_locked(study)
+    except Timeout:
+        raise PeftBenchError(
+            f"{lock.lock_file}: another tune command has held it for 10 minutes while creating its "
+            "studies; is it stuck on its storage? Stop it, or give this one another tune.dir"
+        ) from None
+
+
+def create_studies_locked(study: Study) -> None:
     from peft_bench.io import atomic_write
 
-    shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", study.storage_url)
+    shown = study.storage_shown
     names = {m: f"{study.key}/{m}" for m in study.methods}
     path = study.dir / STUDY_FILE
     if path.is_file():  # its trial folders are numbered per study: another study's would collide with them
@@ -490,6 +621,8 @@ def work(argv: list[str], worker: int = 0) -> None:
     studies = {m: open_study(study, m, task.higher_is_better, store) for m in study.methods}
     done: set[str] = set()
     while len(done) < len(study.methods):
+        if interrupted():  # a Ctrl-C that something below turned into another outcome: no new trial
+            raise KeyboardInterrupt
         # the method with the fewest counted trials first: the budgets fill evenly across workers
         order = sorted(
             (m for m in study.methods if m not in done),
@@ -509,11 +642,28 @@ def work(argv: list[str], worker: int = 0) -> None:
         except submitit.core.utils.UncompletedJobError:  # a SLURM time limit, not the method's fault:
             raise  # the trial stays running; the next claim finds its process gone and replaces it
         except (DivergedError, PeftBenchError, RuntimeError, ValueError) as e:  # never the end of the study
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
+            if interrupted():  # a Ctrl-C that became an error on its way up (a DataLoader's, say)
+                stop_interrupted(studies[method], method, trial)
+            trial.set_user_attr("error", hide_password(f"{type(e).__name__}: {e}")[:500])
             tell(studies[method], method, trial, state=optuna.trial.TrialState.FAIL)
-            log.warning("trial %s #%d failed: %s", method, trial.number, e)
+            log.warning("trial %s #%d failed: %s", method, trial.number, hide_password(str(e)))
+        except (KeyboardInterrupt, SystemExit):  # Lightning turns a Ctrl-C into sys.exit(1)
+            if not interrupted():
+                raise  # SIGTERM's exit (143), not a Ctrl-C
+            stop_interrupted(studies[method], method, trial)
         else:
             tell(studies[method], method, trial, values=value)
+
+
+def stop_interrupted(opt_study, method: str, trial) -> None:
+    """Ctrl-C during a trial: it is not counted (its run folder says interrupted; the resumed study
+    replaces it), no other trial starts, and the command exits 130."""
+    import optuna
+
+    trial.set_user_attr(KILLED, "interrupted (Ctrl-C); replaced when the study resumes")
+    tell(opt_study, method, trial, state=optuna.trial.TrialState.FAIL)
+    log.warning("trial %s #%d: interrupted; not counted, no other trial starts", method, trial.number)
+    raise KeyboardInterrupt
 
 
 def tell(opt_study, method: str, trial, **outcome) -> None:
@@ -549,7 +699,12 @@ def start_workers(study: Study, argv: list[str]) -> None:
             subprocess.Popen([sys.executable, "-m", "peft_bench.tune", "--worker", str(i), *argv])
             for i in range(n)
         ]
-        codes = [p.wait() for p in procs]
+        try:
+            codes = [p.wait() for p in procs]
+        except KeyboardInterrupt:  # the workers got the Ctrl-C too (one process group): they stop
+            for p in procs:
+                p.wait()
+            raise
         if any(codes):
             raise PeftBenchError(f"tuning workers exited with {codes}; their output says why")
         return
@@ -775,8 +930,24 @@ def write_tuned_report(study: Study) -> Path:
     return report
 
 
+_interrupted = False
+
+
+def interrupted() -> bool:
+    """Whether a Ctrl-C (SIGINT) reached this process: remembered, because on its way up the
+    KeyboardInterrupt may become something else (Lightning's sys.exit(1), a DataLoader's RuntimeError)."""
+    return _interrupted
+
+
+def on_sigint(signum, frame) -> None:
+    global _interrupted
+    _interrupted = True
+    signal.default_int_handler(signum, frame)
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = password_out_of(list(sys.argv[1:] if argv is None else argv))
+    signal.signal(signal.SIGINT, on_sigint)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return
@@ -816,8 +987,17 @@ def main(argv: list[str] | None = None) -> None:
             )
         print(f"peft_bench.tune: done in {time.time() - started:.0f} s; report: {report}")
     except PeftBenchError as e:
-        print(f"peft_bench.tune: error: {e}", file=sys.stderr)
+        print(f"peft_bench.tune: error: {hide_password(str(e))}", file=sys.stderr)
         sys.exit(2)
+    except (KeyboardInterrupt, SystemExit) as e:
+        if not (interrupted() or isinstance(e, KeyboardInterrupt)):
+            raise
+        print(
+            "peft_bench.tune: interrupted (Ctrl-C): the running trial or final run is marked interrupted and "
+            "not counted, and no other starts; the same command resumes the study",
+            file=sys.stderr,
+        )
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -94,8 +94,8 @@ def tuned_section(
         )
         + f"), selected by {task.select_label}; then the best setting"
         + (" and the untuned default" if cfg.defaults else "")
-        + f" over seeds 1..{cfg.seeds}, evaluated on test. Storage: `{study.storage_url}` "
-        f"(`optuna-dashboard {study.storage_url}` shows it in a browser).",
+        + f" over seeds 1..{cfg.seeds}, evaluated on test. Storage: `{study.storage_shown}` "
+        f"(`optuna-dashboard {study.storage_shown}` shows it in a browser).",
         "",
     ]
     tests, defaults, left_out = {}, {}, []

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A PostgreSQL server on localhost for the tuning tests (as root): install, start, stop. Idempotent.
 #   scripts/postgres.sh start    install postgresql (apt) if missing, start a cluster on port 5433,
-#                                create role and database peft_bench (password peft_bench)
+#                                create role and database peft_bench (password peft_bench), and
+#                                role and database peft_bench_pw with a password found in no other
+#                                name (the tests grep a tune folder for it: tests/test_tune.py)
 #   scripts/postgres.sh stop
 #   scripts/postgres.sh url      the URL the tests use (also $PEFT_BENCH_TEST_POSTGRES)
 set -euo pipefail
@@ -32,6 +34,10 @@ start() {
     su postgres -c "psql -p $PORT -c \"create role peft_bench login password 'peft_bench'\"" >/dev/null
   su postgres -c "psql -p $PORT -tAc \"select 1 from pg_database where datname='peft_bench'\"" | grep -q 1 ||
     su postgres -c "psql -p $PORT -c 'create database peft_bench owner peft_bench'" >/dev/null
+  su postgres -c "psql -p $PORT -tAc \"select 1 from pg_roles where rolname='peft_bench_pw'\"" | grep -q 1 ||
+    su postgres -c "psql -p $PORT -c \"create role peft_bench_pw login password 'Zx7-hush-91q'\"" >/dev/null
+  su postgres -c "psql -p $PORT -tAc \"select 1 from pg_database where datname='peft_bench_pw'\"" | grep -q 1 ||
+    su postgres -c "psql -p $PORT -c 'create database peft_bench_pw owner peft_bench_pw'" >/dev/null
   echo "$URL"
 }
 

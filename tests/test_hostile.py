@@ -238,6 +238,16 @@ BAD_VALUES = [
     (["dataset.name=../../escape"], "dataset.name='../../escape': use letters, digits"),
     (["checkpoint_every_n_steps=0"], "checkpoint_every_n_steps=0: must be >= 1"),
     (["dataset.data_files={valid:'/x.jsonl'}"], "dataset.data_files: unknown split(s) ['valid']"),
+    # issue 20: values that make no sense are refused before any work, naming the valid range
+    (["method.lr=inf"], "method.lr=inf: the learning rate must be a finite number > 0"),
+    (["method.weight_decay=-1"], "method.weight_decay=-1.0: must be a finite number >= 0"),
+    (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1.0: give the largest gradient norm"),
+    (["rank=4096"], "method.r=4096: above the width of a layer it adapts"),
+    (["method=pissa", "rank=100"], "give rank <= 64, or use method=full"),
+    (["trainer.accelerator=gpu"], "trainer.accelerator=gpu: no CUDA GPU is visible to this process"),
+    (["trainer.accelerator=tpu"], "trainer.accelerator='tpu': valid values are ['auto', 'cpu'"),
+    (["trainer.precision=bogus"], "trainer.precision='bogus': valid values are ["),
+    (["trainer.precision=16-mixed"], "trainer.precision=16-mixed: float16 mixed precision needs a GPU"),
 ]
 
 
@@ -311,17 +321,24 @@ def test_bz2_and_xz_files_are_read_and_an_empty_file_list_is_a_config_error(tmp_
 
 def test_4_single_class_training_split_is_warned_recorded_and_flagged(tmp_path):
     from peft_bench.report import write_report
+    from peft_bench.results import digest_state
 
     train = jsonl(tmp_path / "train.jsonl", rows(200, label=1))
-    validation = jsonl(tmp_path / "validation.jsonl", rows(40, 500))
+    validation = jsonl(tmp_path / "validation.jsonl", rows(40, 500) + rows(3))  # 3 sentences of train's
     out = tiny_run(
         tmp_path / "run", "dataset=sst2", files_override({"train": train, "validation": validation})
     )
     assert out["status"] == "completed"
     assert any(w.startswith("single-class train split: all 180 rows have label 1") for w in out["warnings"])
     assert results(tmp_path / "run")["warnings"] == out["warnings"]
+    # 12: each of the 3 is in what is left of train or in the test carved from it: counted either way
+    overlap = results(tmp_path / "run")["data"]["overlap"]
+    assert overlap["validation"]["train"] + overlap["test"]["validation"] == 3
+    assert any(" shares " in w and "may be inflated" in w for w in out["warnings"])
+    assert digest_state(results(tmp_path / "run")) == "ok"  # 14: the real write path's digest holds
     report = (write_report([tmp_path / "run"], tmp_path / "report")["out"] / "report.md").read_text()
     assert "| lora ⚠ |" in report and "## Warnings" in report and "single-class train split" in report
+    assert "examples with" in report.split("## Warnings")[1]
 
 
 # ---------------------------------------- 7. corrupt files are set aside, not fatal
@@ -338,13 +355,15 @@ def test_7_a_truncated_results_json_is_set_aside_and_the_run_goes_on(tmp_path):
     assert stat.S_IMODE((run_dir / "results.json").stat().st_mode) == FILE_MODE  # 0644 under umask 022
 
 
-def test_7_a_truncated_last_checkpoint_is_set_aside_and_the_run_starts_over(tmp_path):
+@pytest.mark.parametrize("keep", [1000, 0.5], ids=["first-1000-bytes", "first-half"])
+def test_7_a_truncated_last_checkpoint_is_set_aside_and_the_run_starts_over(tmp_path, keep):
     run_dir = tmp_path / "run"
     tiny_run(run_dir)
     record = results(run_dir)
     (run_dir / "results.json").write_text(json.dumps({**record, "status": "interrupted"}))  # killed mid-save
     last = run_dir / "checkpoints" / "last.ckpt"
-    last.write_bytes(last.read_bytes()[:1000])
+    data = last.read_bytes()
+    last.write_bytes(data[: keep if isinstance(keep, int) else int(len(data) * keep)])  # half: Errno 22
     out = tiny_run(run_dir)
     assert out["status"] == "completed" and "resumed_from" not in out
     assert any("checkpoints/last.ckpt was unreadable" in n for n in out["notes"])
@@ -555,3 +574,273 @@ def test_2_5_8_10_kill9_mid_epoch_then_the_same_command_resumes_exactly(tmp_path
     assert logged(run_dir) == logged(
         tmp_path / "reference"
     )  # each step logged once: before and after the kill
+
+
+# ---------------------------------------- issue 20: nothing a run reads runs code
+
+
+class _Payload:
+    """A pickled object whose loading calls a function: what a hostile last.ckpt would hold."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_20_1_a_checkpoint_that_would_run_code_is_refused_unread(tmp_path):
+    from peft_bench.errors import UnsafeCheckpoint
+
+    marker, run_dir = tmp_path / "payload-ran", tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    torch.save({"global_step": 3, "state_dict": {}, "x": _Payload(marker)}, last)
+    with pytest.raises(UnsafeCheckpoint, match=r"last.ckpt was refused unread: it holds the Python object"):
+        tiny_run(run_dir)
+    assert not marker.exists() and last.is_file()  # never ran, and left where it was
+    # Lightning's own loads (resume, the best checkpoint's evaluation) go through the same reader
+    with pytest.raises(UnsafeCheckpoint):
+        AtomicCheckpointIO().load_checkpoint(last, weights_only=False)
+    assert not marker.exists()
+
+
+# ---------------------------------------- 12. splits that share examples are counted and warned
+
+
+def test_12_given_splits_sharing_sentences_are_counted_and_warned_even_on_a_cache_hit(tmp_path):
+    train = jsonl(tmp_path / "train.jsonl", rows(200))
+    shared = [  # the same sentences as train's, but for case, spacing and Unicode compatibility forms
+        {"sentence": "  THE FILM   was good number 0 ", "label": 0},
+        {"sentence": "the film was ｂａｄ number 1", "label": 1},  # fullwidth: NFKC makes it ASCII
+        *rows(14, 2),
+    ]
+    validation = jsonl(tmp_path / "validation.jsonl", shared + rows(24, 500))
+    test = jsonl(tmp_path / "test.jsonl", rows(20, 500)[:5] + rows(15, 900))  # 5 of validation's
+    files = {"train": train, "validation": validation, "test": test}
+    dm = datamodule(tmp_path, files)
+    assert dm.info["overlap"] == {"validation": {"train": 16}, "test": {"train": 0, "validation": 5}}
+    assert (
+        "validation shares 16 of 40 examples with train (normalised text: NFKC, casefold, whitespace "
+        "collapsed; train and validation both given: they should be disjoint): figures on validation "
+        "may be inflated"
+    ) in dm.info["warnings"]
+    assert any(w.startswith("test shares 5 of 20 examples with validation") for w in dm.info["warnings"])
+    hit = datamodule(tmp_path, files)
+    assert hit.info["cache"] == "hit" and hit.info["warnings"] == dm.info["warnings"]
+
+
+def test_12_carved_splits_count_the_duplicates_train_holds_and_say_so(tmp_path):
+    """Real train files repeat sentences (IMDB 96 times in 25,000 reviews): a seeded carve then puts
+    copies on both sides. Disjoint by rows, not by text: counted, and the warning says it was carved."""
+    train = jsonl(tmp_path / "train.jsonl", rows(100) * 3)  # every sentence three times
+    dm = datamodule(tmp_path, [train])
+    overlap = dm.info["overlap"]
+    assert overlap["validation"]["train"] == dm.info["sizes"]["validation"] == 30  # all of them
+    assert overlap["test"]["train"] == 30
+    warning = next(w for w in dm.info["warnings"] if w.startswith("validation shares 30 of 30"))
+    assert "validation carved from the given train data here" in warning
+
+
+def test_12_distinct_splits_warn_nothing_and_counting_is_cheap_on_real_data():
+    """SST-2's given validation shares nothing with its train file; counting IMDB's 25,000 reviews
+    (train against a held-out fifth) takes a fraction of a second."""
+    from peft_bench.data.base import split_overlap
+
+    data = ROOT.parent / "shared" / "data"
+    if not (data / "imdb" / "train.jsonl.gz").exists():
+        pytest.skip(f"no real data at {data} (see its README)")
+
+    def read(path: Path, field: str) -> list[str]:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt") as f:
+            return [json.loads(line)[field] for line in f if line.strip()]
+
+    sst2 = {s: {"sentence": read(data / "sst2" / f"{s}.jsonl", "sentence")} for s in ("train", "validation")}
+    assert split_overlap(sst2, ["sentence"]) == {"validation": {"train": 0}}
+    reviews = read(data / "imdb" / "train.jsonl.gz", "text")
+    imdb = {"train": {"text": reviews[::5] + reviews[2::5]}, "validation": {"text": reviews[1::5]}}
+    started = time.perf_counter()
+    split_overlap(imdb, ["text"])
+    assert time.perf_counter() - started < 1.0
+
+
+# ---------------------------------------- 13. a class that train lacks is warned about
+
+
+def test_13_a_class_in_validation_but_not_in_train_is_warned(tmp_path):
+    train = jsonl(tmp_path / "train.jsonl", rows(100))  # labels 0 and 1
+    validation = jsonl(tmp_path / "validation.jsonl", rows(30, 500) + rows(5, 700, label=2))
+    dm = datamodule(tmp_path, {"train": train, "validation": validation}, "dataset.num_labels=3")
+    assert (
+        "class 2 in validation (5 of 35 rows) but not in train: the model never learnt it, so those "
+        "rows count against validation's scores"
+    ) in dm.info["warnings"]
+    assert not any("in test" in w for w in dm.info["warnings"])  # carved from train: no class 2
+
+
+# ---------------------------------------- 14. a record changed after its run is not trusted
+
+
+def test_14_an_edited_results_json_is_marked_and_left_out_unless_asked(tmp_path, capsys):
+    from rich.console import Console
+
+    from peft_bench.report import main, write_report
+    from peft_bench.results import digest_state, read_results, write_results
+    from peft_bench.sweep_summary import runs_table
+    from tests.test_report import result
+
+    root = tmp_path / "sweep"
+    for seed in (1, 2, 3):
+        write_results(root / f"lora-{seed}", result("lora", seed, 0.80 + seed / 100))
+    older = result("lora", 4, 0.84)  # written by a peft_bench without the digest
+    (root / "lora-4" / "results.json").parent.mkdir()
+    (root / "lora-4" / "results.json").write_text(json.dumps(older))
+    edited = read_results(root / "lora-2")
+    assert digest_state(edited) == "ok" and len(edited["digest"]) == 64
+    edited["test_acc"] = 0.99  # by hand
+    (root / "lora-2" / "results.json").write_text(json.dumps(edited, indent=2))
+    assert digest_state(read_results(root / "lora-2")) == "edited"
+
+    out = write_report([root], tmp_path / "report")
+    report = (out["out"] / "report.md").read_text()
+    assert out["runs"] == 3 and [(d.name, why) for d, why in out["left_out"]] == [
+        (
+            "lora-2",
+            "edited after the run: its figures do not match the digest written with them "
+            "(--include-edited counts it)",
+        )
+    ]
+    assert "0.99" not in report.split("## Runs left out")[0]
+    assert f"- `{root / 'lora-4'}`: no digest (written by an older peft_bench)" in report
+
+    main([str(root), "--out", str(tmp_path / "trusting"), "--include-edited"])
+    assert "(4 runs, 0 left out" in capsys.readouterr().out
+    trusting = (tmp_path / "trusting" / "report.md").read_text()
+    assert "| lora ⚠ |" in trusting and "edited after the run" in trusting.split("## Warnings")[1]
+
+    console = Console(width=400, record=True)
+    console.print(runs_table(root))
+    assert "completed ⚠ edited after the run (digest mismatch)" in console.export_text()
+
+    write_results(root / "lora-2", read_results(root / "lora-2"))  # written back as read: still edited
+    assert digest_state(read_results(root / "lora-2")) == "edited"
+
+
+# ---------------------------------------- issue 20: a run reports what its command asked
+
+
+def test_20_3_a_completed_run_is_not_skipped_for_a_command_that_measures_another_way(tmp_path):
+    run_dir = tmp_path / "run"
+    tiny_run(run_dir, "trainer.limit_test_batches=1")
+    for changed, key in (
+        ("trainer.limit_test_batches=2", "trainer.limit_test_batches: 1 -> 2"),
+        ("trainer.precision=bf16-mixed", "trainer.precision: None -> 'bf16-mixed'"),
+        ("dataset.eval_batch_size=16", "dataset.eval_batch_size"),
+    ):
+        with pytest.raises(PeftBenchError, match="holds a completed run of another configuration") as e:
+            from peft_bench.train import run
+
+            run(
+                compose(
+                    [
+                        *TINY,
+                        "trainer=fast",
+                        "trainer.limit_train_batches=4",
+                        "trainer.limit_val_batches=2",
+                        changed,
+                    ],
+                    run_dir,
+                )
+            )
+        assert key in str(e.value), str(e.value)
+    assert results(run_dir)["config"]["trainer"]["limit_test_batches"] == 1  # nothing overwritten
+
+
+def test_20_3_one_table_decides_the_fingerprint_the_setting_the_duplicate_check_and_the_folder():
+    from omegaconf import OmegaConf
+
+    from peft_bench.callbacks.checkpointing import fingerprint
+    from peft_bench.resolvers import key_role, overrides_key, setting_identity
+    from peft_bench.results import flatten
+    from peft_bench.sweep import check_jobs
+
+    config = OmegaConf.to_container(compose(TINY), resolve=True)
+    flat = flatten(config)
+    shaping = (
+        "trainer.limit_test_batches",
+        "trainer.precision",
+        "dataset.eval_batch_size",
+        "trainer.devices",
+        "trainer.accelerator",
+        "model.pretrained",
+        "method.r",
+        "checkpoint",
+    )
+    for key in shaping:
+        assert key_role(key) == "defines" and key in setting_identity(flat), key
+        assert key in fingerprint(config, None)["config"], key
+    for key in ("run_dir", "run_name", "cache_dir", "dataset.data_files", "rank", "seed", "resume"):
+        assert key not in setting_identity(flat), key
+    assert "seed" in fingerprint(config, None)["config"]
+    assert overrides_key(["rank=4", "resume=false"]) == overrides_key(["rank=4"])  # control keys only
+    assert overrides_key(["rank=4", "logger=none"]) != overrides_key(["rank=4"])
+
+    def composer(job):
+        return compose(job)
+
+    with pytest.raises(ConfigError, match="are the same run"):  # saved more often: the same figures
+        check_jobs([*TINY, "checkpoint_every_n_steps=5,10"], composer)
+    assert len(check_jobs([*TINY, "trainer.limit_test_batches=1,2"], composer)) == 2  # measured apart
+
+
+def test_20_4_the_rank_recorded_and_named_is_the_rank_trained(tmp_path):
+    out = tiny_run(tmp_path / "run", "rank=4", "method.r=16")
+    assert out["rank"] == 16 and out["run_name"].endswith("-r16-s42")
+    assert out["config"]["method"]["r"] == 16
+    assert compose([*TINY, "method=ia3"]).run_name == "ia3-demo-tiny-s42"  # no rank: none in the name
+
+
+def test_20_a_report_out_that_is_a_file_is_one_sentence(tmp_path, capsys):
+    from peft_bench.report import main
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "out.md").write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "runs"), "--out", str(tmp_path / "out.md")])
+    assert e.value.code == 2 and "is a file: give a folder" in capsys.readouterr().err
+    assert (tmp_path / "out.md").read_text() == "mine"
+
+
+def _mount_tmpfs(path: Path, size: str) -> None:
+    path.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.decode().strip()}")
+
+
+@pytest.mark.slow  # three CLI runs on a 200 kB tmpfs (root only): ~40 s
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs: needs root (CI runs as root)")
+def test_20_a_full_disk_and_a_read_only_folder_end_in_one_sentence(tmp_path):
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "200k")  # room for results.json and one checkpoint, not two
+    try:
+        args = [*FAST, f"hydra.run.dir={disk / 'run'}"]
+        out = run_cli(args)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert (
+            f"peft_bench: error: {disk / 'run'}: the disk is full; the run stopped. Kept: results.json "
+            "(status failed)" in out.stderr
+        )
+        assert results(disk / "run")["status"] == "failed"
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        before = (disk / "run" / "results.json").read_bytes()
+        for folder in ("run", "new"):
+            out = run_cli([*FAST, f"hydra.run.dir={disk / folder}"])
+            assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+            assert f"{disk / folder}: the filesystem is read-only" in out.stderr
+            assert "nothing was started" in out.stderr
+        assert (disk / "run" / "results.json").read_bytes() == before
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from peft_bench.results import figures_digest
 from peft_bench.train import run
 from tests.helpers import TINY, compose, run_cli
 
@@ -90,6 +91,7 @@ def minilm_run(tmp_path_factory):
 def test_lora_run_writes_every_results_field(minilm_run):
     run_dir, returned = minilm_run
     results = json.loads((run_dir / "results.json").read_text())
+    assert results.pop("digest") == figures_digest(results)  # written with the record, over all of it
     assert results == json.loads(json.dumps(returned, default=str))
     assert RESULT_FIELDS <= set(results), RESULT_FIELDS - set(results)
     assert results["status"] == "completed"

@@ -324,3 +324,215 @@ def test_a_folder_holds_one_study_and_the_finals_wait_for_running_trials(tmp_pat
     assert out.returncode == 0, out.stderr[-3000:]
     ts = trials(tmp_path, "lora")
     assert len(finished(ts)) == 1 and ts[running.number].user_attrs.get("killed")
+
+
+# ---------------------------------------------------------------------------------- trust (issue 20)
+
+# scripts/postgres.sh start creates this role with a password that no other name holds
+SECRET = "Zx7-hush-91q"
+POSTGRES_PW = f"postgresql://peft_bench_pw:{SECRET}@127.0.0.1:5433/peft_bench_pw"
+
+
+def test_a_storage_password_is_masked_by_one_helper(monkeypatch):
+    from peft_bench.tune import STORAGE_PASSWORD, Study, TuneConfig, hide_password, password_out_of
+
+    url = "postgresql+psycopg://tuner:p%40ss:w0rd@db.example.org:5432/studies"
+    assert hide_password(url) == "postgresql+psycopg://tuner:***@db.example.org:5432/studies"
+    said = f"could not open {url} (nor mysql://root:toor@h/db); sqlite:////a/b:c.db stays"
+    assert hide_password(said) == (
+        "could not open postgresql+psycopg://tuner:***@db.example.org:5432/studies "
+        "(nor mysql://root:***@h/db); sqlite:////a/b:c.db stays"
+    )
+    for plain in ("postgresql://tuner@h:5432/db", "postgresql://h:5432/db", "journal:/x/y.log"):
+        assert hide_password(plain) == plain  # nothing to hide: untouched (PGPASSWORD, ~/.pgpass)
+    # the command line its workers and finals get holds no password; the environment carries it back
+    monkeypatch.delenv(STORAGE_PASSWORD, raising=False)
+    argv = password_out_of(["method=lora", f"tune.storage={url}"])
+    assert argv == ["method=lora", f"tune.storage={hide_password(url)}"]
+    study = Study([], ["lora"], TuneConfig(storage=argv[1].split("=", 1)[1]), Path("/tmp/x"), "k")
+    assert study.storage_url == url and study.storage_shown == hide_password(url)
+
+
+def test_an_unreachable_postgresql_storage_is_one_sentence_and_fails_fast(tmp_path):
+    started = time.time()
+    out = tune(
+        [
+            "method=lora",
+            "model=tiny",
+            "dataset=demo",
+            "tune.storage=postgresql://tuner:hunter2x@127.0.0.1:1/studies",
+            f"tune.dir={tmp_path}",
+        ],
+        timeout=300,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert time.time() - started < 60
+    for said in (
+        "tune.storage=postgresql://tuner:***@127.0.0.1:1/studies: cannot connect to PostgreSQL at host "
+        "127.0.0.1, port 1 (",
+        "Connection refused",
+        "pg_hba.conf",
+        "PGPASSWORD or ~/.pgpass",
+    ):
+        assert said in out.stderr, out.stderr[-3000:]
+    assert "hunter2x" not in out.stdout + out.stderr
+    assert "hunter2x" not in "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_an_invalid_value_in_a_search_is_refused_before_any_trial():
+    """Each choice and each bound is checked as the run it would give (check_config's rules), every
+    method's problems at once, naming the value and the valid range."""
+    from peft_bench.errors import ConfigError
+    from peft_bench.tune import parse
+
+    with pytest.raises(ConfigError) as e:
+        parse(
+            [
+                "method=lora,hira",
+                "model=tiny",
+                "dataset=demo",
+                "method.search={r:{choices:[0,4]},dropout:{choices:[0.1,1.5]},lr:{low:0,high:0.1}}",
+            ]
+        )
+    problems = e.value.problems
+    for method in ("lora", "hira"):
+        for said in (
+            f"method={method}: method.search.r: the choice 0 is invalid: method.r=0",
+            "the adapter rank must be >= 1",
+            f"method={method}: method.search.dropout: the choice 1.5 is invalid: method.dropout=1.5: "
+            "must be in [0, 1)",
+            f"method={method}: method.search.lr: low=0 on a log scale; a log-uniform range needs low > 0",
+        ):
+            assert any(said in p for p in problems if p.startswith(f"method={method}")), (said, problems)
+    assert len(problems) == 6, problems
+    with pytest.raises(ConfigError) as e:  # a bound of the wrong type for the key
+        parse(["method=lora", "model=tiny", "dataset=demo", "method.search={r:{low:0.5,high:4.0,log:false}}"])
+    assert "method.search.r: the low 0.5 is invalid" in str(e.value), str(e.value)
+    parse(["method=lora", "model=tiny", "dataset=demo", "method.search={r:{choices:[2,4]},lr:[1e-4,1e-2]}"])
+
+
+@pytest.mark.slow  # two tiny studies (two workers, then PGPASSWORD) against the local PostgreSQL: ~1 min
+@pytest.mark.postgres
+@pytest.mark.skipif(postgres_ready() is not None, reason=str(postgres_ready()))
+def test_no_storage_password_is_written_or_printed(tmp_path):
+    """A password in tune.storage's URL reaches the storage (from two worker processes too) and is found
+    in no file of the tune folder and nowhere on the console; PGPASSWORD without one in the URL works."""
+    base = ["method=lora", *TINY_TUNE, "tune.seeds=1", "tune.defaults=false"]
+    seed = os.getpid()  # the studies' names in the shared database: this test's own
+    out = tune(
+        [
+            *base,
+            "tune.trials=2",
+            "tune.workers=2",
+            f"tune.storage={POSTGRES_PW}",
+            f"tune.dir={tmp_path / 'url'}",
+            f"tune.sampler_seed={seed}",
+        ]
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(finished(trials(tmp_path / "url", "lora", POSTGRES_PW))) == 2
+    assert "peft_bench_pw:***@" in (tmp_path / "url" / "report" / "report.md").read_text()
+    plain = POSTGRES_PW.replace(f":{SECRET}@", "@")
+    env = {k: v for k, v in os.environ.items() if k != "PEFT_BENCH_STORAGE_PASSWORD"}
+    again = tune(
+        [
+            *base,
+            "tune.trials=1",
+            f"tune.storage={plain}",
+            f"tune.dir={tmp_path / 'env'}",
+            f"tune.sampler_seed={seed + 1}",
+        ],
+        env={**env, "PGPASSWORD": SECRET},
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(finished(trials(tmp_path / "env", "lora", POSTGRES_PW))) == 1
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "config.yaml" or p.name == "results.json" for p in files)
+    holding = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
+    assert holding == [], holding  # reports, study.json, results.json, logs, checkpoints, pickles
+    assert SECRET not in out.stdout + out.stderr + again.stdout + again.stderr
+
+
+@pytest.mark.slow  # two different commands at once on one folder, one trial and one final run: ~1 min
+def test_two_different_commands_started_at_once_on_one_folder(tmp_path):
+    folder = tmp_path / "tune"
+    base = ["method=lora", *TINY_TUNE, "tune.seeds=1", "tune.defaults=false", f"tune.dir={folder}"]
+    logs = [tmp_path / f"out{n}.txt" for n in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "peft_bench.tune", *base, f"tune.trials={n}"],
+            cwd=ROOT,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        for n, log in zip((1, 2), logs, strict=True)
+    ]
+    codes = sorted(p.wait(timeout=900) for p in procs)
+    said = [log.read_text() for log in logs]
+    assert codes == [0, 2], said
+    refused = next(s for s in said if "holds another study" in s)
+    assert "Traceback" not in refused and "IntegrityError" not in refused, refused[-3000:]
+    names = json.loads((folder / "study.json").read_text())["studies"]
+    assert len(finished(trials(folder, "lora"))) in (1, 2) and list(names) == ["lora"]
+
+
+@pytest.mark.slow  # a study interrupted with SIGINT during its second trial: ~1 min
+def test_ctrl_c_stops_the_command_and_starts_no_other_trial(tmp_path):
+    folder = tmp_path / "tune"
+    args = [
+        "method=lora",
+        *TINY_TUNE,
+        "trainer.limit_train_batches=40",
+        "dataset.generator_size=2000",
+        "tune.trials=4",
+        "tune.seeds=1",
+        "tune.defaults=false",
+        f"tune.dir={folder}",
+    ]
+    console = tmp_path / "console.txt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "peft_bench.tune", *args],
+        cwd=ROOT,
+        stdout=console.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    target = folder / "trials" / "lora" / "1" / "results.json"  # the second trial, mid-way
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(3.0)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole process group
+    code = proc.wait(timeout=120)
+    said = console.read_text()
+    assert code == 130, said[-3000:]
+    assert "Traceback" not in said and "interrupted (Ctrl-C)" in said, said[-3000:]
+    assert json.loads(target.read_text())["status"] == "interrupted"
+    assert not (folder / "trials" / "lora" / "2").exists() and not (folder / "final").exists()
+    ts = trials(folder, "lora")
+    assert [t.number for t in ts] == [0, 1] and ts[0].state.name in ("COMPLETE", "PRUNED")
+    assert ts[1].state.name == "FAIL" and "interrupted" in ts[1].user_attrs.get("killed", "")
+
+
+def test_a_postgresql_server_that_does_not_answer_fails_within_the_connect_timeout(tmp_path):
+    """A host that takes the TCP connection and never answers (a firewall, a hung server) is the same
+    one sentence after tune.CONNECT_TIMEOUT_S seconds, not the OS's minutes."""
+    import socket
+
+    from peft_bench.errors import PeftBenchError
+    from peft_bench.tune import CONNECT_TIMEOUT_S, Study, TuneConfig, storage
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel accepts the connection; nobody ever speaks
+        port = silent.getsockname()[1]
+        url = f"postgresql://tuner:hunter2x@127.0.0.1:{port}/studies"
+        study = Study([], ["lora"], TuneConfig(storage=url), tmp_path, "k")
+        started = time.time()
+        with pytest.raises(PeftBenchError) as e:
+            storage(study)
+        took = time.time() - started
+    assert took < CONNECT_TIMEOUT_S + 5, took
+    said = str(e.value)
+    assert f"tuner:***@127.0.0.1:{port}/studies: cannot connect to PostgreSQL at host 127.0.0.1" in said
+    assert "timeout" in said and "hunter2x" not in said, said

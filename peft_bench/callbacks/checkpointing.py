@@ -1,6 +1,6 @@
 """Checkpoints a run can resume from without mixing two runs: `last.ckpt` is always the latest state
 (every validation, every epoch end and every N optimizer steps), and every checkpoint carries a
-fingerprint of what it was trained on (the training-relevant config and the data's cache key), which
+fingerprint of what it was trained on (the keys that define the run and the data's cache key), which
 a resume must match."""
 
 from __future__ import annotations
@@ -11,58 +11,30 @@ import zipfile
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from peft_bench.errors import PeftBenchError
+from peft_bench.io import load_checkpoint
+from peft_bench.resolvers import run_identity
 from peft_bench.results import flatten
 
 FINGERPRINT_KEY = "peft_bench_fingerprint"
 LAST = "last.ckpt"
 
-# Keys that say where, how fast or how visibly a run runs, not what it trains: a resume may change them.
-# Everything else of the resolved config (method, model, dataset recipe, seed, schedule, limits) must match.
-NOT_TRAINING = (
-    "run_dir",
-    "run_name",
-    "cache_dir",
-    "skip_completed",
-    "resume",
-    "checkpoint",
-    "checkpoint_every_n_steps",
-    "eval_before_training",
-    "test",
-    "dataset.data_files",
-    "dataset.num_workers",
-    "dataset.eval_batch_size",
-    "method.export_merged",
-    "trainer.compile",
-    "trainer.log_every_n_steps",
-    "trainer.num_sanity_val_steps",
-    "trainer.limit_test_batches",
-    "trainer.devices",
-    "trainer.accelerator",
-    "trainer.precision",
-)
-NOT_TRAINING_PREFIX = ("logger.",)
-
 
 def fingerprint(config: dict, data_key: str | None) -> dict:
-    """What a checkpoint was trained on: the training-relevant config keys (flattened, JSON values) and
-    the tokenized data's cache key (the data's content, layout and recipe; file paths may move)."""
-    flat = {
-        k: v
-        for k, v in flatten(config).items()
-        if k not in NOT_TRAINING and not k.startswith(NOT_TRAINING_PREFIX)
-    }
-    return {"config": json.loads(json.dumps(flat, default=str)), "data": data_key}
+    """What a checkpoint was trained on: the keys that define the run (resolvers.KEY_ROLES; flattened,
+    JSON values) and the tokenized data's cache key (the data's content, layout and recipe; file paths
+    may move)."""
+    return {"config": json.loads(json.dumps(run_identity(flatten(config)), default=str)), "data": data_key}
 
 
 def differences(saved: dict, current: dict, data: bool = True) -> list[str]:
     """`key: checkpoint value -> this run's value` for every key that differs (the data too if `data`)."""
     out = []
-    a, b = saved.get("config", {}), current.get("config", {})
+    # both through today's table: a key an older peft_bench counted (or did not) is judged by today's rule
+    a, b = run_identity(saved.get("config", {})), run_identity(current.get("config", {}))
     for key in sorted(set(a) | set(b)):
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             out.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
@@ -104,8 +76,8 @@ CORRUPT = (
 
 def read_checkpoint(path: Path) -> dict:
     """The checkpoint as a dict (memory-mapped: no second copy of its tensors); raises one of CORRUPT if
-    it is truncated or not a checkpoint."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    it is truncated or not a checkpoint, UnsafeCheckpoint if reading it could run code."""
+    ckpt = load_checkpoint(path, mmap=True)
     if not isinstance(ckpt, dict) or "global_step" not in ckpt or "state_dict" not in ckpt:
         raise ValueError("not a Lightning checkpoint (no global_step / state_dict)")
     return ckpt

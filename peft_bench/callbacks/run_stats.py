@@ -70,16 +70,20 @@ class RunStats(L.Callback):
         if self._epoch_start is None:  # resumed mid-epoch: Lightning does not start the epoch again
             self._epoch_start, self._val_in_epoch = now, 0.0
         lengths = batch["attention_mask"].sum(dim=1)
-        sums = torch.stack([lengths.sum(), (lengths * lengths).sum()])
+        sums, n = torch.stack([lengths.sum(), (lengths * lengths).sum()]), len(lengths)
+        if trainer.world_size > 1:  # a DDP job's figures: every rank's equal share of the batch (on device)
+            sums, n = trainer.strategy.reduce(sums, reduce_op="sum"), n * trainer.world_size
         self._sums = sums if self._sums is None else self._sums + sums
-        self._sequences += len(lengths)
-        self.examples += len(lengths)
+        self._sequences += n
+        self.examples += n
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
         n = len(batch["attention_mask"])
         term = outputs["task_loss"] * n
+        if trainer.world_size > 1:
+            term, n = trainer.strategy.reduce(term, reduce_op="sum"), n * trainer.world_size
         self._loss = term if self._loss is None else self._loss + term
         self._loss_examples += n
 

@@ -10,10 +10,12 @@ import hashlib
 import json
 import logging
 import lzma
+import math
 import os
 import re
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import lightning as L
 import torch
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 from filelock import FileLock
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
 from peft_bench.data.demo import build_demo
 from peft_bench.errors import DataError, PeftBenchError, prepare_command
@@ -28,7 +31,7 @@ from peft_bench.io import atomic_write, set_aside
 
 log = logging.getLogger("peft_bench")
 
-CACHE_VERSION = 2  # bump when tokenization, checks or split logic change: old cache entries are not reused
+CACHE_VERSION = 3  # bump when tokenization, checks or split logic change: old cache entries are not reused
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 SPLITS = ("train", "validation", "test")
@@ -276,6 +279,70 @@ def check_labels(ds: Dataset, field: str, num_labels: int, where: str) -> tuple[
     return out, False
 
 
+# ------------------------------------------------------------------------------ leakage between splits
+
+NORMALISED = "NFKC, casefold, whitespace collapsed"  # what "the same text" means for split_overlap
+
+
+ASCII_SPACE = ("  ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f")  # str.split's
+
+
+def normalise(text: str) -> str:
+    """A text as split_overlap compares it: Unicode NFKC, casefolded, runs of whitespace as one space.
+    ASCII text (most of it) takes a shortcut with the same result: NFKC leaves it as it is, casefold is
+    lower, and the split-join (the slow part) is needed only where whitespace is not single spaces."""
+    if not text.isascii():
+        return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    text = text.lower()
+    if text[:1] == " " or text[-1:] == " " or any(s in text for s in ASCII_SPACE):
+        return " ".join(text.split())
+    return text
+
+
+def split_overlap(splits: dict[str, Dataset], fields: list[str]) -> dict[str, dict[str, int]]:
+    """{split: {earlier split: examples of split whose normalised text (all `fields`: a pair task's
+    pair) is also in the earlier split}} for validation against train and test against train and
+    validation. One pass of hashing per split: no pairwise comparison."""
+    seen: dict[str, set] = {}
+    out: dict[str, dict[str, int]] = {}
+    for split in (s for s in SPLITS if s in splits):
+        rows = zip(*(column(splits[split], f) for f in fields), strict=True)
+        keys = ["\x1f".join(normalise(x) for x in row) for row in rows]
+        if seen:
+            out[split] = {other: sum(k in those for k in keys) for other, those in seen.items()}
+        seen[split] = set(keys)
+    return out
+
+
+def column(ds, field: str) -> list:
+    """A column as a list; from a Dataset through Arrow, ten times quicker than its lazy Column."""
+    return ds.with_format("arrow")[field].to_pylist() if isinstance(ds, Dataset) else list(ds[field])
+
+
+def overlap_warnings(
+    overlap: dict[str, dict[str, int]], sizes: dict[str, int], how: dict[str, str]
+) -> list[str]:
+    """One warning per pair of splits that share examples, saying whether both were given or carved
+    from train here (then the shared ones are texts the given train data holds more than once)."""
+    out = []
+    for split, others in overlap.items():
+        for other, n in others.items():
+            if not n:
+                continue
+            carved = [s for s in (other, split) if s != "train" and not how.get(s, "").startswith("given")]
+            origin = (
+                f"{other} and {split} both given: they should be disjoint"
+                if not carved
+                else f"{' and '.join(carved)} carved from the given train data here: these are texts it "
+                "holds more than once, now on both sides"
+            )
+            out.append(
+                f"{split} shares {n} of {sizes.get(split, '?')} examples with {other} (normalised text: "
+                f"{NORMALISED}; {origin}): figures on {split} may be inflated"
+            )
+    return out
+
+
 # ------------------------------------------------------------------------------ tokenized cache
 
 
@@ -358,8 +425,17 @@ class EpochSeededSampler(torch.utils.data.Sampler):
         self.size, self.seed, self.epoch = size, seed, 0
         self._resume: tuple[int, int] | None = None  # (epoch, examples to skip)
 
+        self.rank, self.processes, self.batch_size = 0, 1, 1  # a job of several processes: this one's share
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def shard(self, rank: int, processes: int, batch_size: int) -> None:
+        """Yield only this process's share of each batch of `batch_size` (the job's batch): process r
+        of n takes the r-th of n equal parts, so n processes together train on the batches one process
+        would. A short last batch is topped up with its own first examples (at most n - 1) so that every
+        process takes as many steps as the others (DDP waits for all of them at each step)."""
+        self.rank, self.processes, self.batch_size = rank, processes, batch_size
 
     def resume_at(self, epoch: int, examples: int) -> None:
         self._resume = (epoch, examples)
@@ -376,9 +452,23 @@ class EpochSeededSampler(torch.utils.data.Sampler):
             self._resume = None
             if epoch == self.epoch:
                 order = order[skip:]
+        if self.processes > 1:
+            order = self.share(order)
         return iter(order)
 
+    def share(self, order: list[int]) -> list[int]:
+        n, out = self.processes, []
+        for i in range(0, len(order), self.batch_size):
+            batch = order[i : i + self.batch_size]
+            batch += [batch[j % len(batch)] for j in range(-len(batch) % n)]
+            part = len(batch) // n
+            out += batch[self.rank * part : (self.rank + 1) * part]
+        return out
+
     def __len__(self) -> int:
+        if self.processes > 1:
+            full, rest = divmod(self.size, self.batch_size)
+            return full * (self.batch_size // self.processes) + math.ceil(rest / self.processes)
         return self.size
 
 
@@ -467,8 +557,30 @@ class BaseDataModule(L.LightningDataModule):
         if self._resume:
             sampler.resume_at(self._resume["epoch"], self._resume["batches_done"] * batch_size)
             self._resume = None
+        rank, processes = self.processes()
+        if processes > 1:
+            sampler.shard(rank, processes, batch_size)
         self._sampler = sampler
         return sampler
+
+    def processes(self) -> tuple[int, int]:
+        """(this process's rank, the job's processes): in a DDP job each rank reads its share of a split
+        (the Trainer's use_distributed_sampler is off: this module shards its own data)."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def per_process(self, batch_size: int) -> int:
+        """dataset.batch_size is the job's batch: each of its processes trains on an equal part of it (the
+        pre-check makes sure it divides), so a DDP run trains on the batches a single process would."""
+        return batch_size // self.processes()[1]
+
+    def eval_sampler(self, ds) -> UnrepeatedDistributedSampler | None:
+        """In a DDP job, every example of an evaluation split exactly once over the ranks (no padding
+        repeats; torchmetrics sums the ranks' counts at compute); None for a process alone."""
+        rank, processes = self.processes()
+        if processes == 1:
+            return None
+        return UnrepeatedDistributedSampler(ds, num_replicas=processes, rank=rank, shuffle=False)
 
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed)

@@ -86,15 +86,15 @@ class CausalLMDataModule(BaseDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = EpochSeededSampler(len(self.data["train"]), self.seed)
-        return self._loader(
-            "train", self.cfg.batch_size, sampler=self.train_sampler(sampler, self.cfg.batch_size)
-        )
+        sampler = self.train_sampler(sampler, self.cfg.batch_size)
+        return self._loader("train", self.per_process(self.cfg.batch_size), sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", self.cfg.eval_batch_size)
+        sampler = self.eval_sampler(self.data["validation"])
+        return self._loader("validation", self.cfg.eval_batch_size, sampler=sampler)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.cfg.eval_batch_size)
+        return self._loader("test", self.cfg.eval_batch_size, sampler=self.eval_sampler(self.data["test"]))
 
     def _loader(self, split: str, batch_size: int, **kwargs) -> DataLoader:
         return DataLoader(

@@ -20,6 +20,8 @@ from peft_bench.data.base import (
     cache_key,
     check_labels,
     check_text,
+    overlap_warnings,
+    split_overlap,
 )
 from peft_bench.errors import DataError
 
@@ -66,13 +68,16 @@ class TextClassificationDataModule(BaseDataModule):
 
         def build() -> tuple[DatasetDict, dict]:
             splits, how = make_splits(raw.splits, self.cfg, raw.unlabelled)
+            overlap = split_overlap(splits, [self.cfg.text_field])  # on the raw text, before truncation
             tokenized = self.tokenize(splits)
             counts = {k: label_counts(v) for k, v in tokenized.items()}
+            sizes = {k: len(v) for k, v in tokenized.items()}
             return tokenized, {
                 "splits": how,
-                "sizes": {k: len(v) for k, v in tokenized.items()},
+                "sizes": sizes,
                 "label_counts": counts,
-                "warnings": class_warnings(counts),
+                "overlap": overlap,
+                "warnings": class_warnings(counts) + overlap_warnings(overlap, sizes, how),
             }
 
         self.load_or_build(
@@ -115,7 +120,8 @@ class TextClassificationDataModule(BaseDataModule):
             sampler = LengthGroupedSampler(list(ds["length"]), self.cfg.batch_size, self.seed)
         else:
             sampler = EpochSeededSampler(len(ds), self.seed)
-        return self._loader(ds, self.cfg.batch_size, sampler=self.train_sampler(sampler, self.cfg.batch_size))
+        sampler = self.train_sampler(sampler, self.cfg.batch_size)
+        return self._loader(ds, self.per_process(self.cfg.batch_size), sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")
@@ -126,7 +132,7 @@ class TextClassificationDataModule(BaseDataModule):
     def _eval_loader(self, split: str) -> DataLoader:
         # Longest first: similar lengths share a batch (little padding), and an OOM shows on batch one.
         ds = self.data[split].sort("length", reverse=True)
-        return self._loader(ds, self.cfg.eval_batch_size)
+        return self._loader(ds, self.cfg.eval_batch_size, sampler=self.eval_sampler(ds))
 
     def _loader(self, ds, batch_size: int, **kwargs) -> DataLoader:
         return DataLoader(
@@ -190,7 +196,8 @@ def label_counts(ds) -> dict[str, int]:
 
 
 def class_warnings(counts: dict[str, dict[str, int]]) -> list[str]:
-    """A split with one class makes its accuracy and F1 meaningless (1.0 or 0.0 whatever the model)."""
+    """A split with one class makes its accuracy and F1 meaningless (1.0 or 0.0 whatever the model); a
+    class that validation or test holds but train does not is one the model never learnt."""
     out = []
     for split, c in counts.items():
         if len(c) == 1:
@@ -201,4 +208,13 @@ def class_warnings(counts: dict[str, dict[str, int]]) -> list[str]:
                 else "its scores say nothing"
             )
             out.append(f"single-class {split} split: all {n} rows have label {label}; {what}")
+    for split in ("validation", "test"):
+        unseen = [label for label in counts.get(split, {}) if label not in counts.get("train", {})]
+        if unseen:
+            rows = sum(counts[split][label] for label in unseen)
+            out.append(
+                f"class{'es' * (len(unseen) > 1)} {', '.join(unseen)} in {split} ({rows} of "
+                f"{sum(counts[split].values())} rows) but not in train: the model never learnt "
+                f"{'them' if len(unseen) > 1 else 'it'}, so those rows count against {split}'s scores"
+            )
     return out

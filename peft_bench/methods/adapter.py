@@ -29,6 +29,7 @@ NOT_SETTINGS = (
 
 class AdapterModule(BenchModule):
     mergeable = True
+    rank_bounded_by_width = True  # method.r is the rank of each layer's update (checks.rank_problems)
 
     def peft_config(self) -> PeftConfig:
         """The PEFT config of this method, from self.method_cfg (see common())."""

@@ -204,6 +204,8 @@ class BenchModule(L.LightningModule):
             self.log(f"train/{name}", term, on_step=True, on_epoch=True)
             loss = loss + term
         finite = torch.isfinite(loss.detach())
+        if self.trainer.world_size > 1:  # all ranks stop together (one stopping alone leaves DDP waiting)
+            finite = self.trainer.strategy.reduce(finite.float(), reduce_op="min") > 0
         defer = self.defer_finite_check if self.defer_finite_check is not None else loss.device.type != "cpu"
         # on an accelerator a per-step check would stall the queue: gather on the device, check now and then
         if defer:

@@ -28,3 +28,4 @@ class LoHaModule(AdapterModule):
 
 class LoKrModule(LoHaModule):
     config_class = LoKrConfig
+    rank_bounded_by_width = False  # r factorises a Kronecker factor (PEFT makes it full above half its size)

@@ -14,6 +14,7 @@ class VeRAModule(AdapterModule):
     method_cfg: VeRAConfig
     uses_layers = True
     supports_4bit = True
+    rank_bounded_by_width = False  # r is the shared frozen projections' size; it trains r + out per layer
 
     def peft_config(self) -> VeraConfig:
         m = self.method_cfg
