@@ -22,6 +22,8 @@ Cases:
  6 sweep start-up: job start to first optimizer step, cold (empty cache) and warm (tokenized data cached);
  8 tuning: the median pruner's saving in trial compute at an equal budget, and the best validation
    score of the pruned against the unpruned search (python -m peft_bench.tune, same TPE seed);
+ 9 sweep pre-check: seconds per job of the check of a 200-job sweep (rank x seed) before its first job,
+   against Hydra composing every job whole (the reference);
  7 how cost grows: examples/s and peak memory of each method against rank (1..32) and sequence length
    (64..512), one process per point (its peak memory is its own), two interleaved rounds (the
    fastest of each point kept), plotted to scaling.png/.svg.
@@ -462,6 +464,57 @@ class Bench:
             figures["val_acc"] = float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())
         return figures
 
+    # ------------------------------------------------------------------ 9: the sweep's pre-check
+
+    def precheck(self) -> None:
+        """The pre-check of a 200-job sweep (rank=1..20 x seed=1..10, tiny model: its facts are read
+        once, so the figure is the composing and checking) against the reference that has Hydra compose
+        every job whole (timed on the first 40 jobs: the per-job cost is flat), alternated."""
+        from hydra import compose, initialize_config_dir
+
+        from peft_bench.config import CONF_DIR
+        from peft_bench.sweep import JobComposer, check_jobs
+
+        class EveryJob(JobComposer):  # the reference: no group-choice base, every job composed whole
+            def split(self, job):
+                return None, ()
+
+        sweep = ["model=tiny", "dataset=demo", "logger=none"]
+        ranks, seeds, ref_jobs = (4, 5, 20) if self.short else (20, 10, 40)
+        grid = [f"rank=range(1,{ranks + 1})", f"seed=range(1,{seeds + 1})"]
+        fast_s, ref_s = [], []
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+
+            def composed(job):  # as the sweep callback composes
+                return compose(config_name="config", overrides=[*job, "run_dir=/dev/null"])
+
+            check_jobs([*sweep, "rank=8", "seed=1"], composed)  # imports and model facts: not timed
+            for _ in range(self.reps):
+                start = time.perf_counter()
+                n = len(check_jobs([*sweep, *grid], composed))
+                fast_s.append((time.perf_counter() - start) / n)
+                ref = [*sweep, f"rank=range(1,{ref_jobs // seeds + 1})", grid[1]]
+                start = time.perf_counter()
+                m = len(check_jobs(ref, EveryJob(composed)))
+                ref_s.append((time.perf_counter() - start) / m)
+        ratios = [f / r for f, r in zip(fast_s, ref_s, strict=True)]
+        self.figures["precheck"] = {
+            "jobs": n,
+            "reference_jobs": m,
+            "per_job_s": fast_s,
+            "reference_per_job_s": ref_s,
+            "ratios": ratios,
+            "median_ratio": statistics.median(ratios),
+            "sweep_s": n * min(fast_s),
+            "target_sweep_s": 10.0,
+        }
+        print(
+            f"bench: precheck {1e3 * min(fast_s):.1f} ms per job ({n} jobs: {n * min(fast_s):.2f} s), "
+            f"Hydra compose of every job {1e3 * min(ref_s):.1f} ms per job; ratio "
+            f"{statistics.median(ratios):.3f}",
+            flush=True,
+        )
+
     # ------------------------------------------------------------------ 7: how cost grows
 
     RANK_METHODS = ("lora", "sparse_lora", "hira", "qlora", "lora_layers")  # full fine-tuning has no rank
@@ -536,6 +589,7 @@ class Bench:
         "startup",
         "scaling",
         "tune_pruner",
+        "precheck",
     )
 
     def run_all(self, cases: list[str] | None = None) -> dict:
@@ -848,6 +902,19 @@ def markdown(f: dict, notes: str = "") -> str:
                 f"best val {p['best_val']:.4f} (lr {p['best_lr']:.2e}) against {u['best_val']:.4f} "
                 f"(lr {u['best_lr']:.2e})",
             ],
+        ]
+    if "precheck" in f:
+        c = f["precheck"]
+        rows += [
+            [
+                f"9 sweep pre-check, {c['jobs']} jobs (rank × seed): seconds before the first job",
+                f"{c['sweep_s']:.2f} s",
+                f"< {c['target_sweep_s']:.0f} s",
+                ok(c["sweep_s"], c["target_sweep_s"], higher=False),
+                f"{1e3 * min(c['per_job_s']):.1f} ms per job against "
+                f"{1e3 * min(c['reference_per_job_s']):.1f} ms composing every job with Hydra "
+                f"({c['reference_jobs']} jobs): ratio {c['median_ratio']:.3f} {fmt_list(c['ratios'])}",
+            ]
         ]
     lines += [
         "| case | measured | target | | detail |",

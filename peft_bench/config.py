@@ -75,7 +75,7 @@ class AdapterConfig(MethodConfig):
     def problems(self) -> list[str]:
         out = super().problems()
         if self.r < 1:
-            out.append(f"method.r={self.r} (from rank={self.r}): the adapter rank must be >= 1")
+            out.append(f"method.r={self.r}: the adapter rank (rank=, or method.r=) must be >= 1")
         if not 0 <= self.dropout < 1:
             out.append(f"method.dropout={self.dropout}: must be in [0, 1)")
         if not self.target_modules:

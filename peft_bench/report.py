@@ -11,7 +11,8 @@ DIR/report for one DIR, reports/<names> for several):
   runs.csv    one row per run, every field (nested ones as a.b, config as config.*, lists as JSON);
   *.png/svg   score vs trainable parameters (log axis, Pareto front), sparsity vs rank, train time
               and peak memory per method, 4-bit base memory against LoRA, training curves.
-A setting is a run's configuration without its seed (and without paths and logging), so
+A setting is a run's configuration without its seed and the keys that shape no figure (paths, logging:
+resolvers.KEY_ROLES), so
 `seed=1,2,3 -m` gives three runs of one setting. A results.json changed after its run wrote it (its
 digest does not match) is left out, named, unless --include-edited counts it (marked ⚠).
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from peft_bench.io import filesystem_refusal
 from peft_bench.resolvers import setting_identity
-from peft_bench.results import RESULTS_FILE, collect, digest_state, flatten, unfinished_reason
+from peft_bench.results import EDITED, RESULTS_FILE, collect, digest_state, flatten, unfinished_reason
 from peft_bench.tasks import Task, column, task_of
 
 SHORT = {"method.r": "rank", "method.pruning.target": "sparsity"}
@@ -77,7 +78,6 @@ class Setting:
 # ---------------------------------------------------------------------------------------- reading
 
 
-EDITED = "edited after the run: its figures do not match the digest written with them"
 NO_DIGEST = "no digest (written by an older peft_bench): counted as it is"
 
 

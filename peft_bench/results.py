@@ -191,6 +191,9 @@ def figures_digest(record: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+EDITED = "edited after the run: its figures do not match the digest written with them"
+
+
 def digest_state(record: dict) -> str:
     """`ok` (the record is as its run wrote it), `edited` (changed after: its digest does not match) or
     `none` (no digest: written by a peft_bench older than the digest)."""

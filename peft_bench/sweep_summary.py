@@ -16,7 +16,7 @@ from rich.table import Table
 from peft_bench.errors import PeftBenchError
 from peft_bench.io import check_writable
 from peft_bench.report import write_report
-from peft_bench.results import RESULTS_FILE, collect, digest_state, job_order, unfinished_reason
+from peft_bench.results import EDITED, RESULTS_FILE, collect, digest_state, job_order, unfinished_reason
 from peft_bench.sweep import check_jobs, job_failures, sweep_jobs
 from peft_bench.tasks import CLASSIFICATION, task_of
 
@@ -78,7 +78,7 @@ def runs_table(
 
         params = f"{r['trainable_params']:,} / {r['total_params']:,}" if "total_params" in r else "-"
         status = why or "completed"
-        edited = ["edited after the run (digest mismatch)"] if digest_state(r) == "edited" else []
+        edited = [EDITED] if digest_state(r) == "edited" else []
         if (r.get("warnings") or edited) and status == "completed":
             status += f" ⚠ {'; '.join([*edited, *r.get('warnings', [])])}"
         table.add_row(

@@ -73,7 +73,7 @@ def quiet_third_party() -> None:
         ".*overridden `on_before_batch_transfer`.*",
         ".*Experiment logs directory.*exists and is not empty.*",
         ".*The `srun` command is available.*",
-        ".*when logging on epoch level in distributed setting.*",  # torchmetrics syncs val/test metrics itself
+        ".*when logging on epoch level in distributed setting.*",  # torchmetrics syncs val/test metrics
     ):
         warnings.filterwarnings("ignore", message=message)
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
@@ -187,12 +187,10 @@ def run_locked(
             notes.append(f"{RESULTS_FILE} was unreadable and set aside as {aside.name}")
     current = fingerprint(config, None)
     completed = prior is not None and prior.get("status") == "completed"
-    untested = completed and run_cfg.test and prior.get("config", {}).get("test") is False
-    if untested:  # a validation-only run (test=false, a tuning trial) has no test figures: train it again
-        log.info(
-            "%s: completed before with test=false; running it again to evaluate on test", run_cfg.run_name
-        )
-    if completed and run_cfg.skip_completed and not untested:
+    lacking = asked_but_missing(prior, run_cfg) if completed else []
+    if lacking:  # e.g. a validation-only run (test=false, a tuning trial) has no test figures: train it again
+        log.info("%s: completed before without %s; running it again", run_cfg.run_name, " or ".join(lacking))
+    if completed and run_cfg.skip_completed and not lacking:
         differ = completed_differences(prior, current, run_cfg)
         if differ:
             raise PeftBenchError(
@@ -372,6 +370,17 @@ def run_locked(
         "%s: %s | %.1f s -> %s", run_cfg.run_name, scores, results["train_time_s"], run_dir / RESULTS_FILE
     )
     return results
+
+
+def asked_but_missing(prior: dict, run_cfg: RunConfig) -> list[str]:
+    """The figures this command asks for (the "asks" keys of resolvers.KEY_ROLES) that a completed run
+    does not have: such a run is run again rather than skipped."""
+    out = []
+    if run_cfg.test and prior.get("config", {}).get("test") is False:
+        out.append("test figures (it ran with test=false)")
+    if run_cfg.eval_before_training and "before_training" not in prior:
+        out.append("the scores before training (eval_before_training=true)")
+    return out
 
 
 def completed_differences(prior: dict, current: dict, run_cfg: RunConfig) -> list[str]:

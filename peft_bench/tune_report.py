@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from peft_bench.report import interval, md_table
-from peft_bench.results import RESULTS_FILE, read_results
+from peft_bench.results import EDITED, RESULTS_FILE, digest_state, read_results
 
 
 def same(a, b) -> bool:
@@ -33,6 +33,8 @@ def finals(study, method: str, which: str, expected: dict) -> tuple[dict[int, di
         differ = [k for k, v in expected.items() if not same(got.get(k), v)]
         if r.get("status") != "completed":
             left_out.append(f"{method} {which} seed {seed}: {r.get('status')} ({r.get('error', '')[:120]})")
+        elif digest_state(r) == "edited":
+            left_out.append(f"{method} {which} seed {seed}: {EDITED}")
         elif differ or r.get("seed") != seed:
             what = [f"{k}={got.get(k)}, not {expected[k]}" for k in differ] or [f"seed {r.get('seed')}"]
             left_out.append(f"{method} {which} seed {seed}: trained another setting ({'; '.join(what)})")

@@ -60,7 +60,7 @@ def test_missing_value_fails_before_anything_runs():
 
 
 def test_rank_zero_is_rejected():
-    with pytest.raises(ConfigError, match=r"method.r=0 .*must be >= 1"):
+    with pytest.raises(ConfigError, match=r"method.r=0: .*must be >= 1"):
         check_config(compose(["model=tiny", "rank=0"]))
 
 

@@ -54,7 +54,7 @@ def test_prepare_tokenizes_each_distinct_dataset_once_and_jobs_then_hit_the_cach
 def test_prepare_refuses_bad_input_before_fetching_anything(tmp_path):
     out = prepare_cli(["model=minilm", "dataset=demo", "rank=0,4"], tmp_path)
     assert out.returncode == 2
-    assert "job model=minilm dataset=demo rank=0: method.r=0 (from rank=0)" in out.stderr
+    assert "job model=minilm dataset=demo rank=0: method.r=0: the adapter rank" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "tokenized").exists()
     out = prepare_cli(["model=minilm", "--bogus"], tmp_path)
