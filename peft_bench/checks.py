@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,13 +216,24 @@ class ModelFacts:
 _FACTS: dict[str, ModelFacts] = {}  # per model and task: a sweep's jobs share one meta-device build
 
 
+_UNREADABLE: dict[str, tuple[float, PeftBenchError]] = {}  # key -> (when, why): a failure, kept briefly
+UNREADABLE_KEPT_S = 60.0
+
+
 def model_facts(run: RunConfig) -> ModelFacts:
     """The model's facts, built once per process from its config on the meta device; PeftBenchError if
-    its config cannot be read (not kept: a missing folder or an unreachable Hub may be mended)."""
+    its config cannot be read. A failure is kept for a minute only: the 200 jobs of one pre-check ask
+    once (not 200 times, each retrying an unreachable Hub), and a mended folder is seen soon after."""
     task = get_task(run.dataset.task)
     key = repr((run.model, run.dataset.num_labels, task.name))
+    if key in _UNREADABLE and time.monotonic() - _UNREADABLE[key][0] < UNREADABLE_KEPT_S:
+        raise _UNREADABLE[key][1]
     if key not in _FACTS:
-        config = load_model_config(run.model, run.dataset.num_labels)
+        try:
+            config = load_model_config(run.model, run.dataset.num_labels)
+        except PeftBenchError as e:
+            _UNREADABLE[key] = (time.monotonic(), e)
+            raise
         try:
             kinds, bias, shapes = adaptable_modules(config, task)
             names, conv1d = list(kinds), [n for n, is_conv1d in kinds.items() if is_conv1d]

@@ -111,8 +111,10 @@ def load_runs(dirs: list[Path], include_edited: bool = False) -> tuple[list[dict
                     good.append(r)
                     continue
                 kept = seen[key]
-                if has_test(r) and not has_test(kept):  # the same run, once evaluated with test=false
-                    good[good.index(kept)], seen[key], kept, r = r, r, r, kept  # keep the one with test figures
+                if has_test(r) and not has_test(kept):  # the same run once evaluated with test=false:
+                    i = next(i for i, g in enumerate(good) if g is kept)  # keep the one with test figures
+                    good[i] = seen[key] = r
+                    kept, r = r, kept
                 left_out.append(
                     (Path(r["_dir"]), f"duplicate of {kept['_dir']} (same setting and seed): counted once")
                 )

@@ -99,7 +99,8 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 def check_sweep(config: DictConfig) -> None:
     """Compose and check every job's config before any job starts: one bad value fails the sweep, and
-    so does a job that repeats another. Only for Hydra's basic sweeper (a grid, known up front); a
+    so does a job that repeats another (Hydra composes once per group choice: sweep.JobComposer, which
+    check_jobs wraps this compose in). Only for Hydra's basic sweeper (a grid, known up front); a
     sweeper that chooses its jobs as it goes (Optuna, Ax) leaves each job to check its own config."""
     from hydra import compose
 

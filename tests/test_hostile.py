@@ -853,3 +853,13 @@ def test_20_3_a_completed_run_without_the_figures_asked_for_is_run_again(tmp_pat
     again = tiny_run(run_dir, "eval_before_training=true")
     assert "val_acc" in again["before_training"] and "before_training" in results(run_dir)
     assert tiny_run(run_dir)["before_training"] == again["before_training"]  # then skipped: more than asked
+
+
+def test_20_3_of_one_run_evaluated_twice_the_report_keeps_the_one_with_test_figures(tmp_path):
+    from peft_bench.report import load_runs
+
+    tiny_run(tmp_path / "runs" / "a", "test=false")
+    tiny_run(tmp_path / "runs" / "b")
+    good, left_out = load_runs([tmp_path / "runs"])
+    assert [Path(r["_dir"]).name for r in good] == ["b"] and "test_acc" in good[0]
+    assert [(d.name, why.split(" (")[0]) for d, why in left_out] == [("a", f"duplicate of {tmp_path}/runs/b")]
