@@ -132,6 +132,12 @@ def setting_config(r: dict) -> dict:
     cfg = setting_identity(flatten(r["config"], lists_as_json=True))
     if isinstance(r.get("data"), dict) and r["data"].get("cache_key"):
         cfg["data.cache_key"] = r["data"]["cache_key"]
+    # what trainer.precision=null and accelerator=auto became on the machine that ran it: a bf16 GPU
+    # run and an fp32 CPU run of one config are two settings
+    if r.get("precision"):
+        cfg["resolved.precision"] = r["precision"]
+    if r.get("device"):
+        cfg["resolved.device"] = str(r["device"]).split(":")[0]
     return cfg
 
 

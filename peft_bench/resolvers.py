@@ -78,15 +78,21 @@ KEY_ROLES: dict[str, str] = {
     "logger.": "place",
     # file locations: their content is compared on its own (the data's cache key, the files' bytes)
     "dataset.data_files": "place",
+    # where the weights and tokenizer are read from: another path may hold other weights, so a run is
+    # not skipped or resumed across it; but the same model installed elsewhere (another venv, cluster or
+    # cache folder) is the same setting in the report (the tokenizer's content is in the data's key)
+    "model.pretrained": "weights",
+    "model.tokenizer": "weights",
     # what is kept along the way, and chatter: no figure changes
     "checkpoint_every_n_steps": "saving",
-    "method.export_merged": "saving",
     "dataset.num_workers": "saving",
     "trainer.log_every_n_steps": "saving",
     "trainer.num_sanity_val_steps": "saving",
-    # figures a run adds when asked: a completed run that lacks them is run again, not refused
+    # what a run adds when asked (figures, exports): a completed run not asked for it is run again
     "test": "asks",
     "eval_before_training": "asks",
+    "method.export": "asks",
+    "method.export_merged": "asks",
     # plain values that act only through the method's own keys (method.r, method.pruning.target), which
     # define the run; a method without a rank ignores `rank`
     "rank": "alias",
@@ -106,7 +112,7 @@ def key_role(key: str) -> str:
 def run_identity(flat: dict) -> dict:
     """The keys of a flattened config that define a run (its seed included): two runs are the same run
     exactly when these match (and their data)."""
-    return {k: v for k, v in flat.items() if key_role(k) in ("defines", "seed")}
+    return {k: v for k, v in flat.items() if key_role(k) in ("defines", "weights", "seed")}
 
 
 def setting_identity(flat: dict) -> dict:

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from peft_bench.errors import PeftBenchError
+from peft_bench.errors import ConfigError, PeftBenchError
 from peft_bench.io import check_writable
 from peft_bench.report import write_report
 from peft_bench.results import EDITED, RESULTS_FILE, collect, digest_state, job_order, unfinished_reason
@@ -105,12 +105,41 @@ def check_sweep(config: DictConfig) -> None:
     from hydra import compose
 
     if config.hydra.sweeper.get("_target_") == BASIC_SWEEPER:
-        check_jobs(
+        jobs = check_jobs(
             list(config.hydra.overrides.task),
             lambda job: compose(
                 config_name=config.hydra.job.config_name, overrides=[*job, "run_dir=/dev/null"]
             ),
         )
+        launcher = str(config.hydra.launcher.get("_target_", ""))
+        if "Slurm" not in launcher:
+            many = [" ".join(j) or "(defaults)" for j, run in jobs if device_count(run.trainer.devices) > 1]
+            if many:
+                names = ", ".join(many[:3]) + (" ..." if len(many) > 3 else "")
+                raise ConfigError(
+                    [
+                        f"trainer.devices above 1 in a sweep on {launcher.rsplit('.', 1)[-1]} "
+                        f"(jobs {names}): Lightning starts the other processes with this whole command "
+                        "line, so each would run the whole sweep. Run each job as its own command, or sweep "
+                        "on SLURM (hydra/launcher=slurm_gpu, hydra.launcher.tasks_per_node=trainer.devices)"
+                    ]
+                )
+
+
+def device_count(devices) -> int:
+    """How many processes trainer.devices starts (-1 and "auto": every visible GPU, one on a CPU)."""
+    import torch
+
+    if isinstance(devices, list | tuple):
+        return len(devices)
+    if isinstance(devices, str) and "," in devices:
+        return len([d for d in devices.split(",") if d.strip()])
+    if devices in (-1, "-1", "auto"):
+        return max(torch.cuda.device_count(), 1)
+    try:
+        return int(devices)
+    except (TypeError, ValueError):
+        return 1
 
 
 def sweep_runs(
@@ -156,7 +185,11 @@ class SweepSummary(Callback):
         failures = job_failures(root, getattr(self, "started", 0.0))
         runs = sweep_runs(config, root, failures) if root.is_dir() else []
         if runs:
-            Console(width=200).print(runs_table(root, runs, failures))
+            # markup off: an error text with [brackets] would otherwise be read as rich markup and fail
+            try:  # the table never decides the exit status either (Hydra only warns about a callback)
+                Console(width=200, markup=False).print(runs_table(root, runs, failures))
+            except Exception as e:  # noqa: BLE001
+                print(f"peft_bench: the sweep's table failed ({type(e).__name__}: {e})", file=sys.stderr)
             try:  # the comparison report of the sweep; never what decides the sweep's exit status
                 wrote = write_report([root])
                 print(

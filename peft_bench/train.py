@@ -48,7 +48,8 @@ from peft_bench.io import AtomicCheckpointIO, RunLock, filesystem_refusal, proce
 from peft_bench.measure import peak_memory, reset_peak_memory
 from peft_bench.models import load_tokenizer
 from peft_bench.ranks import begin_attempt, job_rank, slurm_tasks, tell_ranks, wait_for_rank_zero
-from peft_bench.results import RESULTS_FILE, environment, read_results, write_results
+from peft_bench.resolvers import KEY_ROLES
+from peft_bench.results import RESULTS_FILE, environment, flatten, read_results, write_results
 from peft_bench.sweep import record_job_failure
 from peft_bench.tasks import get_task
 
@@ -136,16 +137,17 @@ def run(cfg: DictConfig, callbacks: tuple[L.Callback, ...] | list[L.Callback] = 
         return run_locked(cfg, run_cfg, run_dir, started, first_in_process, list(callbacks), word)
     begin_attempt()
     lock = RunLock(run_dir)
-    lock.acquire(holder=peek_results(run_dir))  # a second identical command stops here, touching nothing
     why = "completed before: skipped"
     try:
+        lock.acquire(holder=peek_results(run_dir))  # a second identical command stops here, touching nothing
         return run_locked(cfg, run_cfg, run_dir, started, first_in_process, list(callbacks))
     except BaseException as e:
         why = f"{type(e).__name__}: {e}"
         raise
     finally:
         if slurm_tasks() > 1:  # the other tasks of a SLURM job wait for a word; unless told to go: stop
-            tell_ranks(run_dir, go=False, why=why, unless_told=True)
+            with contextlib.suppress(OSError):  # a full disk must not hide the run's own error
+                tell_ranks(run_dir, go=False, why=why, unless_told=True)
         lock.release()
 
 
@@ -185,9 +187,11 @@ def run_locked(
         except (OSError, ValueError) as e:
             aside = set_aside(run_dir / RESULTS_FILE, f"unreadable ({type(e).__name__}: {e})")
             notes.append(f"{RESULTS_FILE} was unreadable and set aside as {aside.name}")
-    current = fingerprint(config, None)
+    resolved = {"precision": resolved_precision(run_cfg.trainer), "device": device_type(run_cfg.trainer)}
+    current = fingerprint(config, None, resolved)
+    recorded = prior.get("config") if isinstance(prior, dict) else None  # what the last attempt ran
     completed = prior is not None and prior.get("status") == "completed"
-    lacking = asked_but_missing(prior, run_cfg) if completed else []
+    lacking = asked_but_missing(prior, config) if completed else []
     if lacking:  # e.g. a validation-only run (test=false, a tuning trial) has no test figures: train it again
         log.info("%s: completed before without %s; running it again", run_cfg.run_name, " or ".join(lacking))
     if completed and run_cfg.skip_completed and not lacking:
@@ -217,7 +221,7 @@ def run_locked(
                 f"set aside as {aside.name} and the run started over"
             )
     if ckpt is not None:  # the config part now, before anything is written; the data part once it is read
-        check_resume(ckpt, current, last, data=False)
+        check_resume(ckpt, current, last, data=False, recorded=recorded)
     resume_from = last if ckpt is not None else None
     if not lead:  # from where rank 0 goes on (it has checked that checkpoint against the data too)
         ckpt, resume_from = None, Path(word["resume_from"]) if word["resume_from"] else None
@@ -254,10 +258,10 @@ def run_locked(
         results["data"] = datamodule.info
         results["warnings"] += datamodule.info.get("warnings", [])
         results["notes"] += datamodule.info.get("notes", [])
-        print_ = fingerprint(config, datamodule.info["cache_key"])
+        print_ = fingerprint(config, datamodule.info["cache_key"], resolved)
         if ckpt is not None:
             try:
-                check_resume(ckpt, print_, last)
+                check_resume(ckpt, print_, last, recorded=recorded)
             except PeftBenchError:
                 restore = True  # the folder keeps describing the run its checkpoint belongs to
                 raise
@@ -372,21 +376,24 @@ def run_locked(
     return results
 
 
-def asked_but_missing(prior: dict, run_cfg: RunConfig) -> list[str]:
-    """The figures this command asks for (the "asks" keys of resolvers.KEY_ROLES) that a completed run
-    does not have: such a run is run again rather than skipped."""
-    out = []
-    if run_cfg.test and prior.get("config", {}).get("test") is False:
-        out.append("test figures (it ran with test=false)")
-    if run_cfg.eval_before_training and "before_training" not in prior:
-        out.append("the scores before training (eval_before_training=true)")
-    return out
+def asked_but_missing(prior: dict, config: dict) -> list[str]:
+    """The "asks" keys of resolvers.KEY_ROLES (test, eval_before_training, method.export,
+    method.export_merged) this command turns on and the completed run had off: it lacks what they add
+    (test figures, the scores before training, the exports), so it is run again rather than skipped."""
+    now, then = flatten(config), flatten(prior.get("config") or {})
+    return [
+        f"{key}=true"
+        for key, role in KEY_ROLES.items()
+        if role == "asks" and now.get(key) is True and then.get(key, False) is not True
+    ]
 
 
 def completed_differences(prior: dict, current: dict, run_cfg: RunConfig) -> list[str]:
     """What separates a completed run's record from this run: training-relevant config keys (paths,
     logging and skip/resume flags aside) and, for local files or the generator, the data's content."""
-    differ = differences(fingerprint(prior.get("config", {}), None), current, data=False)
+    ran = {"precision": prior.get("precision"), "device": str(prior.get("device", "")).split(":")[0]}
+    ran = {k: v for k, v in ran.items() if v}  # what trainer.precision / accelerator resolved to then
+    differ = differences(fingerprint(prior.get("config", {}), None, ran), current, data=False)
     before = prior.get("data", {}).get("raw_fingerprint")
     now = local_fingerprint(run_cfg.dataset) if before is not None else None
     if now is not None and now != before:
@@ -478,9 +485,7 @@ def build_trainer(
 ) -> tuple[L.Trainer, ModelCheckpoint | None]:
     t = run_cfg.trainer
     device = device_type(t)
-    precision = t.precision or (
-        "bf16-mixed" if device == "cuda" and torch.cuda.is_bf16_supported() else "32-true"
-    )
+    precision = resolved_precision(t)
     sanity = t.num_sanity_val_steps
     if sanity is None:  # on a CPU, seconds per job (IMDB) for an out-of-memory check that matters on a GPU
         sanity = 0 if device == "cpu" else 1
@@ -529,6 +534,15 @@ def build_trainer(
         inference_mode=False,
     )
     return trainer, best
+
+
+def resolved_precision(t) -> str:
+    """trainer.precision, or for null what the device gets: bf16-mixed on a bf16-capable GPU, else 32-true."""
+    from lightning.fabric.connector import _PRECISION_INPUT_STR_ALIAS_CONVERSION as ALIASES  # "32": "32-true"
+
+    if t.precision is not None:
+        return ALIASES.get(str(t.precision), str(t.precision))
+    return "bf16-mixed" if device_type(t) == "cuda" and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def device_type(t) -> str:

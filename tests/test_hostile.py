@@ -772,13 +772,16 @@ def test_20_3_one_table_decides_the_fingerprint_the_setting_the_duplicate_check_
         "dataset.eval_batch_size",
         "trainer.devices",
         "trainer.accelerator",
-        "model.pretrained",
+        "trainer.strategy",
         "method.r",
         "checkpoint",
     )
     for key in shaping:
         assert key_role(key) == "defines" and key in setting_identity(flat), key
         assert key in fingerprint(config, None)["config"], key
+    # another weights path refuses skip and resume, but the same model installed elsewhere is one setting
+    assert "model.pretrained" in fingerprint(config, None)["config"]
+    assert "model.pretrained" not in setting_identity(flat)
     for key in ("run_dir", "run_name", "cache_dir", "dataset.data_files", "rank", "seed", "resume"):
         assert key not in setting_identity(flat), key
     assert "seed" in fingerprint(config, None)["config"]
@@ -863,3 +866,97 @@ def test_20_3_of_one_run_evaluated_twice_the_report_keeps_the_one_with_test_figu
     good, left_out = load_runs([tmp_path / "runs"])
     assert [Path(r["_dir"]).name for r in good] == ["b"] and "test_acc" in good[0]
     assert [(d.name, why.split(" (")[0]) for d, why in left_out] == [("a", f"duplicate of {tmp_path}/runs/b")]
+
+
+OLD_NOT_TRAINING = (  # keys the fingerprint of a peft_bench before issue 20 left out
+    "checkpoint",
+    "dataset.eval_batch_size",
+    "trainer.accelerator",
+    "trainer.compile",
+    "trainer.devices",
+    "trainer.limit_test_batches",
+    "trainer.precision",
+    "trainer.strategy",  # not in the schema then
+)
+
+
+def test_20_3_runs_and_checkpoints_of_an_older_peft_bench_are_still_skipped_and_resumed(tmp_path):
+    run_dir = tmp_path / "run"
+    tiny_run(run_dir)
+    record = results(run_dir)
+    del record["config"]["trainer"]["strategy"]  # as an older peft_bench wrote it
+    (run_dir / "results.json").write_text(json.dumps(record))
+    assert tiny_run(run_dir)["finished_at"] == record["finished_at"]  # skipped, not refused
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    fp = ckpt["peft_bench_fingerprint"]["config"]
+    ckpt["peft_bench_fingerprint"]["config"] = {
+        k: v for k, v in fp.items() if k not in OLD_NOT_TRAINING and not k.startswith("resolved.")
+    }
+    torch.save(ckpt, last)
+    (run_dir / "results.json").write_text(json.dumps({**record, "status": "interrupted"}))
+    out = tiny_run(run_dir)
+    assert out["status"] == "completed" and out["resumed_from"]["checkpoint"] == "checkpoints/last.ckpt"
+
+
+def test_20_3_the_same_model_installed_elsewhere_is_one_setting_and_a_new_check_keeps_the_cache(tmp_path):
+    from peft_bench.report import setting_config
+
+    first = tiny_run(tmp_path / "a")
+    moved = json.loads(json.dumps(first))
+    moved["config"]["model"]["tokenizer"] = "/another/venv/site-packages/tiny"
+    moved["config"]["model"]["pretrained"] = "/another/venv/site-packages/tiny"
+    assert setting_config(moved) == setting_config(first)
+    moved["precision"] = "bf16-mixed"  # what trainer.precision=null became elsewhere: another setting
+    assert setting_config(moved) != setting_config(first)
+    # a cache entry written before the overlap count (same tokens) is rebuilt under the same key
+    entry = next((tmp_path / "cache" / "tokenized").glob("*")) if (tmp_path / "cache").exists() else None
+    files = {
+        "train": jsonl(tmp_path / "t.jsonl", rows(60)),
+        "validation": jsonl(tmp_path / "v.jsonl", rows(20, 500)),
+    }
+    dm = datamodule(tmp_path, files)
+    entry = tmp_path / "cache" / "tokenized" / dm.info["cache_key"]
+    info = json.loads((entry / "info.json").read_text())
+    del info["overlap"]
+    (entry / "info.json").write_text(json.dumps(info))
+    again = datamodule(tmp_path, files)
+    assert again.info["cache_key"] == dm.info["cache_key"] and again.info["cache"] == "miss"
+    assert "overlap" in again.info and any("rebuilt" in n for n in again.info["notes"])
+
+
+def test_20_3_a_completed_run_asked_for_a_merged_export_is_run_again(tmp_path):
+    run_dir = tmp_path / "run"
+    tiny_run(run_dir)
+    out = tiny_run(run_dir, "method.export_merged=true")
+    assert out["merged_dir"] == "merged" and (run_dir / "merged").is_dir()
+
+
+def test_20_a_local_sweep_of_multi_device_jobs_is_refused_before_any_job(tmp_path):
+    out = run_cli(
+        [
+            "-m",
+            *FAST,
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "seed=1,2",
+            f"hydra.sweep.dir={tmp_path}",
+        ]
+    )
+    assert out.returncode == 2 and "no job was started" in out.stderr, out.stderr[-2000:]
+    assert "each would run the whole sweep" in out.stderr and "tasks_per_node" in out.stderr
+    assert not list(tmp_path.rglob("results.json"))
+
+
+def test_20_the_sweep_table_shows_an_error_with_brackets_as_text(tmp_path):
+    from rich.console import Console
+
+    from peft_bench.sweep_summary import runs_table
+
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "results.json").write_text(
+        json.dumps({"status": "failed", "error": "RuntimeError: [/__w/pytorch/gloo/pair.cc:553] closed"})
+    )
+    console = Console(width=300, record=True, markup=False)
+    console.print(runs_table(tmp_path))
+    assert "[/__w/pytorch/gloo/pair.cc:553]" in console.export_text()

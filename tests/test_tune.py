@@ -398,7 +398,7 @@ def test_an_invalid_value_in_a_search_is_refused_before_any_trial():
     for method in ("lora", "hira"):
         for said in (
             f"method={method}: method.search.r: the choice 0 is invalid: method.r=0",
-            "the adapter rank must be >= 1",
+            "the adapter rank (rank=, or method.r=) must be >= 1",
             f"method={method}: method.search.dropout: the choice 1.5 is invalid: method.dropout=1.5: "
             "must be in [0, 1)",
             f"method={method}: method.search.lr: low=0 on a log scale; a log-uniform range needs low > 0",

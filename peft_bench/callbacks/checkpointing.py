@@ -5,6 +5,7 @@ a resume must match."""
 
 from __future__ import annotations
 
+import functools
 import json
 import pickle
 import zipfile
@@ -23,34 +24,70 @@ FINGERPRINT_KEY = "peft_bench_fingerprint"
 LAST = "last.ckpt"
 
 
-def fingerprint(config: dict, data_key: str | None) -> dict:
+def fingerprint(config: dict, data_key: str | None, resolved: dict | None = None) -> dict:
     """What a checkpoint was trained on: the keys that define the run (resolvers.KEY_ROLES; flattened,
-    JSON values) and the tokenized data's cache key (the data's content, layout and recipe; file paths
-    may move)."""
-    return {"config": json.loads(json.dumps(run_identity(flatten(config)), default=str)), "data": data_key}
+    JSON values), what the run resolved on its machine (`resolved.precision`, `resolved.device`: the
+    precision and device that `trainer.precision=null` and `accelerator=auto` became) and the tokenized
+    data's cache key (the data's content, layout and recipe; file paths may move)."""
+    flat = run_identity(flatten(config))
+    flat.update({f"resolved.{k}": v for k, v in (resolved or {}).items()})
+    return {"config": json.loads(json.dumps(flat, default=str)), "data": data_key}
 
 
-def differences(saved: dict, current: dict, data: bool = True) -> list[str]:
-    """`key: checkpoint value -> this run's value` for every key that differs (the data too if `data`)."""
+ABSENT = "<absent>"
+
+
+@functools.cache
+def schema_defaults() -> dict:
+    """The flattened plain defaults of the run schema: the value a key had for a peft_bench that did not
+    have the key yet (trainer.strategy: auto)."""
+    import dataclasses
+    import typing
+
+    from omegaconf import OmegaConf
+
+    from peft_bench.config import RunConfig
+
+    tree = OmegaConf.to_container(OmegaConf.structured(RunConfig), resolve=False)
+    for name, schema in typing.get_type_hints(RunConfig).items():  # the groups: their base schema
+        if dataclasses.is_dataclass(schema):
+            tree[name] = OmegaConf.to_container(OmegaConf.structured(schema), resolve=False)
+    flat = flatten(tree)
+    return {k: v for k, v in flat.items() if not (isinstance(v, str) and ("${" in v or v == "???"))}
+
+
+def differences(saved: dict, current: dict, data: bool = True, recorded: dict | None = None) -> list[str]:
+    """`key: checkpoint value -> this run's value` for every key that differs (the data too if `data`).
+    Both sides go through today's table (resolvers.KEY_ROLES). A key the saved side lacks (it was
+    written by an older peft_bench, which counted fewer keys) takes the value in `recorded` (the config
+    that attempt wrote into its results.json), else the schema default; a `resolved.*` key it lacks is
+    not compared (not recorded then)."""
     out = []
-    # both through today's table: a key an older peft_bench counted (or did not) is judged by today's rule
     a, b = run_identity(saved.get("config", {})), run_identity(current.get("config", {}))
+    older = run_identity(flatten(recorded)) if recorded else {}
     for key in sorted(set(a) | set(b)):
-        if a.get(key, "<absent>") != b.get(key, "<absent>"):
-            out.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+        if key not in a:
+            if key.startswith("resolved."):
+                continue
+            a[key] = older.get(key, schema_defaults().get(key, ABSENT))
+        if a[key] != b.get(key, ABSENT):
+            out.append(f"{key}: {a[key]!r} -> {b.get(key, ABSENT)!r}")
     if data and saved.get("data") != current.get("data"):
         out.append(f"data (tokenized cache key): {saved.get('data')} -> {current.get('data')}")
     return out
 
 
-def check_resume(ckpt: dict, current: dict, path: Path, data: bool = True) -> None:
+def check_resume(
+    ckpt: dict, current: dict, path: Path, data: bool = True, recorded: dict | None = None
+) -> None:
     """Refuse to resume from a checkpoint of another configuration (or one without a fingerprint),
-    naming the keys that differ and the ways out."""
+    naming the keys that differ and the ways out. `recorded`: the config the interrupted attempt wrote
+    into results.json (the values of keys an older fingerprint did not hold)."""
     saved = ckpt.get(FINGERPRINT_KEY)
     diff = (
         ["the checkpoint has no fingerprint (written by an older peft_bench)"]
         if saved is None
-        else differences(saved, current, data)
+        else differences(saved, current, data, recorded)
     )
     if diff:
         lines = "\n".join(f"  - {d}" for d in diff)

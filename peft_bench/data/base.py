@@ -31,7 +31,7 @@ from peft_bench.io import atomic_write, set_aside
 
 log = logging.getLogger("peft_bench")
 
-CACHE_VERSION = 3  # bump when tokenization, checks or split logic change: old cache entries are not reused
+CACHE_VERSION = 2  # bump when tokenization, checks or split logic change: old cache entries are not reused
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 SPLITS = ("train", "validation", "test")
@@ -516,11 +516,23 @@ class BaseDataModule(L.LightningDataModule):
     _sampler: EpochSeededSampler | None = None
     _resume: dict | None = None
 
-    def load_or_build(self, raw: RawData, key: str, build: Callable[[], tuple[DatasetDict, dict]]) -> None:
-        """self.data and self.info from the cache entry `key`, built with `build()` on a miss."""
+    def load_or_build(
+        self,
+        raw: RawData,
+        key: str,
+        build: Callable[[], tuple[DatasetDict, dict]],
+        needs: tuple[str, ...] = (),
+    ) -> None:
+        """self.data and self.info from the cache entry `key`, built with `build()` on a miss. An entry
+        whose info lacks a key of `needs` (written by an older peft_bench: the same tokens, fewer checks)
+        is built again under the same key, so the data keeps its identity across the upgrade."""
         path, notes = self.cache_root / key, []
         with cache_lock(path):
             cached, hit = load_cached(path, notes), "hit"
+            if cached is not None and (lacking := [k for k in needs if k not in cached[1]]):
+                shutil.rmtree(path)  # under the entry's lock; a reader has its files mapped already
+                notes.append(f"tokenized data rebuilt: its cache entry had no {', '.join(lacking)}")
+                cached = None
             if cached is None:
                 data, info = build()
                 save_atomically(data, {**info, "cache_key": key}, path)

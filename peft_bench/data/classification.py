@@ -80,9 +80,8 @@ class TextClassificationDataModule(BaseDataModule):
                 "warnings": class_warnings(counts) + overlap_warnings(overlap, sizes, how),
             }
 
-        self.load_or_build(
-            raw, cache_key(self.cfg.name, self.tokenizer, raw.fingerprint, self.recipe()), build
-        )
+        key = cache_key(self.cfg.name, self.tokenizer, raw.fingerprint, self.recipe())
+        self.load_or_build(raw, key, build, needs=("overlap",))  # entries before the overlap count lack it
         for warning in self.info.get("warnings", []):
             log.warning("data: %s", warning)
 
