@@ -43,11 +43,11 @@ def slurm_tasks() -> int:
 def attempt() -> str:
     """This start of the job, the same in every rank: SLURM's job id and restart count (a requeued job
     is a new start), or the id rank 0 passed on to the ranks Lightning launches."""
-    if ATTEMPT_ENV in os.environ:
-        return os.environ[ATTEMPT_ENV]
+    # SLURM first: a job's environment is exported from the submitting process, which may hold the
+    # name of an attempt of its own (a run in that process) that no task of this job would match
     if SLURMEnvironment.detect():
         return f"slurm-{os.environ.get('SLURM_JOB_ID')}-{os.environ.get('SLURM_RESTART_COUNT', '0')}"
-    return ""
+    return os.environ.get(ATTEMPT_ENV, "")
 
 
 def begin_attempt() -> None:

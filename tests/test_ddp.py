@@ -186,7 +186,10 @@ def test_a_killed_ddp_job_resumes_from_its_checkpoint(tmp_path):
 def test_a_slurm_job_of_two_tasks_is_one_ddp_run(runs, tmp_path):
     # each of the job's two tasks runs the command; SLURM gives them their ranks
     launcher = ["-m", "hydra/launcher=slurm_cpu", "hydra.launcher.tasks_per_node=2"]
-    out = run_cli([*launcher, *SAME, *DDP, f"hydra.sweep.dir={tmp_path}"], timeout=900)
+    # the job's environment is exported from the submitting process, which may have run a job of its
+    # own (its attempt's name left in the environment): the tasks must still find each other
+    stale = {"PEFT_BENCH_ATTEMPT": "an-attempt-of-the-submitting-process"}
+    out = run_cli([*launcher, *SAME, *DDP, f"hydra.sweep.dir={tmp_path}"], env=stale, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("results.json")] == ["0/results.json"]
     r, single = json.loads((tmp_path / "0" / "results.json").read_text()), runs["single"]
