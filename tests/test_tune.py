@@ -110,25 +110,32 @@ FOUR_LONG_TRIALS = [
 ]
 
 
+def signal_mid_trial(args: list[str], folder: Path, sig: int, after_s: float, out) -> subprocess.Popen:
+    """`python -m peft_bench.tune ARGS` in a process group of its own, sent `sig` `after_s` seconds into
+    its second trial (once trials/lora/1/results.json exists)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "peft_bench.tune", *args],
+        cwd=ROOT,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    target = folder / "trials" / "lora" / "1" / "results.json"
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(after_s)
+    os.killpg(proc.pid, sig)
+    return proc
+
+
 @pytest.mark.slow  # a study killed with SIGKILL during a trial, then the same command: ~1.5 min
 def test_a_killed_study_resumes_with_exactly_its_budget_and_repeats_no_trial(tmp_path):
     args = [
         *FOUR_LONG_TRIALS,
         f"tune.dir={tmp_path}",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "peft_bench.tune", *args],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    target = tmp_path / "trials" / "lora" / "1" / "results.json"  # the second trial, mid-way
-    deadline = time.time() + 300
-    while not target.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)
-    os.killpg(proc.pid, signal.SIGKILL)
+    proc = signal_mid_trial(args, tmp_path, signal.SIGKILL, after_s=1.0, out=subprocess.DEVNULL)
     proc.wait(timeout=60)
     first = (tmp_path / "trials" / "lora" / "0" / "results.json").stat().st_mtime_ns
     out = tune(args)
@@ -493,19 +500,9 @@ def test_ctrl_c_stops_the_command_and_starts_no_other_trial(tmp_path):
         f"tune.dir={folder}",
     ]
     console = tmp_path / "console.txt"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "peft_bench.tune", *args],
-        cwd=ROOT,
-        stdout=console.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    target = folder / "trials" / "lora" / "1" / "results.json"  # the second trial, mid-way
-    deadline = time.time() + 300
-    while not target.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    time.sleep(3.0)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole process group
+    # SIGINT to the process group: what Ctrl-C in a terminal sends
+    proc = signal_mid_trial(args, folder, signal.SIGINT, after_s=3.0, out=console.open("w"))
+    target = folder / "trials" / "lora" / "1" / "results.json"
     code = proc.wait(timeout=120)
     said = console.read_text()
     assert code == 130, said[-3000:]
