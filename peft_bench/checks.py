@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from peft_bench.config import CONF_DIR, SEED_MAX, RunConfig
 from peft_bench.errors import ConfigError, PeftBenchError
 from peft_bench.models import adaptable_modules, load_model_config
-from peft_bench.tasks import get_task
+from peft_bench.tasks import task_for
 
 
 def compose_job(overrides: list[str], run_dir: str | Path = "/dev/null") -> DictConfig:
@@ -224,7 +224,7 @@ def model_facts(run: RunConfig) -> ModelFacts:
     """The model's facts, built once per process from its config on the meta device; PeftBenchError if
     its config cannot be read. A failure is kept for a minute only: the 200 jobs of one pre-check ask
     once (not 200 times, each retrying an unreachable Hub), and a mended folder is seen soon after."""
-    task = get_task(run.dataset.task)
+    task = task_for(run.dataset)
     key = repr((run.model, run.dataset.num_labels, task.name))
     if key in _UNREADABLE and time.monotonic() - _UNREADABLE[key][0] < UNREADABLE_KEPT_S:
         raise _UNREADABLE[key][1]
@@ -271,7 +271,7 @@ def rank_problems(run: RunConfig, module: type, facts: ModelFacts, targets: list
 
 
 def module_problems(run: RunConfig) -> list[str]:
-    task = get_task(run.dataset.task)
+    task = task_for(run.dataset)
     try:
         facts = model_facts(run)
     except PeftBenchError as e:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import re
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TypedDict
 
 from peft_bench.io import atomic_write, process_alive
+from peft_bench.tasks import METRICS, TASKS
 
 RESULTS_FILE = "results.json"
 
@@ -21,17 +23,7 @@ RESULTS_FILE = "results.json"
 # read it; nested sections are typed below. `total=False`: a failed run has only what it got to.
 
 
-class Scores(TypedDict, total=False):  # one evaluation; classification or language modelling keys
-    val_acc: float
-    val_precision: float
-    val_recall: float
-    val_f1: float
-    val_ppl: float
-    test_acc: float
-    test_precision: float
-    test_recall: float
-    test_f1: float
-    test_ppl: float
+class Scores(TypedDict, total=False):  # one evaluation: the task's score keys (score_key) and latency
     inference_latency_ms_per_example: float
 
 
@@ -40,6 +32,7 @@ class DataInfo(TypedDict, total=False):
     splits: dict[str, str]  # how each split was made (given, or carved from train by a seeded split)
     sizes: dict[str, int]  # examples (classification) or packed blocks (language modelling) per split
     label_counts: dict[str, dict[str, int]]  # per split, per class
+    label_stats: dict[str, dict[str, float]]  # regression: per split, the label's mean, std, min, max
     overlap: dict[str, dict[str, int]]  # {split: {earlier split: examples whose normalised text both hold}}
     tokens: dict[str, int]  # language modelling: tokens per split
     block_size: int  # language modelling: tokens per packed block
@@ -71,6 +64,14 @@ class QuantizationInfo(TypedDict, total=False):  # "quantization": a 4-bit base
     linear_modules: int
 
 
+SCORE_KEY = re.compile(rf"(merged_)?(val|test|test_[A-Za-z0-9_.-]+?)_({'|'.join(METRICS)})")
+
+
+def score_key(key: str) -> bool:
+    """Whether a results.json key is a task's score: (merged_)(val|test|test_<split>)_<metric>."""
+    return SCORE_KEY.fullmatch(key) is not None
+
+
 RunResult = TypedDict(
     "RunResult",
     {
@@ -94,7 +95,7 @@ RunResult = TypedDict(
         "git_dirty": bool | None,
         "python": str,
         "libraries": dict[str, str | None],
-        "warnings": list[str],  # figures that need care (single-class split, ...)
+        "warnings": list[str],  # figures that need care (single-class split, collapsed predictions, ...)
         "notes": list[str],  # what peft_bench did on its own (a corrupt file set aside, ...)
         "resumed_from": dict,  # {"checkpoint", "step"}
         "digest": str,  # SHA-256 of every other key as written (figures_digest): an edit afterwards shows
@@ -104,21 +105,10 @@ RunResult = TypedDict(
         "total_params": int,
         "trainable_ratio": float,
         # scores: of the best checkpoint by the validation metric (or the final weights: evaluated_checkpoint)
-        "val_acc": float,
-        "val_precision": float,
-        "val_recall": float,
-        "val_f1": float,
-        "val_ppl": float,
-        "test_acc": float,
-        "test_precision": float,
-        "test_recall": float,
-        "test_f1": float,
-        "test_ppl": float,
-        "merged_test_acc": float,
-        "merged_test_precision": float,
-        "merged_test_recall": float,
-        "merged_test_f1": float,
-        "merged_test_ppl": float,  # with the adapter folded into the base weights
+        # the task's scores (tasks/: Task.result_keys): val_<metric>, test_<metric>, test_<split>_<metric>
+        # for an extra test split, merged_test_...; every one a float (score_key says which keys are)
+        **{k: float for t in TASKS.values() for k in t.result_keys()},
+        "baseline": dict[str, float],  # the trivial predictor's score keys (majority class, mean label)
         "before_training": Scores,  # eval_before_training=true: the un-tuned model
         "before_pruning": dict,  # one-shot pruning: scores and sparsity figures before it
         "evaluated_checkpoint": str,

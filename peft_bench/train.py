@@ -51,7 +51,7 @@ from peft_bench.ranks import begin_attempt, job_rank, slurm_tasks, tell_ranks, w
 from peft_bench.resolvers import KEY_ROLES
 from peft_bench.results import RESULTS_FILE, environment, flatten, read_results, write_results
 from peft_bench.sweep import record_job_failure
-from peft_bench.tasks import get_task
+from peft_bench.tasks import task_for
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 log = logging.getLogger("peft_bench")
@@ -115,7 +115,7 @@ def main(cfg: DictConfig) -> float | None:
             print(f"peft_bench: error: {e}", file=sys.stderr)
             sys.exit(2)
         raise
-    return results.get(get_task(cfg.dataset.task).select_by)  # for sweepers that optimise
+    return results.get(task_for(cfg.dataset).select_by)  # for sweepers that optimise
 
 
 _first_job_in_process = True  # a local sweep runs its jobs in one process: only the first pays the imports
@@ -258,6 +258,11 @@ def run_locked(
         results["data"] = datamodule.info
         results["warnings"] += datamodule.info.get("warnings", [])
         results["notes"] += datamodule.info.get("notes", [])
+        baseline = task_for(run_cfg.dataset).baselines(
+            datamodule.data, getattr(run_cfg.dataset, "num_labels", None)
+        )
+        if baseline:  # the trivial predictor's scores (majority class, mean label): the floor to beat
+            results["baseline"] = baseline
         print_ = fingerprint(config, datamodule.info["cache_key"], resolved)
         if ckpt is not None:
             try:
@@ -319,6 +324,8 @@ def run_locked(
         if changed_from is not None:
             results["before_pruning"] = {**before, **changed_from}
             results.update(evaluate(trainer, module, datamodule, None, stats, test=run_cfg.test))
+        collapsed = list(module.prediction_warnings.values())  # of the evaluation the figures come from
+        results["warnings"] += collapsed
         if module.can_merge() and run_cfg.test:
             with module.merged():
                 merged = evaluate(trainer, module, datamodule, None, stats, validate=False)
@@ -366,7 +373,7 @@ def run_locked(
         return results
     for warning in results["warnings"]:
         log.warning("%s: %s", run_cfg.run_name, warning)
-    task = get_task(run_cfg.dataset.task)
+    task = task_for(run_cfg.dataset)
     scores = " ".join(
         f"{k} {results[k]:{task.spec}}" for k in (*task.val_scores, *task.test_scores) if k in results
     )
@@ -467,11 +474,11 @@ def evaluate(
     out = {}
     if validate:
         val = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
-        out.update({f"val_{k.removeprefix('val/')}": float(v) for k, v in val.items()})
+        out.update({k.replace("/", "_"): float(v) for k, v in val.items()})
     if not test:
         return out
-    test = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
-    out.update({f"test_{k.removeprefix('test/')}": float(v) for k, v in test.items()})
+    for split in trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False):
+        out.update({k.replace("/", "_"): float(v) for k, v in split.items()})  # test/acc -> test_acc
     out["inference_latency_ms_per_example"] = stats.latency_ms()
     return out
 
@@ -480,7 +487,7 @@ def build_trainer(
     run_cfg: RunConfig,
     run_dir: Path,
     logger,
-    monitor: tuple[str, str] = ("val/f1", "max"),
+    monitor: tuple[str, str] = ("val/acc", "max"),
     callbacks: list[L.Callback] | None = None,
 ) -> tuple[L.Trainer, ModelCheckpoint | None]:
     t = run_cfg.trainer

@@ -149,9 +149,9 @@ class Study:
     def task(self):
         """The task of the study's dataset (what it scores, which way is better)."""
         from peft_bench.checks import compose_job
-        from peft_bench.tasks import get_task
+        from peft_bench.tasks import task_for
 
-        return get_task(compose_job([*self.run_overrides(), f"method={self.methods[0]}"]).dataset.task)
+        return task_for(compose_job([*self.run_overrides(), f"method={self.methods[0]}"]).dataset)
 
     def run_overrides(self) -> list[str]:
         return [o for o in self.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
@@ -543,12 +543,12 @@ def run_trial(study: Study, method: str, trial, params: dict) -> float:
     """One trial: an ordinary run in trials/<method>/<n>, validation only, its metric reported as it goes."""
     import optuna
 
-    from peft_bench.tasks import get_task
+    from peft_bench.tasks import task_for
     from peft_bench.train import run
 
     run_dir = study.dir / "trials" / method / str(trial.number)
     cfg = study_job(study, trial_overrides(study, method, params), run_dir)
-    task = get_task(cfg.dataset.task)
+    task = task_for(cfg.dataset)
     try:
         results = run(cfg, callbacks=[ReportToPruner(trial, task.monitor)] if study.cfg.prune else [])
     except TrialStopped as e:

@@ -35,6 +35,18 @@ CACHE_VERSION = 2  # bump when tokenization, checks or split logic change: old c
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 SPLITS = ("train", "validation", "test")
+
+
+def split_names(cfg) -> tuple[str, ...]:
+    """The splits a dataset config reads: train, validation, test and its extra test_<name> splits."""
+    return (*SPLITS, *(f"test_{x}" for x in getattr(cfg, "extra_test_splits", None) or ()))
+
+
+def in_order(splits) -> list[str]:
+    """Split names, train / validation / test first, extra test splits after them."""
+    return [*(s for s in SPLITS if s in splits), *(s for s in splits if s not in SPLITS)]
+
+
 DATA_FILES = "data-*.arrow"  # what save_to_disk writes per split; their digests are kept in info.json
 
 # A validator checks the rows of one file (or Hub split) and returns them reduced to the task's
@@ -190,8 +202,9 @@ class RawData:
                     if self.cfg.generator == "demo"
                     else self._hub
                 )
-                parts = {s: [(s, raw[s])] for s in SPLITS if s in raw}
-                where = {s: [f"split '{s}' of {self.source}"] for s in parts}
+                theirs = {s: (self.cfg.hub_splits or {}).get(s, s) for s in split_names(self.cfg)}
+                parts = {s: [(theirs[s], raw[theirs[s]])] for s in theirs if theirs[s] in raw}
+                where = {s: [f"split '{theirs[s]}' of {self.source}"] for s in parts}
             self._splits = DatasetDict()
             for split, files in parts.items():
                 checked = [self.validate(ds, w) for (_, ds), w in zip(files, where[split], strict=True)]
@@ -279,6 +292,27 @@ def check_labels(ds: Dataset, field: str, num_labels: int, where: str) -> tuple[
     return out, False
 
 
+def check_scores(ds: Dataset, field: str, where: str) -> tuple[list[float], bool]:
+    """A regression label column as finite floats, and whether the whole file is unlabelled (every
+    label -1: GLUE's hidden STS-B test); DataError naming the first bad row."""
+    if field not in ds.column_names:
+        raise DataError(
+            f"{where}: no column {field!r} (columns: {ds.column_names}); set dataset.label_field="
+        )
+    labels = ds[field]
+    if labels and all(y == -1 and not isinstance(y, bool) for y in labels):
+        return labels, True
+    out = []
+    for i, y in enumerate(labels):
+        if not isinstance(y, int | float) or isinstance(y, bool) or not math.isfinite(y):
+            raise DataError(
+                f"{where}, row {i + 1}: label {y!r} is not a finite number: a regression label "
+                "(dataset.task=regression) is a real value; mend or drop that row"
+            )
+        out.append(float(y))
+    return out, False
+
+
 # ------------------------------------------------------------------------------ leakage between splits
 
 NORMALISED = "NFKC, casefold, whitespace collapsed"  # what "the same text" means for split_overlap
@@ -305,7 +339,7 @@ def split_overlap(splits: dict[str, Dataset], fields: list[str]) -> dict[str, di
     validation. One pass of hashing per split: no pairwise comparison."""
     seen: dict[str, set] = {}
     out: dict[str, dict[str, int]] = {}
-    for split in (s for s in SPLITS if s in splits):
+    for split in in_order(splits):
         rows = zip(*(column(splits[split], f) for f in fields), strict=True)
         keys = ["\x1f".join(normalise(x) for x in row) for row in rows]
         if seen:

@@ -1,5 +1,6 @@
-"""Text classification data: the raw splits (checked row by row), missing splits carved from train,
-tokenized once into the shared on-disk cache, served as dynamically padded (length-grouped) batches."""
+"""Text classification and regression data, one text or a pair of texts per example: the raw splits
+(checked row by row), missing splits carved from train, tokenized once into the shared on-disk cache
+(pairs as pairs, truncated longest first), served as dynamically padded (length-grouped) batches."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from peft_bench.data.base import (
     RawData,
     cache_key,
     check_labels,
+    check_scores,
     check_text,
     overlap_warnings,
+    split_names,
     split_overlap,
 )
 from peft_bench.errors import DataError
@@ -41,25 +44,43 @@ class TextClassificationDataModule(BaseDataModule):
 
     # ------------------------------------------------------------------ loading and caching
 
+    @property
+    def text_fields(self) -> list[str]:
+        """The text of an example: one field, or a pair's two."""
+        return [self.cfg.text_field, *([self.cfg.text_pair_field] if self.cfg.text_pair_field else [])]
+
+    @property
+    def regression(self) -> bool:
+        return self.cfg.task == "regression"
+
     def validate(self, ds: Dataset, where: str) -> tuple[Dataset, bool]:
-        """One file's rows: text strings and integer labels in range, reduced to those two columns."""
+        """One file's rows: text strings (both of a pair) and labels (integer classes in range, or finite
+        numbers for regression), reduced to those columns."""
         cfg = self.cfg
-        texts = check_text(ds, cfg.text_field, where)
-        labels, unlabelled = check_labels(ds, cfg.label_field, cfg.num_labels, where)
+        texts = {f: check_text(ds, f, where) for f in self.text_fields}
+        if self.regression:
+            labels, unlabelled = check_scores(ds, cfg.label_field, where)
+        else:
+            labels, unlabelled = check_labels(ds, cfg.label_field, cfg.num_labels, where)
         if unlabelled:
             return ds, True
-        return Dataset.from_dict({cfg.text_field: texts, cfg.label_field: labels}), False
+        return Dataset.from_dict({**texts, cfg.label_field: labels}), False
 
     def recipe(self) -> dict:
         cfg = self.cfg
-        return {
-            "task": "classification",
+        recipe = {
+            "task": cfg.task,
             "max_length": cfg.max_length,
             "text": cfg.text_field,
             "label": cfg.label_field,
             "num_labels": cfg.num_labels,
             "split": [cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.max_train_examples],
         }
+        if cfg.text_pair_field:  # (absent for one text: cache entries of single-text data keep their key)
+            recipe["pair"] = cfg.text_pair_field
+        if cfg.extra_test_splits:
+            recipe["extra_tests"] = list(cfg.extra_test_splits)
+        return recipe
 
     def prepare_data(self) -> None:
         if self.data is not None:
@@ -68,17 +89,17 @@ class TextClassificationDataModule(BaseDataModule):
 
         def build() -> tuple[DatasetDict, dict]:
             splits, how = make_splits(raw.splits, self.cfg, raw.unlabelled)
-            overlap = split_overlap(splits, [self.cfg.text_field])  # on the raw text, before truncation
+            overlap = split_overlap(splits, self.text_fields)  # on the raw text, before truncation
             tokenized = self.tokenize(splits)
-            counts = {k: label_counts(v) for k, v in tokenized.items()}
             sizes = {k: len(v) for k, v in tokenized.items()}
-            return tokenized, {
-                "splits": how,
-                "sizes": sizes,
-                "label_counts": counts,
-                "overlap": overlap,
-                "warnings": class_warnings(counts) + overlap_warnings(overlap, sizes, how),
-            }
+            info = {"splits": how, "sizes": sizes, "overlap": overlap}
+            warnings = overlap_warnings(overlap, sizes, how)
+            if self.regression:
+                info["label_stats"] = {k: label_stats(v) for k, v in tokenized.items()}
+            else:
+                info["label_counts"] = counts = {k: label_counts(v) for k, v in tokenized.items()}
+                warnings = class_warnings(counts) + warnings
+            return tokenized, {**info, "warnings": warnings}
 
         key = cache_key(self.cfg.name, self.tokenizer, raw.fingerprint, self.recipe())
         self.load_or_build(raw, key, build, needs=("overlap",))  # entries before the overlap count lack it
@@ -88,8 +109,15 @@ class TextClassificationDataModule(BaseDataModule):
     def tokenize(self, splits: DatasetDict) -> DatasetDict:
         cfg, tok = self.cfg, self.tokenizer
 
+        pair = cfg.text_pair_field
+
         def encode(batch):
-            enc = tok(batch[cfg.text_field], truncation=True, max_length=cfg.max_length)
+            enc = tok(
+                batch[cfg.text_field],
+                batch[pair] if pair else None,
+                truncation="longest_first" if pair else True,
+                max_length=cfg.max_length,
+            )
             enc["labels"] = batch[cfg.label_field]
             enc["length"] = [len(ids) for ids in enc["input_ids"]]
             return enc
@@ -125,8 +153,11 @@ class TextClassificationDataModule(BaseDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")
 
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The test split, then each extra labelled test split (dataset.extra_test_splits, in order)."""
+        splits = [s for s in split_names(self.cfg) if s.startswith("test")]
+        loaders = [self._eval_loader(s) for s in splits]
+        return loaders[0] if len(loaders) == 1 else loaders
 
     def _eval_loader(self, split: str) -> DataLoader:
         # Longest first: similar lengths share a batch (little padding), and an OOM shows on batch one.
@@ -156,7 +187,15 @@ def make_splits(
     train by a seeded split. Returns the splits and how each was made."""
     if "train" not in raw:
         raise DataError(f"dataset {cfg.name}: no 'train' split (got {sorted(raw)})")
-    kept = {s: raw[s] for s in ("validation", "test") if s in raw}
+    extra = [s for s in split_names(cfg) if s not in ("train", "validation", "test")]
+    absent = [s for s in extra if s not in raw]
+    if absent:
+        raise DataError(
+            f"dataset {cfg.name}: no labelled split {', '.join(absent)} (dataset.extra_test_splits="
+            f"{list(cfg.extra_test_splits)}): give it as dataset.data_files.{absent[0]}=..., or score "
+            "test alone with dataset.extra_test_splits=[]"
+        )
+    kept = {s: raw[s] for s in ("validation", "test", *extra) if s in raw}
     how = {s: f"given split '{s}'" for s in kept}
     missing = [s for s in ("validation", "test") if s not in kept]
     train = raw["train"]
@@ -186,7 +225,20 @@ def make_splits(
     if cfg.max_train_examples is not None and cfg.max_train_examples < len(train):
         train = train.shuffle(seed=cfg.split_seed).select(range(cfg.max_train_examples))
         how["train"] += f", first {cfg.max_train_examples} after a seeded shuffle"
-    return DatasetDict(train=train, validation=kept["validation"], test=kept["test"]), how
+    out = DatasetDict(train=train, validation=kept["validation"], test=kept["test"])
+    for s in extra:
+        out[s] = kept[s]
+    return out, how
+
+
+def label_stats(ds) -> dict[str, float]:
+    """A real-valued label's spread over a split (regression)."""
+    labels = list(ds["labels"])
+    if not labels:
+        return {}
+    mean = sum(labels) / len(labels)
+    std = (sum((y - mean) ** 2 for y in labels) / len(labels)) ** 0.5
+    return {"mean": mean, "std": std, "min": min(labels), "max": max(labels)}
 
 
 def label_counts(ds) -> dict[str, int]:

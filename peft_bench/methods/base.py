@@ -16,7 +16,7 @@ from transformers import get_linear_schedule_with_warmup
 from peft_bench.config import DatasetConfig, MethodConfig, ModelConfig
 from peft_bench.errors import DivergedError
 from peft_bench.models import load_base, quantization_figures
-from peft_bench.tasks import get_task
+from peft_bench.tasks import task_for
 
 
 class BenchModule(L.LightningModule):
@@ -32,7 +32,7 @@ class BenchModule(L.LightningModule):
         run (train.device_type), so the 4-bit base is placed where training happens. `total_steps`: the
         optimizer steps the run will take, for methods whose schedule needs them up front (AdaLoRA)."""
         super().__init__()
-        self.method_cfg, self.model_cfg, self.task = method, model, get_task(dataset.task)
+        self.method_cfg, self.model_cfg, self.task = method, model, task_for(dataset)
         self.accelerator_type, self.total_steps = accelerator, total_steps
         self.base_weight_bytes: int | None = None  # a 4-bit base's size in memory
         self.num_labels = getattr(dataset, "num_labels", None)
@@ -41,7 +41,16 @@ class BenchModule(L.LightningModule):
         metrics = self.task.metrics(self.num_labels)
         self.monitor = (self.task.monitor, self.task.mode)
         self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        self.test_splits = self.task.test_splits  # test, then test_<name> for each extra labelled split
+        self.test_metrics = nn.ModuleList([metrics.clone(prefix=f"{s}/") for s in self.test_splits])
+        # what the model predicts across each split (collapsed predictions are said), where the task has it
+        spread = self.task.spread(self.num_labels)
+        self.spreads = (
+            nn.ModuleDict({s: spread.clone() for s in ("val", *self.test_splits)})
+            if spread is not None
+            else None
+        )
+        self.prediction_warnings: dict[str, str] = {}  # split -> a sentence, from its last evaluation
         # Checkpoints hold the trainable weights only; the frozen base comes from `pretrained`.
         self.strict_loading = False
         self._finite: torch.Tensor | None = (
@@ -234,13 +243,29 @@ class BenchModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch)
         self.update_metrics(self.val_metrics, logits, batch["labels"])
+        if self.spreads is not None:
+            self.task.update_spread(self.spreads["val"], logits, batch["labels"])
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.update_metrics(self.test_metrics, self(batch), batch["labels"])
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        logits = self(batch)
+        self.update_metrics(self.test_metrics[dataloader_idx], logits, batch["labels"])
+        if self.spreads is not None:
+            self.task.update_spread(self.spreads[self.test_splits[dataloader_idx]], logits, batch["labels"])
+
+    def finish_split(self, split: str, metrics: MetricCollection, **log) -> None:
+        """Log a split's figures (the task computes them) and say whether its predictions collapsed."""
+        self.log_dict(self.task.compute(metrics), add_dataloader_idx=False, **log)
+        metrics.reset()
+        if self.spreads is not None:
+            said = self.task.collapse_warning("validation" if split == "val" else split, self.spreads[split])
+            self.prediction_warnings.pop(split, None)
+            if said:
+                self.prediction_warnings[split] = said
+            self.spreads[split].reset()
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
-        self.test_metrics.reset()
+        for split, metrics in zip(self.test_splits, self.test_metrics, strict=True):
+            self.finish_split(split, metrics)
 
     # ------------------------------------------------------------------ checks at the boundaries
 
@@ -248,8 +273,7 @@ class BenchModule(L.LightningModule):
         self.check_finite()  # before validation picks a checkpoint to keep
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
-        self.val_metrics.reset()
+        self.finish_split("val", self.val_metrics, prog_bar=True)
 
     def on_train_epoch_end(self) -> None:
         self.check_finite()

@@ -1,0 +1,134 @@
+"""Sequence classification, one text or a pair of texts (dataset.text_pair_field): argmax of the head's
+logits, cross-entropy (the model's own loss), scored by accuracy, precision, recall, F1 and Matthews
+correlation; a split predicted (nearly) all one class is said, and the majority class is the baseline."""
+
+from __future__ import annotations
+
+from peft_bench.tasks.base import Task
+
+# a split whose most predicted class covers at least this share of its examples is "(nearly) all one
+# class": accuracy and F1 then say little (docs/data.md, "Collapsed predictions")
+COLLAPSE_SHARE = 0.95
+
+
+def class_kind(num_labels: int) -> dict:
+    return (
+        {"task": "binary"}
+        if num_labels == 2
+        else {"task": "multiclass", "num_classes": num_labels, "average": "macro"}
+    )
+
+
+def predicted_classes(num_labels: int):
+    """A torchmetrics Metric counting the predicted classes of a split (summed across processes)."""
+    import torch
+    from torchmetrics import Metric
+
+    class PredictedClasses(Metric):
+        full_state_update = False
+
+        def __init__(self):
+            super().__init__()
+            self.add_state("counts", default=torch.zeros(num_labels, dtype=torch.long), dist_reduce_fx="sum")
+
+        def update(self, preds, labels) -> None:
+            self.counts += torch.bincount(preds.flatten().long(), minlength=num_labels)[:num_labels]
+
+        def compute(self):
+            return self.counts
+
+    return PredictedClasses()
+
+
+def matthews(num_labels: int):
+    """Matthews correlation from the split's confusion matrix (summed across processes), 0 where it is
+    undefined (every prediction, or every label, one class), as scikit-learn and GLUE's scorer give it:
+    torchmetrics' MatthewsCorrCoef gives constant predictions a small non-zero value there (measured:
+    0.030 on 200 demo sentences predicted all one class)."""
+    import torch
+    from torchmetrics import Metric
+
+    class Matthews(Metric):
+        full_state_update = False
+        higher_is_better = True
+
+        def __init__(self):
+            super().__init__()
+            self.add_state(
+                "confusion",
+                default=torch.zeros(num_labels, num_labels, dtype=torch.float64),
+                dist_reduce_fx="sum",
+            )
+
+        def update(self, preds, labels) -> None:
+            index = labels.flatten().long() * num_labels + preds.flatten().long()
+            self.confusion += torch.bincount(index, minlength=num_labels**2).reshape(num_labels, num_labels)
+
+        def compute(self):
+            c = self.confusion
+            s, correct = c.sum(), c.trace()
+            t, p = c.sum(1), c.sum(0)  # per class: true, predicted
+            denominator = torch.sqrt((s * s - p @ p) * (s * s - t @ t))
+            mcc = (correct * s - t @ p) / denominator if denominator > 0 else torch.zeros((), dtype=c.dtype)
+            return mcc.float()
+
+    return Matthews()
+
+
+class ClassificationTask(Task):
+    def metrics(self, num_labels: int | None):
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import Accuracy, F1Score, Precision, Recall
+
+        kind = class_kind(num_labels)
+        return MetricCollection(
+            {
+                "acc": Accuracy(**kind),
+                "precision": Precision(**kind),
+                "recall": Recall(**kind),
+                "f1": F1Score(**kind),
+                "mcc": matthews(num_labels),
+            }
+        )
+
+    def update(self, metrics, logits, labels) -> None:
+        metrics.update(logits.argmax(-1), labels)
+
+    def spread(self, num_labels: int | None):
+        return predicted_classes(num_labels)
+
+    def update_spread(self, spread, logits, labels) -> None:
+        spread.update(logits.argmax(-1), labels)
+
+    def collapse_warning(self, split: str, spread) -> str | None:
+        counts = [int(c) for c in spread.compute().tolist()]
+        n = sum(counts)
+        if not n:
+            return None
+        top = max(range(len(counts)), key=counts.__getitem__)
+        if counts[top] / n < COLLAPSE_SHARE:
+            return None
+        return (
+            f"predictions on {split} are {'all' if counts[top] == n else 'nearly all'} one class: class "
+            f"{top} for {counts[top]:,} of {n:,} examples ({counts[top] / n:.1%}); accuracy and F1 then "
+            "reward the majority class (MCC does not): compare with the majority baseline"
+        )
+
+    def baselines(self, data, num_labels: int | None) -> dict[str, float]:
+        """Always the training split's most frequent class."""
+        import torch
+
+        train = list(data["train"]["labels"])
+        if not train:
+            return {}
+        majority = max(sorted(set(train)), key=train.count)
+        out = {}
+        for split in ("validation", *self.test_splits):
+            if split not in data or not len(data[split]):
+                continue
+            labels = torch.tensor(list(data[split]["labels"]))
+            metrics = self.metrics(num_labels)
+            metrics.update(torch.full_like(labels, majority), labels)
+            prefix = "val" if split == "validation" else split
+            out.update({f"{prefix}_{k}": float(v) for k, v in metrics.compute().items()})
+        return out
