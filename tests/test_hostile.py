@@ -408,14 +408,14 @@ def test_7_a_checkpoint_save_that_dies_midway_leaves_the_previous_one_intact(tmp
 
 
 def _worsening():
-    """A LoRA module whose logged validation F1 falls after the first validation (the real one of a tiny
-    model barely moves): the best checkpoint stays at epoch 0 while training goes on."""
+    """A LoRA module whose logged primary validation metric falls after the first validation (the real one
+    of a tiny model barely moves): the best checkpoint stays at epoch 0 while training goes on."""
     from peft_bench.methods.lora import LoRAModule
 
     class Worsening(LoRAModule):
         def on_validation_epoch_end(self) -> None:
             self.val_metrics.reset()
-            self.log("val/f1", 1.0 - 0.1 * self.current_epoch)
+            self.log(self.monitor[0], 1.0 - 0.1 * self.current_epoch)
 
     return Worsening
 
