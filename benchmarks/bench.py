@@ -24,6 +24,8 @@ Cases:
    score of the pruned against the unpruned search (python -m peft_bench.tune, same TPE seed);
  9 sweep pre-check: seconds per job of the check of a 200-job sweep (rank x seed) before its first job,
    against Hydra composing every job whole (the reference);
+ 10 pairs: a text-pair job's (MRPC's sentence pairs, tokenized as pairs) examples/s against a single-text
+   job on the same examples with the same tokens (each pair joined around the separator token);
  7 how cost grows: examples/s and peak memory of each method against rank (1..32) and sequence length
    (64..512), one process per point (its peak memory is its own), two interleaved rounds (the
    fastest of each point kept), plotted to scaling.png/.svg.
@@ -81,8 +83,9 @@ class Bench:
 
     # ------------------------------------------------------------------ one training, ours or bare
 
-    def ours(self, extra: list[str]) -> dict:
-        """A peft_bench run; its results plus `step_starts`: the clock at the start of every training step."""
+    def ours(self, extra: list[str], base: list[str] | None = None) -> dict:
+        """A peft_bench run; its results plus `step_starts`: the clock at the start of every training step.
+        `base`: the model and dataset arguments, when not the suite's own (SST-2)."""
         import lightning as L
 
         from peft_bench.train import run
@@ -93,9 +96,10 @@ class Bench:
             def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
                 starts.append(time.perf_counter())
 
+        base = self.base if base is None else base
         out = run(
             compose_job(
-                [*self.base, *self.quiet, *self.val, f"trainer.max_steps={self.steps}", *extra],
+                [*base, *self.quiet, *self.val, f"trainer.max_steps={self.steps}", *extra],
                 self.run_dir(),
             ),
             callbacks=[StepClock()],
@@ -464,6 +468,74 @@ class Bench:
             figures["val_acc"] = float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())
         return figures
 
+    # ------------------------------------------------------------------ 10: pairs against single texts
+
+    def pair_files(self) -> tuple[Path, Path]:
+        """MRPC's training pairs (generated sentences two by two in short mode), and the same examples as
+        one text each: the two joined around the tokenizer's separator token, so that each example is the
+        same tokens as its pair ([CLS] a [SEP] b [SEP]) and the length-grouped batches are the same."""
+        from peft_bench.models import load_tokenizer
+
+        if self.short:
+            from peft_bench.data.demo import build_demo
+
+            sentences = list(build_demo(600, 0)["train"]["sentence"])
+            pairs = [
+                {"sentence1": a, "sentence2": b, "label": i % 2}
+                for i, (a, b) in enumerate(zip(sentences[::2], sentences[1::2], strict=False))
+            ]
+        else:
+            with open(self.data / "glue" / "mrpc" / "train.jsonl") as f:
+                pairs = [json.loads(line) for line in f]
+        sep = load_tokenizer(compose_job(self.pair_base(None)).model).sep_token
+        pair_file, single_file = self.work / "pairs.jsonl", self.work / "joined.jsonl"
+        pair_file.write_text("".join(json.dumps(r) + "\n" for r in pairs))
+        single_file.write_text(
+            "".join(
+                json.dumps({"text": f"{r['sentence1']} {sep} {r['sentence2']}", "label": r["label"]}) + "\n"
+                for r in pairs
+            )
+        )
+        return pair_file, single_file
+
+    def pair_base(self, files: Path | None) -> list[str]:
+        model = "model=tiny" if self.short else "model=minilm"
+        return [model, "dataset=mrpc", *([f"dataset.data_files='{files}'"] if files else [])]
+
+    def pairs(self) -> None:
+        """A text-pair job against a single-text job on the same examples and the same tokens (the same
+        config but for dataset.text_pair_field), alternated; examples/s from the steps at their fastest
+        over the repetitions (the same lengths give the same length-grouped batches, step for step)."""
+        pair_file, single_file = self.pair_files()
+        single_args = ["dataset.text_pair_field=null", "dataset.text_field=text"]
+        pair_runs, single_runs = [], []
+        for _ in range(self.reps):
+            pair_runs.append(self.ours([], base=self.pair_base(pair_file)))
+            single_runs.append(self.ours(single_args, base=self.pair_base(single_file)))
+        tokens = {
+            kind: statistics.median(r["train_tokens"] / r["train_examples"] for r in runs)
+            for kind, runs in (("pair", pair_runs), ("single", single_runs))
+        }
+        self.figures["pairs"] = {
+            "data": "generated pairs" if self.short else "MRPC train",
+            "steps": self.steps,
+            "pair_examples_per_s": [self.ours_rate(r) for r in pair_runs],
+            "single_examples_per_s": [self.ours_rate(r) for r in single_runs],
+            "ratios": [
+                self.ours_rate(p) / self.ours_rate(s) for p, s in zip(pair_runs, single_runs, strict=True)
+            ],
+            "median_ratio": self.step_time(single_runs) / self.step_time(pair_runs),
+            "method": "per-step fastest over repetitions, summed",
+            "pair_tokens_per_example": tokens["pair"],
+            "single_tokens_per_example": tokens["single"],
+            "target": 0.1,
+        }
+        print(
+            f"bench: pairs {self.figures['pairs']['median_ratio']:.3f} examples/s pair / single "
+            f"({tokens['pair']:.1f} and {tokens['single']:.1f} tokens per example)",
+            flush=True,
+        )
+
     # ------------------------------------------------------------------ 9: the sweep's pre-check
 
     def precheck(self) -> None:
@@ -590,6 +662,7 @@ class Bench:
         "scaling",
         "tune_pruner",
         "precheck",
+        "pairs",
     )
 
     def run_all(self, cases: list[str] | None = None) -> dict:
@@ -914,6 +987,21 @@ def markdown(f: dict, notes: str = "") -> str:
                 f"{1e3 * min(c['per_job_s']):.1f} ms per job against "
                 f"{1e3 * min(c['reference_per_job_s']):.1f} ms composing every job with Hydra "
                 f"({c['reference_jobs']} jobs): ratio {c['median_ratio']:.3f} {fmt_list(c['ratios'])}",
+            ]
+        ]
+    if "pairs" in f:
+        pc = f["pairs"]
+        rows += [
+            [
+                f"10 pair task ({pc['data']}) / single text of the same tokens: examples/s",
+                f"{pc['median_ratio']:.3f}",
+                "0.90-1.10",
+                "meets" if abs(pc["median_ratio"] - 1) <= pc["target"] else "**misses**",
+                f"{pc['pair_tokens_per_example']:.1f} and {pc['single_tokens_per_example']:.1f} tokens per "
+                f"example; steps at their fastest of {len(pc['ratios'])} repetitions; whole runs: pair "
+                f"{statistics.median(pc['pair_examples_per_s']):.1f}, single "
+                f"{statistics.median(pc['single_examples_per_s']):.1f} examples/s "
+                f"(ratios {fmt_list(pc['ratios'])})",
             ]
         ]
     lines += [

@@ -334,6 +334,15 @@ class DatasetConfig:
         for x in self.extra_test_splits:
             if not isinstance(x, str) or not NAME.fullmatch(x) or "/" in x:
                 out.append(f"dataset.extra_test_splits: {x!r} is not a split name (letters, digits, '_')")
+        if self.data_files is not None and self.extra_test_splits:
+            given = set(self.data_files) if isinstance(self.data_files, dict) else {"train"}
+            absent = [f"test_{x}" for x in self.extra_test_splits if f"test_{x}" not in given]
+            if absent:
+                out.append(
+                    f"dataset.extra_test_splits={list(self.extra_test_splits)}: local data_files have no "
+                    f"{', '.join(absent)}: give it (dataset.data_files={{train: ..., {absent[0]}: ...}}), "
+                    "or score test alone with dataset.extra_test_splits=[]"
+                )
         if len(set(self.extra_test_splits)) != len(self.extra_test_splits):
             out.append(f"dataset.extra_test_splits={list(self.extra_test_splits)}: a split is named twice")
         for ours in self.hub_splits or {}:
@@ -390,7 +399,9 @@ class ClassificationDatasetConfig(DatasetConfig):
         for i, (a, va) in enumerate(fields):
             for b, vb in fields[i + 1 :]:
                 if va == vb:
-                    out.append(f"dataset.{a} and dataset.{b} are both {va!r}")
+                    out.append(
+                        f"dataset.{a} and dataset.{b} are both {va!r}: name a different column for each"
+                    )
         return out
 
 

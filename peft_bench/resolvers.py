@@ -88,6 +88,7 @@ KEY_ROLES: dict[str, str] = {
     "dataset.num_workers": "saving",
     "trainer.log_every_n_steps": "saving",
     "trainer.num_sanity_val_steps": "saving",
+    "dataset.report_metrics": "saving",  # the columns a benchmark table shows (dataset.metric defines)
     # what a run adds when asked (figures, exports): a completed run not asked for it is run again
     "test": "asks",
     "eval_before_training": "asks",

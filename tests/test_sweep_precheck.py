@@ -109,3 +109,38 @@ def test_every_problem_of_every_job_is_reported_once_and_a_shared_one_once_for_a
     assert sum("the 6 jobs with seed=-1: seed=-1: must be in" in p for p in problems) == 1
     assert sum(p.startswith("the 6 jobs with method.lr=-1: method.lr=-1") for p in problems) == 1
     assert len(calls) == 1  # one group choice: Hydra composed once for the 12 jobs
+
+
+def test_a_sweep_over_datasets_names_each_ones_files_through_an_interpolation(tmp_path):
+    """Hydra hands its callbacks hydra.overrides.task resolved against the sweep's config (dataset
+    sst2): the pre-check must compose each job from the command line as typed, and each job read its
+    own dataset's file (the GLUE sweep of docs/data.md)."""
+    import json
+
+    from helpers import run_cli
+
+    rows = {
+        "cola": [{"sentence": f"the cat sat {i} times .", "label": i % 2} for i in range(60)],
+        "rte": [
+            {"sentence1": f"a man walks {i} miles .", "sentence2": f"someone moves {i % 3} .", "label": i % 2}
+            for i in range(60)
+        ],
+    }
+    for name, data in rows.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+    out = run_cli(
+        [
+            "-m",
+            *TINY,
+            "dataset=cola,rte",
+            f"dataset.data_files={{train:{tmp_path}/${{dataset.name}}/train.jsonl}}",
+            "trainer=fast",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        env={"PEFT_BENCH_CACHE": str(tmp_path / "cache")},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for i, name in enumerate(rows):
+        r = json.loads((tmp_path / "sweep" / str(i) / "results.json").read_text())
+        assert r["dataset"] == name and f"{tmp_path}/{name}/train.jsonl" in r["data"]["source"]

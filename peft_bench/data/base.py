@@ -258,10 +258,11 @@ def load_hub(cfg) -> DatasetDict:
         ) from None
 
 
-def check_text(ds: Dataset, field: str, where: str) -> list[str]:
-    """The text column as a list of strings; DataError naming the first bad row."""
+def check_text(ds: Dataset, field: str, where: str, setting: str = "text_field") -> list[str]:
+    """The text column as a list of strings; DataError naming the first bad row. `setting`: the dataset
+    key that names this column (text_field, or text_pair_field for a pair's second text)."""
     if field not in ds.column_names:
-        raise DataError(f"{where}: no column {field!r} (columns: {ds.column_names}); set dataset.text_field=")
+        raise DataError(f"{where}: no column {field!r} (columns: {ds.column_names}); set dataset.{setting}=")
     texts = ds[field]
     for i, t in enumerate(texts):
         if not isinstance(t, str):

@@ -57,7 +57,8 @@ class TextClassificationDataModule(BaseDataModule):
         """One file's rows: text strings (both of a pair) and labels (integer classes in range, or finite
         numbers for regression), reduced to those columns."""
         cfg = self.cfg
-        texts = {f: check_text(ds, f, where) for f in self.text_fields}
+        settings = ("text_field", "text_pair_field")
+        texts = {f: check_text(ds, f, where, s) for f, s in zip(self.text_fields, settings, strict=False)}
         if self.regression:
             labels, unlabelled = check_scores(ds, cfg.label_field, where)
         else:
