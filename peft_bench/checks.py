@@ -69,6 +69,11 @@ def trainer_problems(run: RunConfig) -> list[str]:
         out.append(f"checkpoint_every_n_steps={run.checkpoint_every_n_steps}: must be >= 1, or null")
     if t.accumulate_grad_batches < 1:
         out.append(f"trainer.accumulate_grad_batches={t.accumulate_grad_batches}: must be >= 1")
+    if t.early_stopping_patience is not None and t.early_stopping_patience < 1:
+        out.append(
+            f"trainer.early_stopping_patience={t.early_stopping_patience}: must be >= 1 (validations), "
+            "or null to train to max_epochs / max_steps"
+        )
     if t.log_every_n_steps < 1:
         out.append(f"trainer.log_every_n_steps={t.log_every_n_steps}: must be >= 1")
     if t.max_steps == 0 or t.max_steps < -1:

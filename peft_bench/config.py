@@ -514,11 +514,15 @@ class TrainerConfig:
     # validation batches run before training (the longest first, so an evaluation OOM shows at once);
     # None: 1 on an accelerator, 0 on a CPU (where one 64 x 512-token batch costs seconds per job); -1: all
     num_sanity_val_steps: int | None = None
+    # stop when the primary validation metric (dataset.metric) has not improved for this many
+    # validations (Lightning's EarlyStopping); None: train to max_epochs / max_steps
+    early_stopping_patience: int | None = None
 
 
 # TrainerConfig keys that are not passed to L.Trainer as they are: `compile` is peft_bench's own; None in
-# `precision` and `num_sanity_val_steps` means "decided from the device" (train.build_trainer)
-PEFT_BENCH_TRAINER_KEYS = ("compile", "precision", "num_sanity_val_steps")
+# `precision` and `num_sanity_val_steps` means "decided from the device"; early_stopping_patience is a
+# callback (train.build_trainer)
+PEFT_BENCH_TRAINER_KEYS = ("compile", "precision", "num_sanity_val_steps", "early_stopping_patience")
 
 
 @dataclass

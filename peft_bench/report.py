@@ -5,7 +5,9 @@
 
 Reads every results.json under the given run or sweep folders and writes into FOLDER (default
 DIR/report for one DIR, reports/<names> for several):
-  report.md   per dataset: the runs by setting (mean ± std over seeds), the method comparison (each
+  report.md   over two or more datasets, first the benchmark table PEFT papers print (GLUE's: a row per
+              setting, each dataset's metrics ×100, GLUE's average, the trivial predictor's row); then
+              per dataset: the runs by setting (mean ± std over seeds), the method comparison (each
               method's best setting by validation score), seed statistics with a paired test against
               LoRA, 4-bit base memory, the plots; and every run left out of the tables, with its reason;
   runs.csv    one row per run, every field (nested ones as a.b, config as config.*, lists as JSON);
@@ -31,7 +33,7 @@ from pathlib import Path
 from peft_bench.io import filesystem_refusal
 from peft_bench.resolvers import setting_identity
 from peft_bench.results import EDITED, RESULTS_FILE, collect, digest_state, flatten, unfinished_reason
-from peft_bench.tasks import Task, column, task_of
+from peft_bench.tasks import METRICS, Metric, Task, column, task_of
 
 SHORT = {"method.r": "rank", "method.pruning.target": "sparsity"}
 REQUIRED = ("method", "dataset", "model", "seed", "trainable_params", "total_params", "train_time_s")
@@ -97,9 +99,7 @@ def load_runs(dirs: list[Path], include_edited: bool = False) -> tuple[list[dict
                 left_out.append((run_dir, why))
             elif (trust := digest_state(r)) == "edited" and not include_edited:
                 left_out.append((run_dir, f"{EDITED} (--include-edited counts it)"))
-            elif missing := [k for k in (*REQUIRED, "config") if k not in r] + (
-                [] if "val_acc" in r or "val_ppl" in r else ["val_acc or val_ppl"]
-            ):
+            elif missing := [k for k in (*REQUIRED, "config") if k not in r] + no_val_scores(r):
                 left_out.append((run_dir, f"partial {RESULTS_FILE}: no {', '.join(missing)}"))
             else:
                 marks = [f"{EDITED}; counted (--include-edited)"] if trust == "edited" else []
@@ -119,6 +119,13 @@ def load_runs(dirs: list[Path], include_edited: bool = False) -> tuple[list[dict
                     (Path(r["_dir"]), f"duplicate of {kept['_dir']} (same setting and seed): counted once")
                 )
     return good, left_out
+
+
+def no_val_scores(r: dict) -> list[str]:
+    """[] if the record has a validation figure of its task (val_f1 or val_acc, val_pearson or
+    val_spearman, val_ppl), else what it lacks in words."""
+    keys = task_of(r).val_scores
+    return [] if any(k in r for k in keys) else [" or ".join(keys)]
 
 
 def has_test(r: dict) -> bool:
@@ -468,6 +475,297 @@ def qlora_memory(settings: list[Setting]) -> list[str]:
     ]
 
 
+# --------------------------------------------------------------------------- the benchmark (GLUE) table
+
+SCALE = 100  # a benchmark table prints a score in [0, 1] (or [-1, 1]) as PEFT papers do: 0.897 as 89.7
+
+
+@dataclass
+class Row:
+    """A row of the benchmark table: one setting of a method, and its setting on each dataset."""
+
+    method: str
+    config: dict  # the setting's keys without its dataset's own
+    cells: dict[str, Setting] = field(default_factory=dict)  # dataset -> its setting there
+    label: str = ""  # set by label_settings
+
+    @property
+    def rank(self):
+        return self.config.get("method.r")
+
+
+def metric_of(key: str) -> Metric:
+    """The metric of a score key: test_mismatched_acc -> acc."""
+    return METRICS[key.rsplit("_", 1)[-1]]
+
+
+def benchmark_datasets(by_dataset: dict[str, list[Setting]]) -> list[str]:
+    """The datasets a benchmark table can show: those whose table metrics (task.table_scores) all have a
+    range, printed ×100 (accuracy, F1, MCC, correlations); not perplexity or MSE."""
+    return [
+        d
+        for d, settings in by_dataset.items()
+        if all(metric_of(k).bounded for k in settings[0].task.table_scores)
+    ]
+
+
+def benchmark_rows(by_dataset: dict[str, list[Setting]], datasets: list[str]) -> list[Row]:
+    """The settings of the datasets as the table's rows. A row is a setting without the keys that are its
+    dataset's own (dataset.*, the data's cache key), so `-m method=lora,dora dataset=cola,mrpc` gives two
+    rows of two cells; a dataset key that varies between one dataset's settings (dataset.max_train_examples=
+    300,600) tells rows apart."""
+
+    def own(k: str) -> bool:
+        return k.startswith(("dataset.", "data."))
+
+    varying = {
+        k
+        for d in datasets
+        for k in set().union(*(s.config for s in by_dataset[d]))
+        if own(k)
+        and k != "data.cache_key"
+        and len({json.dumps(s.config.get(k), default=str) for s in by_dataset[d]}) > 1
+    }
+    rows: dict[str, Row] = {}
+    for d in datasets:
+        for s in by_dataset[d]:
+            cfg = {k: v for k, v in s.config.items() if not own(k) or k in varying}
+            rows.setdefault(json.dumps(cfg, sort_keys=True, default=str), Row(s.method, cfg)).cells[d] = s
+    out = list(rows.values())
+    label_settings(out)
+    out.sort(key=lambda r: (r.method != BASELINE, r.method, r.rank if r.rank is not None else -1, r.label))
+    return out
+
+
+def collapsed(s: Setting, key: str) -> bool:
+    """Whether a run of the setting warns that its predictions on the split of `key` (test,
+    test_mismatched) collapsed: (nearly) all one class, or nearly constant (tasks' collapse_warning)."""
+    said = f"predictions on {key.rsplit('_', 1)[0]} are "
+    return any(w.startswith(said) for r in s.runs for w in r.get("warnings", []))
+
+
+def row_average(row: Row, datasets: list[str], tasks: dict[str, Task]) -> list[float]:
+    """The row's average as GLUE computes it (×100): a dataset's score is the mean of its table scores,
+    the average the mean of the datasets' scores. Per seed when every score has the same seeds (so the
+    cell has a spread), else one value from the means; [] when the row lacks a dataset."""
+    if any(d not in row.cells for d in datasets):
+        return []
+    by_seed = {
+        (d, k): {r["seed"]: float(r[k]) for r in row.cells[d].runs if isinstance(r.get(k), int | float)}
+        for d in datasets
+        for k in tasks[d].table_scores
+    }
+    if not all(by_seed.values()):
+        return []
+    seeds = set.intersection(*(set(v) for v in by_seed.values()))
+
+    def average(value) -> float:
+        scores = [
+            sum(value(d, k) for k in tasks[d].table_scores) / len(tasks[d].table_scores) for d in datasets
+        ]
+        return SCALE * sum(scores) / len(scores)
+
+    if all(set(v) == seeds for v in by_seed.values()):
+        return [average(lambda d, k, seed=seed: by_seed[d, k][seed]) for seed in sorted(seeds)]
+    return [average(lambda d, k: sum(by_seed[d, k].values()) / len(by_seed[d, k]))]
+
+
+def benchmark_cell(values: list[float], intervals: bool, bounds: tuple[float, float] | None = None) -> str:
+    """Mean ± sample std (×100, one decimal), with a 95% t interval where asked and there are two seeds,
+    clipped to the metric's range `bounds` (×100; with 2 or 3 seeds the t interval runs far past it)."""
+    text = fmt(values, ".1f")
+    stats = interval(values) if intervals else None
+    if not stats:
+        return text
+    low, high = stats[2:]
+    if bounds:
+        low, high = max(low, SCALE * bounds[0]), min(high, SCALE * bounds[1])
+    return f"{text} [{low:.1f}, {high:.1f}]"
+
+
+def bold_best(cells: list[tuple[str, float | None]], higher_is_better: bool | None) -> list[str]:
+    """The cells' texts, the best mean (as printed, one decimal) in bold where two or more compete; None: no
+    direction, no bold."""
+    means = [round(m, 1) for _, m in cells if m is not None]
+    if len(means) < 2 or higher_is_better is None:
+        return [text for text, _ in cells]
+    top = max(means) if higher_is_better else min(means)
+    return [f"**{text}**" if m is not None and round(m, 1) == top else text for text, m in cells]
+
+
+def benchmark_table(
+    rows: list[Row], datasets: list[str], tasks: dict[str, Task], intervals: bool = False
+) -> list[str]:
+    """The table PEFT papers print: one row per setting (method), its trainable parameters, each dataset's
+    table scores (task.table_scores: MRPC F1 and accuracy, MNLI matched and mismatched, ...) ×100 as mean
+    ± std over seeds (with a 95% t interval where `intervals`), the average as GLUE computes it, the best
+    of each column in bold; under them the trivial predictor's row (results.json's `baseline`), and the
+    notes: seeds per cell, how the average is computed, ⚠ (collapsed predictions)."""
+    columns = [(d, k) for d in datasets for k in tasks[d].table_scores]
+    header = [
+        "Method",
+        "Trainable Params",
+        *[f"{d} {column(k).removeprefix('Test ')}" for d, k in columns],
+        "Avg.",
+    ]
+    grid, counts, warned_cells = [], set(), 0
+    for d, k in columns:
+        cells = []
+        for row in rows:
+            s = row.cells.get(d)
+            values = [SCALE * v for v in s.values(k)] if s else []
+            if not values:
+                cells.append(("-", None))
+                continue
+            counts.add(len(values))
+            mark = " ⚠" if collapsed(s, k) else ""
+            warned_cells += bool(mark)
+            cell = benchmark_cell(values, intervals, metric_of(k).bounded)
+            cells.append((cell + mark, sum(values) / len(values)))
+        grid.append(bold_best(cells, metric_of(k).higher_is_better))
+    averages = [row_average(row, datasets, tasks) for row in rows]
+    ranges = [metric_of(k).bounded for _, k in columns]
+    span = (min(b[0] for b in ranges), max(b[1] for b in ranges))  # an average of scores in those ranges
+    directions = {metric_of(k).higher_is_better for _, k in columns}
+    grid.append(
+        bold_best(
+            [(benchmark_cell(a, intervals, span), sum(a) / len(a)) if a else ("-", None) for a in averages],
+            directions.pop() if len(directions) == 1 else None,
+        )
+    )
+    # a rank in the name where a method has rows of several ranks
+    ranked = {
+        m for m in {row.method for row in rows} if len({row.rank for row in rows if row.method == m}) > 1
+    }
+    body, ranged = [], False
+    for i, row in enumerate(rows):
+        name = " ".join(
+            x
+            for x in (
+                row.method,
+                f"rank={row.rank}" if row.method in ranked else "",
+                row.label,
+            )
+            if x
+        )
+        trainable = sorted({r["trainable_params"] for s in row.cells.values() for r in s.runs})
+        ranged |= len(trainable) > 1
+        body.append(
+            [
+                name,
+                f"{trainable[0]:,}" if len(trainable) == 1 else f"{trainable[0]:,}–{trainable[-1]:,}",
+                *[col[i] for col in grid],
+            ]
+        )
+    body.append(baseline_row(rows, columns, datasets, tasks))
+    n = f"{min(counts)}" if len(counts) == 1 else f"{min(counts)} to {max(counts)}" if counts else "no"
+    lacking = sum(1 for a in averages if not a)
+    notes = [
+        f"Test figures ×{SCALE}: mean ± sample std over seeds, {n} seed{'s' * (counts != {1})} per cell"
+        + (" [95% Student-t interval, clipped to the metric's range]" if intervals else "")
+        + ", the best of each column in bold. Avg.: each dataset's score is the mean of its columns, the "
+        "average the mean of the datasets' scores (as GLUE computes it; per seed, where every column of the "
+        "row has the same seeds)"
+        + (
+            f", only for rows that have every dataset ({lacking} row{'s' * (lacking > 1)} lack some: -)."
+            if lacking
+            else "."
+        )
+        + (
+            " Trainable Params: the lowest to the highest over the datasets (a head's size follows the "
+            "dataset's labels)."
+            if ranged
+            else ""
+        ),
+        f"{baseline_name(tasks)}: the trivial predictor, always the training split's "
+        f"{' or its '.join(baseline_kinds(tasks))} (each run's `baseline`).",
+    ]
+    if warned_cells:
+        notes.append(
+            "⚠: predictions of at least one seed on that test split are (nearly) all one class or nearly "
+            "constant (the runs' warnings say so): a collapsed model's figure; compare it with the baseline "
+            "row."
+        )
+    return [*md_table(header, body), *[line for note in notes for line in ("", note)]]
+
+
+def baseline_kinds(tasks: dict[str, Task]) -> list[str]:
+    """What the trivial predictor answers (tasks' baselines): the majority class, or the mean label."""
+    return list(dict.fromkeys("majority class" if t.has_classes else "mean label" for t in tasks.values()))
+
+
+def baseline_name(tasks: dict[str, Task]) -> str:
+    return " / ".join(baseline_kinds(tasks)).capitalize()
+
+
+def baseline_row(rows: list[Row], columns: list[tuple[str, str]], datasets, tasks) -> list[str]:
+    """The trivial predictor's figures (×100; the mean over the runs of a dataset, which share their data
+    in a sweep), and their average; - where no run has one (records from before `baseline`)."""
+    means = {}
+    for d, k in columns:
+        v = [
+            float(r["baseline"][k])
+            for row in rows
+            if d in row.cells
+            for r in row.cells[d].runs
+            if isinstance((r.get("baseline") or {}).get(k), int | float)
+        ]
+        means[d, k] = SCALE * sum(v) / len(v) if v else None
+    cells = ["-" if means[c] is None else f"{means[c]:.1f}" for c in columns]
+    if all(v is not None for v in means.values()):
+        scores = [
+            sum(means[d, k] for k in tasks[d].table_scores) / len(tasks[d].table_scores) for d in datasets
+        ]
+        cells.append(f"{sum(scores) / len(scores):.1f}")
+    else:
+        cells.append("-")
+    return [baseline_name(tasks), "0", *cells]
+
+
+def benchmark_section(by_dataset: dict[str, list[Setting]]) -> list[str]:
+    """The report's opening table, when its runs cover two or more datasets that one can show."""
+    datasets = benchmark_datasets(by_dataset)
+    if len(datasets) < 2:
+        return []
+    tasks = {d: by_dataset[d][0].task for d in datasets}
+    lines = [
+        "## Benchmark table",
+        "",
+        "Every method on every dataset, each with the metrics its benchmark reports (the GLUE table of "
+        "PEFT papers); a row is a setting, the same on each dataset. Per dataset, its own section below.",
+        "",
+        *benchmark_table(benchmark_rows(by_dataset, datasets), datasets, tasks),
+    ]
+    left = [d for d in by_dataset if d not in datasets]
+    if left:
+        lines += [
+            "",
+            f"Not in the table: {', '.join(left)} (a metric without a range, as perplexity, is not shown "
+            f"×{SCALE} beside the others).",
+        ]
+    return [*lines, ""]
+
+
+def baseline_text(task: Task, r: dict, split: str = "test") -> str | None:
+    """The trivial predictor's figures on a split, from results.json's `baseline`: `majority class
+    baseline: test MCC 0.0000 (Acc 0.6910, F1 0.8170)`; for an older record without one, the majority
+    class's share of the split's labels (data.label_counts); None where neither."""
+    base = r.get("baseline") or {}
+    keys = [f"{split}_{k}" for k in task.columns if isinstance(base.get(f"{split}_{k}"), int | float)]
+    if keys and keys[0] == f"{split}_{task.key}":
+        others = [f"{metric_of(k).header} {base[k]:{task.spec}}" for k in keys[1:]]
+        return (
+            f"{'majority class' if task.has_classes else 'mean label'} baseline: {split} "
+            f"{task.metric.header} {base[keys[0]]:{task.spec}}"
+            + (f" ({', '.join(others)})" if others else "")
+        )
+    counts = (r.get("data") or {}).get("label_counts", {}).get(split)
+    if counts and task.has_classes:
+        share = max(counts.values()) / sum(counts.values())
+        return f"Chance (majority class) on the {split} split: accuracy {share:.4f}"
+    return None
+
+
 # ----------------------------------------------------------------------------------------- plots
 
 
@@ -609,10 +907,10 @@ def plots(dataset: str, settings: list[Setting], chosen: list[Setting], out: Pat
         save(fig, "qlora_vs_lora")
 
     # training curves: the logged training loss and validation score of the first seed of each setting
-    curves = [(s, read_curves(Path(s.runs[0]["_dir"]))) for s in settings]
+    val_key = task.curve_metric
+    curves = [(s, read_curves(Path(s.runs[0]["_dir"]), val_key)) for s in settings]
     curves = [(s, c) for s, c in curves if c["train"]]
     if curves:
-        val_key = task.curve_metric
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for s, c in curves:
             name = " ".join(x for x in (s.method, f"r={s.rank}" if s.rank is not None else "", s.label) if x)
@@ -632,10 +930,10 @@ def plots(dataset: str, settings: list[Setting], chosen: list[Setting], out: Pat
     return written
 
 
-def read_curves(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
+def read_curves(run_dir: Path, val_key: str) -> dict[str, list[tuple[float, float]]]:
     """(step, value) series from the run's CSV log (logger=csv): train loss per logged step, and the
-    validation metrics at each validation."""
-    out: dict[str, list] = {"train": [], "val/acc": [], "val/ppl": []}
+    validation metric `val_key` (the task's curve_metric, e.g. val/mcc) at each validation."""
+    out: dict[str, list] = {"train": [], val_key: []}
     for path in sorted(run_dir.glob("csv/**/metrics.csv")):
         with path.open() as f:
             for row in csv.DictReader(f):
@@ -644,11 +942,10 @@ def read_curves(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
                     continue
                 if row.get("train/loss_step"):
                     out["train"].append((step, float(row["train/loss_step"])))
-                for k in ("val/acc", "val/ppl"):
-                    if row.get(k):
-                        out[k].append((step, float(row[k])))
-    for k in ("val/acc", "val/ppl"):  # the evaluation after fit repeats the last validation a step later
-        out[k] = [p for i, p in enumerate(out[k]) if i == 0 or p[0] - out[k][i - 1][0] > 1]
+                if row.get(val_key):
+                    out[val_key].append((step, float(row[val_key])))
+    v = out[val_key]  # the evaluation after fit repeats the last validation a step later
+    out[val_key] = [p for i, p in enumerate(v) if i == 0 or p[0] - v[i - 1][0] > 1]
     return out
 
 
@@ -698,6 +995,7 @@ def write_report(
         f"run folders, {len(runs)} completed runs in the tables, {len(left_out)} left out "
         "(listed at the end).",
         "",
+        *benchmark_section(by_dataset),
     ]
     images: list[str] = []
     for dataset, settings in by_dataset.items():
@@ -708,12 +1006,9 @@ def write_report(
             "",
             f"Task: {task.label}; model{'s' if len(models) > 1 else ''}: {', '.join(models)}.",
         ]
-        counts = settings[0].runs[0].get("data", {}).get("label_counts", {}).get("test")
-        if counts and task.has_classes:
-            lines[-1] += (
-                " Chance (majority class) on the test split: accuracy "
-                f"{max(counts.values()) / sum(counts.values()):.4f}."
-            )
+        said = baseline_text(task, settings[0].runs[0])
+        if said:
+            lines[-1] += f" {said[0].upper()}{said[1:]}."
         lines += [
             "",
             "### Runs by setting",

@@ -15,18 +15,12 @@ from rich.table import Table
 
 from peft_bench.errors import ConfigError, PeftBenchError
 from peft_bench.io import check_writable
-from peft_bench.report import write_report
+from peft_bench.report import baseline_text, write_report
 from peft_bench.results import EDITED, RESULTS_FILE, collect, digest_state, job_order, unfinished_reason
 from peft_bench.sweep import check_jobs, job_failures, sweep_jobs
 from peft_bench.tasks import CLASSIFICATION, task_of
 
 MISSING = "missing"  # a job folder without results.json: never started, or died before writing one
-
-
-def majority_share(results: dict, split: str) -> float | None:
-    """Accuracy of always answering the most frequent class: the chance level to beat."""
-    counts = results.get("data", {}).get("label_counts", {}).get(split)
-    return max(counts.values()) / sum(counts.values()) if counts else None
 
 
 def job_reason(root: Path, run_dir: Path, r: dict | str | None, failures: dict[str, str]) -> str | None:
@@ -50,13 +44,20 @@ def runs_table(
     failures = failures or {}
     table = Table(title=f"runs in {root}")
     done = [r for _, r in runs if isinstance(r, dict) and r.get("status") == "completed"]
-    task = task_of(done[0]) if done else CLASSIFICATION
-    chance = [majority_share(r, "test") for r in done]
-    if chance and chance[0] is not None and task.has_classes:
-        table.caption = f"chance level (majority class) on the test split: acc {chance[0]:.4f}"
-    scores = [*task.val_scores, *task.test_scores]
+    # each dataset's task, the first completed run's (its columns, its trivial predictor's figures)
+    first: dict = {}
+    for r in done:
+        first.setdefault(r.get("dataset"), r)
+    tasks = [task_of(r) for r in first.values()] or [CLASSIFICATION]
+    several = len(first) > 1
+    said = [(d, baseline_text(task_of(r), r)) for d, r in first.items()]
+    if any(text for _, text in said):
+        table.caption = "; ".join(f"{d}: {text}" if several else text for d, text in said if text)
+    scores = list(dict.fromkeys(k for t in tasks for k in (*t.val_scores, *t.test_scores)))
+    fmt_of = {k: t.spec for t in reversed(tasks) for k in (*t.val_scores, *t.test_scores)}
     for col in (
         "run",
+        *(["dataset"] if several else []),
         "method",
         "rank",
         "trainable / total",
@@ -65,12 +66,12 @@ def runs_table(
         "train time (s)",
         "status",
     ):
-        table.add_column(col, justify="left" if col in ("run", "method", "status") else "right")
+        table.add_column(col, justify="left" if col in ("run", "dataset", "method", "status") else "right")
     for run_dir, r in runs:
         name = str(run_dir.relative_to(root)) or "."
         why = job_reason(root, run_dir, r, failures)
         if not isinstance(r, dict):
-            table.add_row(name, *[""] * (5 + len(scores)), why)
+            table.add_row(name, *[""] * (5 + several + len(scores)), why)
             continue
 
         def fmt(key: str, spec: str = ".4f", r: dict = r) -> str:
@@ -83,11 +84,12 @@ def runs_table(
             status += f" ⚠ {'; '.join([*edited, *r.get('warnings', [])])}"
         table.add_row(
             name,
+            *([r.get("dataset", "?")] if several else []),
             r.get("method", "?"),
             str(r.get("rank", "-")),
             params,
             fmt("trainable_ratio", ".4%"),
-            *[fmt(k, task.spec) for k in scores],
+            *[fmt(k, fmt_of[k]) for k in scores],
             fmt("train_time_s", ".1f"),
             status,
         )
@@ -95,6 +97,30 @@ def runs_table(
 
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def task_overrides(config: DictConfig) -> list[str]:
+    """The sweep's command-line overrides as typed: an interpolation in one (`dataset.data_files=
+    {train:data/${dataset.name}.jsonl}`) is each job's to resolve, not the sweep config's (whose dataset
+    is the default one). Hydra hands its callbacks hydra.overrides.task already resolved against the
+    sweep's config, so the command line's own strings are taken where they are the same overrides."""
+    resolved = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+    typed = command_line_overrides()
+    same = len(typed) == len(resolved) and all(
+        a.split("=", 1)[0] == b.split("=", 1)[0] for a, b in zip(typed, resolved, strict=True)
+    )
+    return typed if same else resolved
+
+
+def command_line_overrides() -> list[str]:
+    """The overrides of this process's command line, as Hydra's own argument parser reads them."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args, _ = get_args_parser().parse_known_args(sys.argv[1:])
+    except SystemExit:  # not a Hydra command line (an embedding program's own arguments)
+        return []
+    return [o for o in args.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
 
 
 def check_sweep(config: DictConfig) -> None:
@@ -106,7 +132,7 @@ def check_sweep(config: DictConfig) -> None:
 
     if config.hydra.sweeper.get("_target_") == BASIC_SWEEPER:
         jobs = check_jobs(
-            list(config.hydra.overrides.task),
+            task_overrides(config),
             lambda job: compose(
                 config_name=config.hydra.job.config_name, overrides=[*job, "run_dir=/dev/null"]
             ),
@@ -154,7 +180,7 @@ def sweep_runs(
     expected = [Path(d) for d in failures]
     numbered = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir") == "${hydra.job.num}"
     if config.hydra.sweeper.get("_target_") == BASIC_SWEEPER and numbered:
-        expected += [root / str(n) for n in range(len(sweep_jobs(list(config.hydra.overrides.task))))]
+        expected += [root / str(n) for n in range(len(sweep_jobs(task_overrides(config))))]
     missing = {d.absolute() for d in expected} - found
     return sorted([*runs, *[(d, MISSING) for d in missing]], key=lambda x: job_order(root, x[0]))
 

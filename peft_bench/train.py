@@ -24,7 +24,7 @@ import transformers
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -511,6 +511,10 @@ def build_trainer(
         )
         # after `best` (Lightning runs checkpoint callbacks last, in this order): last.ckpt holds its state
         callbacks += [best, LatestCheckpoint(run_dir / "checkpoints", run_cfg.checkpoint_every_n_steps)]
+    if t.early_stopping_patience is not None:  # on the task's primary metric, as the best checkpoint
+        callbacks.append(
+            EarlyStopping(monitor=monitor[0], mode=monitor[1], patience=t.early_stopping_patience)
+        )
     if logger is not None:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     interactive = sys.stderr.isatty()

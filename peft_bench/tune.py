@@ -3,13 +3,21 @@ then its best setting (and its untuned default) re-run over seeds and evaluated 
 
     python -m peft_bench.tune method=lora,dora,hira dataset=sst2 model=minilm tune.trials=16 tune.seeds=3
     python -m peft_bench.tune ... hydra/launcher=slurm_gpu tune.workers=8      # trials as SLURM jobs
+    python -m peft_bench.tune method=lora,dora,vera dataset=cola,mrpc,rte,stsb tune.trials=16 tune.seeds=3
 
-Every other override means what it does for a run (one value each; `method` may list several).
+Every other override means what it does for a run (one value each; `method` and `dataset` may list
+several).
 The folder (tune.dir, default tune/<the command's overrides>) holds study.db (Optuna's storage, one
 study per method; tune.storage=postgresql://... or journal:<file> for a cluster), trials/<method>/<n>/
 and final/<method>/<best|default>-s<seed>/ (ordinary run folders), and report/. Re-running the same
 command continues the same study: finished trials are never repeated, a trial whose process died is
 marked failed and replaced, and each method ends with exactly tune.trials finished trials.
+
+Several datasets: one study per dataset, each exactly the one-dataset command with
+tune.dir=<folder>/<dataset> (its own storage, finals, report and resume), run one after another with the
+same budget, every dataset and method checked before the first trial; then <folder>/report/report.md, the
+tuned benchmark table (each method's best setting on each dataset, over the seeds) with a link to each
+dataset's own report.
 
 Search: Optuna's TPE sampler (seeded) over each method's `method.search` space (default: the learning
 rate, log-uniform over a decade either side of the method's default); every trial trains the same
@@ -163,7 +171,6 @@ class Study:
 def parse(argv: list[str]) -> Study:
     """The command line as a Study: tune.* options typed, methods split out, every job checked."""
     from peft_bench.checks import check_config, compose_job
-    from peft_bench.resolvers import overrides_key
     from peft_bench.sweep import sweep_jobs
 
     tune_args = [a for a in argv if a.startswith("tune.")]
@@ -192,7 +199,8 @@ def parse(argv: list[str]) -> Study:
     several = [o for o in overrides if len(sweep_jobs([o])) > 1]
     if several:
         problems.append(
-            f"{several}: give one value each; only method= may list several (the study compares them)"
+            f"{several}: give one value each; only method= and dataset= may list several (the study "
+            "compares the methods, on each dataset)"
         )
     if len(set(methods)) != len(methods):
         problems.append(f"method={','.join(methods)}: a method is listed twice")
@@ -219,14 +227,76 @@ def parse(argv: list[str]) -> Study:
         problems += [said + p for p in found]
     if problems:
         raise ConfigError(problems)
+    key = command_key(overrides, methods, tune_args)
+    folder = Path(cfg.dir) if cfg.dir else Path("tune") / key
+    return Study(overrides, methods, cfg, folder.absolute(), key)
+
+
+def command_key(overrides: list[str], methods: list[str], tune_args: list[str]) -> str:
+    """The command as a name (its default folder, its studies' names): run overrides, methods and the tune
+    options that shape the study (not where it is kept, nor how many workers run it)."""
+    from peft_bench.resolvers import overrides_key
+
     what = [
         *overrides,
         f"method={','.join(methods)}",
         *[a for a in tune_args if a.split("=")[0] not in ("tune.workers", "tune.dir", "tune.storage")],
     ]
-    key = overrides_key([o for o in what if not o.startswith(("hydra.", "hydra/"))])
-    folder = Path(cfg.dir) if cfg.dir else Path("tune") / key
-    return Study(overrides, methods, cfg, folder.absolute(), key)
+    return overrides_key([o for o in what if not o.startswith(("hydra.", "hydra/"))])
+
+
+# ---------------------------------------------------------------------------------- several datasets
+
+
+def listed_datasets(argv: list[str]) -> list[str] | None:
+    """The datasets a command lists (`dataset=cola,mrpc`, Hydra's sweep syntax), or None for one."""
+    from peft_bench.sweep import sweep_jobs
+
+    given = [a for a in argv if a.split("=", 1)[0] == "dataset"]
+    if not given:
+        return None
+    names = [job[0].split("=", 1)[1] for job in sweep_jobs([given[-1]])]
+    return names if len(names) > 1 else None
+
+
+@dataclass
+class DatasetStudy:
+    """One dataset's study of a several-dataset command: exactly the one-dataset command
+    `... dataset=<name> tune.dir=<folder>/<name>`, its own folder, storage and resume."""
+
+    dataset: str
+    argv: list[str]  # that command's arguments: what its workers and final runs are given
+    study: Study
+
+
+def parse_datasets(argv: list[str], datasets: list[str]) -> tuple[Path, list[DatasetStudy]]:
+    """(the command's folder, one study per dataset, in the order given), every method on every dataset
+    checked first: one ConfigError with every problem, a problem all datasets share said once."""
+    rest = [a for a in argv if a not in ("-m", "--multirun")]
+    methods_arg = [a for a in rest if a.split("=", 1)[0] == "method"]
+    methods = methods_arg[-1].split("=", 1)[1].split(",") if methods_arg else ["lora"]
+    tune_args = [a for a in rest if a.startswith("tune.")]
+    overrides = [a for a in rest if not a.startswith("tune.") and a.split("=", 1)[0] != "method"]
+    given = [a.split("=", 1)[1] for a in tune_args if a.split("=", 1)[0] == "tune.dir"]
+    root = Path(given[-1]) if given and given[-1] not in ("", "null") else None
+    root = (root or Path("tune") / command_key(overrides, methods, tune_args)).absolute()
+    studies, found = [], {}
+    for name in datasets:
+        sub = [a for a in rest if a.split("=", 1)[0] not in ("dataset", "tune.dir")]
+        sub += [f"dataset={name}", f"tune.dir={root / name}"]
+        try:
+            studies.append(DatasetStudy(name, sub, parse(sub)))
+        except ConfigError as e:
+            found[name] = e.problems
+    problems = []
+    if len(set(datasets)) < len(datasets):
+        problems.append(f"dataset={','.join(datasets)}: a dataset is listed twice")
+    # a problem of the options or of a method on every dataset (tune.trials=0, an unknown method): once
+    every = [p for p in found.get(datasets[0], []) if all(p in found.get(d, []) for d in datasets)]
+    problems += every + [f"dataset={d}: {p}" for d, ps in found.items() for p in ps if p not in every]
+    if problems:
+        raise ConfigError(problems)
+    return root, studies
 
 
 # ---------------------------------------------------------------------------------- search space
@@ -930,6 +1000,79 @@ def write_tuned_report(study: Study) -> Path:
     return report
 
 
+def tune_one(study: Study, argv: list[str]) -> Path:
+    """One dataset's study: search, finals, report. Returns the report; PeftBenchError naming every method
+    without a best setting and every final that did not complete, after the report is written."""
+    study.dir.mkdir(parents=True, exist_ok=True)
+    log.info(
+        "tuning %s: %d trials each, %d seeds; folder %s",
+        ",".join(study.methods),
+        study.cfg.trials,
+        study.cfg.seeds,
+        study.dir,
+    )
+    create_studies(study)
+    start_workers(study, argv)
+    failed = run_finals(study, argv)
+    report = write_tuned_report(study)
+    failed = [*without_a_best(study), *failed]
+    if failed:
+        raise PeftBenchError(
+            f"{len(failed)} problem(s), the report ({report}) lists what did complete: " + " | ".join(failed)
+        )
+    return report
+
+
+def tune_datasets(argv: list[str], datasets: list[str]) -> Path:
+    """Every (method, dataset) pair with the same budget: each dataset's study in turn (every one checked
+    first), then one report of them all. A dataset whose study fails does not stop the others; the
+    command then fails naming each, after the combined report of what completed is written."""
+    root, studies = parse_datasets(argv, datasets)
+    root.mkdir(parents=True, exist_ok=True)
+    failed = []
+    for i, one in enumerate(studies, 1):
+        log.info("dataset %d of %d: %s", i, len(studies), one.dataset)
+        try:
+            tune_one(one.study, one.argv)
+        except PeftBenchError as e:
+            log.error("dataset %s: %s", one.dataset, hide_password(str(e)))
+            failed.append(f"dataset={one.dataset}: {e}")
+    report = write_datasets_report(root, studies)
+    if failed:
+        raise PeftBenchError(
+            f"{len(failed)} of {len(studies)} datasets with problems, the combined report ({report}) lists "
+            "what did complete: " + " | ".join(failed)
+        )
+    return report
+
+
+def write_datasets_report(root: Path, studies: list[DatasetStudy]) -> Path:
+    """`<folder>/report/report.md`: the tuned benchmark table (each method's best finals on each dataset)
+    and a link to each dataset's own tuned report."""
+    from peft_bench.tune_report import datasets_report, finals
+
+    finals_of, left_out = {}, []
+    for one in studies:
+        study = one.study
+        finals_of[one.dataset] = {}
+        if not (study.dir / STUDY_FILE).is_file():  # its study never started (the storage refused, ...)
+            left_out.append(f"{one.dataset}: its study did not start")
+            continue
+        for m in study.methods:
+            best = best_params(open_study(study, m, study.task.higher_is_better))
+            if best is None:
+                left_out.append(f"{one.dataset} {m}: no trial completed, so no final runs")
+                continue
+            runs, out = finals(study, m, "best", best)
+            finals_of[one.dataset][m] = runs
+            left_out += [f"{one.dataset} {line}" for line in out]
+    out = root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    report = out / "report.md"
+    report.write_text(datasets_report(root, studies, finals_of, left_out))
+    return report
+
+
 _interrupted = False
 
 
@@ -965,26 +1108,9 @@ def main(argv: list[str] | None = None) -> None:
         if worker is not None:
             work(argv, worker)
             return
-        study = parse(argv)
-        study.dir.mkdir(parents=True, exist_ok=True)
-        log.info(
-            "tuning %s: %d trials each, %d seeds; folder %s",
-            ",".join(study.methods),
-            study.cfg.trials,
-            study.cfg.seeds,
-            study.dir,
-        )
         started = time.time()
-        create_studies(study)
-        start_workers(study, argv)
-        failed = run_finals(study, argv)
-        report = write_tuned_report(study)
-        failed = [*without_a_best(study), *failed]
-        if failed:
-            raise PeftBenchError(
-                f"{len(failed)} problem(s), the report ({report}) lists what did complete: "
-                + " | ".join(failed)
-            )
+        datasets = listed_datasets(argv)
+        report = tune_datasets(argv, datasets) if datasets else tune_one(parse(argv), argv)
         print(f"peft_bench.tune: done in {time.time() - started:.0f} s; report: {report}")
     except PeftBenchError as e:
         print(f"peft_bench.tune: error: {hide_password(str(e))}", file=sys.stderr)

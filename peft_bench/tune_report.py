@@ -1,13 +1,14 @@
 """The "Tuned comparison" section of a tuning study's report: the space and budget, each method's best
 setting and search (best-so-far curve), and its final runs on test (mean with a 95% interval, a paired
-t-test against LoRA, the change from the method's untuned default)."""
+t-test against LoRA, the change from the method's untuned default); and the report of a several-dataset
+command: the tuned benchmark table and a link to each dataset's report."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from peft_bench.report import interval, md_table
+from peft_bench.report import Row, Setting, benchmark_table, interval, md_table, metric_of
 from peft_bench.results import EDITED, RESULTS_FILE, digest_state, read_results
 
 
@@ -206,3 +207,57 @@ def plot_curves(curves: dict[str, list], task, out: Path) -> str | None:
     fig.savefig(out / name.replace(".png", ".svg"))
     plt.close(fig)
     return name
+
+
+def datasets_report(
+    root: Path, studies: list, finals_of: dict[str, dict[str, dict[int, dict]]], left_out
+) -> str:
+    """The report of a several-dataset tuning command: the tuned benchmark table (each method's best setting
+    on each dataset, its final runs' test figures ×100 as mean ± std [95% t interval] over the seeds, GLUE's
+    average, the trivial predictor's row) and a link to each dataset's own tuned report. `finals_of`:
+    {dataset: {method: {seed: results}}} of the best settings' completed finals; `left_out`: lines."""
+    datasets = [one.dataset for one in studies]
+    tasks = {one.dataset: one.study.task for one in studies}
+    cfg = studies[0].study.cfg
+    methods = list(dict.fromkeys(m for one in studies for m in one.study.methods))
+    shown = [d for d in datasets if all(metric_of(k).bounded for k in tasks[d].table_scores)]
+    rows = []
+    for m in methods:
+        row = Row(m, {})
+        for d in shown:
+            runs = finals_of.get(d, {}).get(m) or {}
+            if runs:
+                row.cells[d] = Setting(d, m, {}, runs=[runs[s] for s in sorted(runs)])
+        rows.append(row)
+    objectives = "; ".join(f"{d}: {tasks[d].select_label}" for d in datasets)
+    lines = [
+        f"# Tuned benchmark: {', '.join(methods)} on {', '.join(datasets)}",
+        "",
+        f"Every (method, dataset) pair tuned with the same budget: {cfg.trials} finished trials on the "
+        f"validation split (Optuna TPE, seed {cfg.sampler_seed}), each dataset's study selecting by its own "
+        f"primary metric ({objectives}); then each pair's best setting over seeds 1..{cfg.seeds}, scored on "
+        f"test once. Each dataset's study is the one-dataset command's, in `{root}/<dataset>/`.",
+        "",
+        "## Tuned benchmark table",
+        "",
+    ]
+    if shown:
+        lines += [
+            "Each cell: the best setting's final runs on that dataset (`<dataset>/final/<method>/"
+            "best-s<seed>`); the datasets in the command's order.",
+            "",
+            *benchmark_table(rows, shown, {d: tasks[d] for d in shown}, intervals=True),
+        ]
+    left = [d for d in datasets if d not in shown]
+    if left:
+        lines += ["", f"Not in the table: {', '.join(left)} (a metric without a range, as perplexity)."]
+    lines += ["", "## Each dataset's study", ""]
+    lines += [
+        f"- [{d}](../{d}/report/report.md): its search (space, best parameters, trials, best-so-far plot), "
+        + ("its finals against the untuned defaults, " if cfg.defaults else "")
+        + "the usual tables of its final runs, their warnings"
+        for d in datasets
+    ]
+    if left_out:
+        lines += ["", "## Final runs not counted", "", *[f"- {line}" for line in left_out]]
+    return "\n".join(lines) + "\n"

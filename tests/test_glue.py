@@ -634,3 +634,40 @@ def test_a_pair_run_killed_after_a_checkpoint_resumes_step_for_step(tmp_path):
     assert resumed.steps == reference.steps[12:]  # the same pairs, losses and dropout, step for step
     assert out["val_acc"] == pytest.approx(ref["val_acc"], abs=1e-6)
     assert out["test_acc"] == pytest.approx(ref["test_acc"], abs=1e-6)
+
+
+def test_early_stopping_watches_the_datasets_primary_metric(tmp_path):
+    """trainer.early_stopping_patience stops on val/<dataset.metric>, in the task's direction: a metric
+    (mse: lower is better) is watched with mode min and the patience asked."""
+    import lightning as L
+
+    seen = {}
+
+    class Spy(L.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            from lightning.pytorch.callbacks import EarlyStopping
+
+            stop = [c for c in trainer.callbacks if isinstance(c, EarlyStopping)]
+            seen["stop"] = [(c.monitor, c.mode, c.patience) for c in stop]
+
+    from peft_bench.train import run
+
+    train = jsonl(tmp_path / "train.jsonl", glue_rows("stsb", 160))
+    cfg = compose(
+        [
+            "model=tiny",
+            "logger=none",
+            "dataset=stsb",
+            files_override({"train": train}),
+            "dataset.metric=mse",
+            "trainer.early_stopping_patience=2",
+            "trainer.max_epochs=1",
+        ],
+        tmp_path / "run",
+    )
+    run(cfg, callbacks=[Spy()])
+    assert seen["stop"] == [("val/mse", "min", 2)]
+    from peft_bench.checks import check_config
+
+    with pytest.raises(ConfigError, match=r"trainer.early_stopping_patience=0: must be >= 1"):
+        check_config(compose(["model=tiny", "trainer.early_stopping_patience=0"]))

@@ -62,7 +62,9 @@ def test_two_methods_four_trials_two_seeds_then_the_report(tmp_path):
         assert len(ts) == len(finished(ts)) == 4  # the equal budget, exactly
         for t in ts:  # every trial an ordinary run folder, validated only: the test split untouched
             r = json.loads((tmp_path / "trials" / method / str(t.number) / "results.json").read_text())
-            assert "val_f1" in r and not any(k.startswith("test_") for k in r), sorted(r)
+            assert not any(k.startswith("test_") for k in r), sorted(r)
+            # a completed trial has its objective (demo's primary metric: accuracy); a pruned one stopped
+            assert "val_acc" in r if t.state.name == "COMPLETE" else r["status"] == "pruned", sorted(r)
         for which in ("best", "default"):
             for seed in (1, 2):
                 r = json.loads(
@@ -536,3 +538,101 @@ def test_a_postgresql_server_that_does_not_answer_fails_within_the_connect_timeo
     said = str(e.value)
     assert f"tuner:***@127.0.0.1:{port}/studies: cannot connect to PostgreSQL at host 127.0.0.1" in said
     assert "timeout" in said and "hunter2x" not in said, said
+
+
+# ---------------------------------------- several datasets: one study each, one benchmark table
+
+
+def two_glue_files(folder: Path) -> str:
+    """A CoLA-shaped and an STS-B-shaped file, `<folder>/cola.jsonl` and `stsb.jsonl`: the data_files
+    override that names each dataset's own (`${dataset.name}`, resolved in each study's runs)."""
+    words = ["cat", "dog", "river", "market", "piano", "winter", "garden", "engine"]
+    rows = {
+        "cola": [
+            {"sentence": f"the {words[i % 8]} saw {words[i * 3 % 8]} {i}", "label": i % 3 % 2}
+            for i in range(200)
+        ],
+        "stsb": [
+            {
+                "sentence1": f"the {words[i % 8]} saw {words[i * 3 % 8]} {i}",
+                "sentence2": f"a {words[i * 5 % 8]} near {words[(i + 2) % 8]}",
+                "label": round(i * 0.37 % 5.0, 2),
+            }
+            for i in range(200)
+        ],
+    }
+    for name, records in rows.items():
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return f"dataset.data_files={{train:'{folder}/${{dataset.name}}.jsonl'}}"
+
+
+TWO_DATASETS = [
+    "model=tiny",
+    "logger=none",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "dataset=cola,stsb",
+]
+
+
+def test_every_dataset_and_method_is_checked_before_anything_trains(tmp_path):
+    """A problem of each dataset, and one that every dataset shares (said once), in one message."""
+    out = tune(
+        [
+            "method=lora,lroa",
+            *TWO_DATASETS,
+            "dataset.data_files={train:'/nonexistent/${dataset.name}.jsonl'}",
+            f"tune.dir={tmp_path / 't'}",
+        ],
+        timeout=300,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    said = out.stderr
+    assert said.count("method=lroa:") == 1, said  # an unknown method: the same on every dataset
+    assert "dataset=cola: method=lora: dataset.data_files: no such file: /nonexistent/cola.jsonl" in said
+    assert "dataset=stsb: method=lora: dataset.data_files: no such file: /nonexistent/stsb.jsonl" in said
+    assert not (tmp_path / "t").exists()  # nothing was written
+
+
+@pytest.mark.slow  # two datasets x two methods x 2 trials, then 4 final runs, of the tiny model: ~1 min
+def test_two_datasets_are_two_studies_and_one_tuned_benchmark_table(tmp_path):
+    from peft_bench.report import interval
+
+    args = [
+        "method=lora,ia3",
+        *TWO_DATASETS,
+        two_glue_files(tmp_path),
+        "tune.trials=2",
+        "tune.seeds=2",
+        "tune.defaults=false",
+        f"tune.dir={tmp_path / 't'}",
+    ]
+    out = tune(args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    root = tmp_path / "t"
+    for dataset in ("cola", "stsb"):  # each dataset's folder: what the one-dataset command writes
+        folder = root / dataset
+        assert {p.name for p in folder.iterdir()} >= {"study.db", "study.json", "trials", "final", "report"}
+        for method in ("lora", "ia3"):
+            assert len(finished(trials(folder, method))) == 2  # the same budget for every pair
+            r = json.loads((folder / "final" / method / "best-s1" / "results.json").read_text())
+            assert r["dataset"] == dataset and r["status"] == "completed"
+        assert "## Tuned comparison" in (folder / "report" / "report.md").read_text()
+    report = (root / "report" / "report.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| Method"))
+    assert header == "| Method | Trainable Params | cola MCC | stsb Pearson | stsb Spearman | Avg. |"
+    assert "[cola](../cola/report/report.md)" in report and "[stsb](../stsb/report/report.md)" in report
+    # a cell: the best setting's two final runs, ×100, mean ± std [95% t interval, within the metric's range]
+    finals = [
+        json.loads((root / "stsb" / "final" / "lora" / f"best-s{s}" / "results.json").read_text())
+        for s in (1, 2)
+    ]
+    mean, sd, low, high = interval([100 * r["test_spearman"] for r in finals])
+    low, high = max(low, -100.0), min(high, 100.0)  # clipped to a correlation's range
+    row = next(line for line in report.splitlines() if line.startswith("| lora |"))
+    assert f"{mean:.1f} ± {sd:.1f} [{low:.1f}, {high:.1f}]" in row, row
+    assert "| Majority class / mean label | 0 |" in report
+    again = tune(args)  # the same command: every study resumes, nothing more to do
+    assert again.returncode == 0 and len(trials(root / "cola", "lora")) == 2, again.stderr[-3000:]

@@ -85,7 +85,13 @@ def task_of(results: dict) -> Task:
     if metric is None and name == "classification" and "metric" not in dataset:
         metric = "f1"  # a record from before dataset.metric: its checkpoint was picked by val F1
     return TASKS[name].bind(
-        _Fields({"metric": metric, "extra_test_splits": dataset.get("extra_test_splits")})
+        _Fields(
+            {
+                "metric": metric,
+                "extra_test_splits": dataset.get("extra_test_splits"),
+                "report_metrics": dataset.get("report_metrics"),
+            }
+        )
     )
 
 
