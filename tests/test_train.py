@@ -4,6 +4,7 @@ results.json, sweeps, the tokenization cache and offline W&B."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -174,7 +175,8 @@ def test_two_job_sweep_writes_two_results_and_hits_the_tokenization_cache(tmp_pa
     assert "runs in" in out.stdout and "lora" in out.stdout  # the sweep summary table
     report = (tmp_path / "report" / "report.md").read_text()  # and the sweep's report
     assert f"report of the sweep: {tmp_path / 'report' / 'report.md'}" in out.stdout
-    assert "| lora | 2 |" in report and "| lora | 4 |" in report
+    # (a tiny model after trainer=fast predicts one class: its rows carry the collapse mark)
+    assert re.search(r"\| lora( ⚠)? \| 2 \|", report) and re.search(r"\| lora( ⚠)? \| 4 \|", report)
 
 
 @pytest.mark.slow  # a MiniLM run logging to an offline W&B run: ~45 s
