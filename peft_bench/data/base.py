@@ -270,15 +270,25 @@ def check_text(ds: Dataset, field: str, where: str, setting: str = "text_field")
     return texts
 
 
-def check_labels(ds: Dataset, field: str, num_labels: int, where: str) -> tuple[list[int], bool]:
-    """The label column as ints in [0, num_labels) (0.0 / 1.0 are taken as 0 / 1), and whether the whole
-    file is unlabelled (every label -1); DataError naming the first bad row."""
+def label_column(ds: Dataset, field: str, where: str) -> list:
+    """The label column as a list; DataError naming the columns there are."""
     if field not in ds.column_names:
         raise DataError(
             f"{where}: no column {field!r} (columns: {ds.column_names}); set dataset.label_field="
         )
-    labels = ds[field]
-    if labels and all(y == -1 and not isinstance(y, bool) for y in labels):
+    return ds[field]
+
+
+def unlabelled(labels: list) -> bool:
+    """Every label -1: GLUE's mark for a hidden test set."""
+    return bool(labels) and all(y == -1 and not isinstance(y, bool) for y in labels)
+
+
+def check_labels(ds: Dataset, field: str, num_labels: int, where: str) -> tuple[list[int], bool]:
+    """The label column as ints in [0, num_labels) (0.0 / 1.0 are taken as 0 / 1), and whether the whole
+    file is unlabelled (every label -1); DataError naming the first bad row."""
+    labels = label_column(ds, field, where)
+    if unlabelled(labels):
         return labels, True
     out = []
     for i, y in enumerate(labels):
@@ -296,12 +306,8 @@ def check_labels(ds: Dataset, field: str, num_labels: int, where: str) -> tuple[
 def check_scores(ds: Dataset, field: str, where: str) -> tuple[list[float], bool]:
     """A regression label column as finite floats, and whether the whole file is unlabelled (every
     label -1: GLUE's hidden STS-B test); DataError naming the first bad row."""
-    if field not in ds.column_names:
-        raise DataError(
-            f"{where}: no column {field!r} (columns: {ds.column_names}); set dataset.label_field="
-        )
-    labels = ds[field]
-    if labels and all(y == -1 and not isinstance(y, bool) for y in labels):
+    labels = label_column(ds, field, where)
+    if unlabelled(labels):
         return labels, True
     out = []
     for i, y in enumerate(labels):

@@ -182,10 +182,38 @@ class Task:
         """A sentence when a split's predictions are (nearly) all one class or one value."""
         return None
 
+    def trivial_prediction(self, train_labels: list):
+        """The constant a trivial predictor answers, from the training labels (None: the task has none)."""
+        return None
+
+    def trivial_figures(self, metrics) -> dict[str, float]:
+        """The trivial predictor's figures, from its filled collection."""
+        return {k: float(v) for k, v in self.compute(metrics).items()}
+
     def baselines(self, data, num_labels: int | None) -> dict[str, float]:
         """The scores of the trivial predictor (the training split's majority class, or its mean) on the
         validation and test splits, as {val_<metric>: value, test_<metric>: ...}; {} where none."""
-        return {}
+        import torch
+
+        train = list(data["train"]["labels"]) if "labels" in data["train"].column_names else []
+        constant = self.trivial_prediction(train) if train else None
+        if constant is None:
+            return {}
+        out = {}
+        for split in ("validation", *self.test_splits):
+            if split not in data or not len(data[split]):
+                continue
+            labels = torch.tensor(list(data[split]["labels"]))
+            logits = torch.full((len(labels), 1), float(constant))
+            metrics = self.metrics(num_labels)
+            metrics.update(self.predictions(logits, num_labels), labels)
+            prefix = "val" if split == "validation" else split
+            out.update({f"{prefix}_{k}": v for k, v in self.trivial_figures(metrics).items()})
+        return out
+
+    def predictions(self, constant_logits, num_labels: int | None):
+        """What the metrics are fed for a constant (one column of the constant per example)."""
+        return constant_logits.squeeze(-1)
 
 
 def column(key: str) -> str:

@@ -114,21 +114,9 @@ class ClassificationTask(Task):
             "reward the majority class (MCC does not): compare with the majority baseline"
         )
 
-    def baselines(self, data, num_labels: int | None) -> dict[str, float]:
-        """Always the training split's most frequent class."""
-        import torch
+    def trivial_prediction(self, train_labels: list):
+        """Always the training split's most frequent class (ties: the lower class)."""
+        return max(sorted(set(train_labels)), key=train_labels.count)
 
-        train = list(data["train"]["labels"])
-        if not train:
-            return {}
-        majority = max(sorted(set(train)), key=train.count)
-        out = {}
-        for split in ("validation", *self.test_splits):
-            if split not in data or not len(data[split]):
-                continue
-            labels = torch.tensor(list(data[split]["labels"]))
-            metrics = self.metrics(num_labels)
-            metrics.update(torch.full_like(labels, majority), labels)
-            prefix = "val" if split == "validation" else split
-            out.update({f"{prefix}_{k}": float(v) for k, v in metrics.compute().items()})
-        return out
+    def predictions(self, constant_logits, num_labels: int | None):
+        return constant_logits.squeeze(-1).long()

@@ -78,23 +78,13 @@ class RegressionTask(Task):
             "labels' scale, and correlations of so small a spread say little (of constant ones: 0)"
         )
 
-    def baselines(self, data, num_labels: int | None) -> dict[str, float]:
+    def trivial_prediction(self, train_labels: list):
         """Always the training split's mean label."""
-        import torch
+        return sum(train_labels) / len(train_labels)
 
-        train = list(data["train"]["labels"])
-        if not train:
-            return {}
-        mean = sum(train) / len(train)
-        out = {}
-        for split in ("validation", *self.test_splits):
-            if split not in data or not len(data[split]):
-                continue
-            labels = torch.tensor(list(data[split]["labels"]), dtype=torch.float32)
-            metrics = self.metrics(num_labels)
-            self.update(metrics, torch.full_like(labels, mean).unsqueeze(-1), labels)
-            prefix = "val" if split == "validation" else split
-            figures = {k: float(v) for k, v in self.compute(metrics).items()}
-            figures.update(pearson=0.0, spearman=0.0)  # of a constant: undefined, not float rounding's 1e-7
-            out.update({f"{prefix}_{k}": v for k, v in figures.items()})
-        return out
+    def predictions(self, constant_logits, num_labels: int | None):
+        return constant_logits.squeeze(-1).float()
+
+    def trivial_figures(self, metrics) -> dict[str, float]:
+        figures = super().trivial_figures(metrics)
+        return {**figures, "pearson": 0.0, "spearman": 0.0}  # of a constant: undefined (not rounding's 1e-7)
