@@ -1,6 +1,6 @@
 """The "Tuned comparison" section of a tuning study's report: the space and budget, each method's best
 setting and search (best-so-far curve), and its final runs on test (mean with a 95% interval, a paired
-t-test against LoRA, the change from the method's untuned default); and the report of a several-dataset
+t-test against LoRA and against the method's untuned default); and the report of a several-dataset
 command: the tuned benchmark table and a link to each dataset's report."""
 
 from __future__ import annotations
@@ -8,11 +8,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from peft_bench.report import Row, Setting, benchmark_table, interval, md_table, metric_of
+from peft_bench.report.plots import best_so_far
+from peft_bench.report.runs import Setting
+from peft_bench.report.stats import interval, paired_test, paired_text
+from peft_bench.report.tables import Row, benchmark_table, md_table, metric_of
 from peft_bench.results import EDITED, RESULTS_FILE, digest_state, read_results
 
 
 def same(a, b) -> bool:
+    """Whether a run's setting value is the one asked for (floats up to their last digits)."""
     if isinstance(a, float) or isinstance(b, float):
         return isinstance(a, int | float) and isinstance(b, int | float) and math.isclose(a, b, rel_tol=1e-9)
     return a == b
@@ -44,21 +48,6 @@ def finals(study, method: str, which: str, expected: dict) -> tuple[dict[int, di
     return out, left_out
 
 
-def paired(a: dict[int, float], b: dict[int, float]) -> str:
-    from scipy import stats
-
-    seeds = sorted(set(a) & set(b))
-    if len(seeds) < 2:
-        return "-"
-    x, y = [a[s] for s in seeds], [b[s] for s in seeds]
-    diff = [u - v for u, v in zip(x, y, strict=True)]
-    if max(diff) - min(diff) <= 1e-9 * max(1.0, *map(abs, x), *map(abs, y)):  # float noise is no variance
-        return f"{diff[0]:+.4f} (n={len(seeds)}, no variance)"
-    res = stats.ttest_rel(x, y)
-    mark = " *" if res.pvalue < 0.05 else ""
-    return f"{sum(diff) / len(diff):+.4f} (t={res.statistic:.2f}, p={res.pvalue:.3g}, n={len(seeds)}){mark}"
-
-
 def describe_space(spec: dict[str, dict]) -> str:
     """A search space in words: `lr 1e-4..1e-2 (log); alpha {8, 16, 32}`."""
     parts = []
@@ -70,96 +59,111 @@ def describe_space(spec: dict[str, dict]) -> str:
     return "; ".join(parts)
 
 
+def final_scores(
+    study, best_params: dict[str, dict | None], default_params: dict[str, dict]
+) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, float]], list[str]]:
+    """Each method's {seed: primary test figure} of its best setting's finals and (tune.defaults) of its
+    default's, and the final runs left out."""
+    score = study.task.score
+    tests, defaults, left_out = {}, {}, []
+    for m in study.methods:
+        runs, out = finals(study, m, "best", best_params[m]) if best_params[m] is not None else ({}, [])
+        tests[m], left_out = {s: r[score] for s, r in runs.items() if score in r}, left_out + out
+        if study.cfg.defaults:
+            runs, out = finals(study, m, "default", default_params[m])
+            defaults[m], left_out = {s: r[score] for s, r in runs.items() if score in r}, left_out + out
+    return tests, defaults, left_out
+
+
+def best_curve(trials: list[dict], task) -> list[float | None]:
+    """The best validation value so far after each trial, in trial order (None before one completed)."""
+    running, curve = None, []
+    for t in sorted(trials, key=lambda t: t["number"]):
+        if t["state"] == "complete" and t["value"] is not None:
+            running = t["value"] if running is None or task.better(t["value"], running) else running
+        curve.append(running)
+    return curve
+
+
+def search_cells(trials: list[dict], space: dict, params: dict | None, spec: str) -> list[str]:
+    """A method's search in the tuned table: its space, best parameters, the best trial's value (the trial
+    the finals re-ran: Optuna's best, the first of equal values), its trials by state and their compute."""
+    states = {s: sum(1 for t in trials if t["state"] == s) for s in ("complete", "pruned", "fail", "killed")}
+    best = next(
+        (
+            t
+            for t in sorted(trials, key=lambda t: t["number"])
+            if t["state"] == "complete" and t["params"] == params
+        ),
+        None,
+    )
+    shown = ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in (params or {}).items()
+    )
+    return [
+        describe_space(space),
+        shown or "-",
+        f"{best['value']:{spec}}" if best else "-",
+        f"{states['complete']} / {states['pruned']} / {states['fail']}"
+        + (f" (+{states['killed']} killed)" if states["killed"] else ""),
+        f"{sum(t['compute_s'] or 0 for t in trials):.0f}",
+    ]
+
+
+def finals_cell(test: dict[int, float], spec: str) -> str:
+    """The finals' test mean [95% t interval] (n seeds); the mean alone for one seed."""
+    if not test:
+        return "-"
+    stat = interval(list(test.values()))
+    if stat is None:
+        return f"{sum(test.values()) / len(test):{spec}} (n={len(test)})"
+    return f"{stat[0]:{spec}} [{stat[2]:{spec}}, {stat[3]:{spec}}] (n={len(test)})"
+
+
+def intro(study) -> list[str]:
+    """The section's heading and how the comparison was made: the budget, the sampler, the finals."""
+    task, cfg = study.task, study.cfg
+    pruning = (
+        f"median pruner after {cfg.prune_startup()} trials, validation every "
+        f"{cfg.eval_every or 'quarter of an'} {'training batches' if cfg.eval_every else 'epoch'}"
+        if cfg.prune
+        else "no pruning"
+    )
+    return [
+        "## Tuned comparison",
+        "",
+        f"Each method searched on the validation split with the same budget: {cfg.trials} finished trials "
+        f"(Optuna TPE, seed {cfg.sampler_seed}; {pruning}), selected by {task.select_label}; then the best "
+        f"setting{' and the untuned default' if cfg.defaults else ''} over seeds 1..{cfg.seeds}, evaluated "
+        f"on test. Storage: `{study.storage_shown}` (`optuna-dashboard {study.storage_shown}` shows it in a "
+        "browser).",
+        "",
+    ]
+
+
 def tuned_section(
     study,
-    summary: dict,
     trials_by_method: dict[str, list[dict]],
     spaces: dict[str, dict],
     best_params: dict[str, dict | None],
     default_params: dict[str, dict],
 ) -> str:
-    """`best_params`: each method's best trial's values (None: no trial completed), as its finals ran;
-    `default_params`: the method's own values of the same keys (its untuned default)."""
-
+    """The "Tuned comparison" section (markdown) and its best-so-far plot (written into the study's
+    report folder). `best_params`: each method's best trial's values (None: no trial completed), as its
+    finals ran; `default_params`: the method's own values of the same keys (its untuned default)."""
     task = study.task  # composed once per study
     score, spec = task.score, task.spec
-    cfg = study.cfg
-    lines = [
-        "## Tuned comparison",
-        "",
-        f"Each method searched on the validation split with the same budget: {cfg.trials} finished trials "
-        f"(Optuna TPE, seed {cfg.sampler_seed}; "
-        + (
-            f"median pruner after {cfg.prune_startup()} trials, validation every "
-            f"{cfg.eval_every or 'quarter of an'} {'training batches' if cfg.eval_every else 'epoch'}"
-            if cfg.prune
-            else "no pruning"
-        )
-        + f"), selected by {task.select_label}; then the best setting"
-        + (" and the untuned default" if cfg.defaults else "")
-        + f" over seeds 1..{cfg.seeds}, evaluated on test. Storage: `{study.storage_shown}` "
-        f"(`optuna-dashboard {study.storage_shown}` shows it in a browser).",
-        "",
-    ]
-    tests, defaults, left_out = {}, {}, []
+    tests, defaults, left_out = final_scores(study, best_params, default_params)
+    rows = []
     for m in study.methods:
-        runs, out = finals(study, m, "best", best_params[m]) if best_params[m] is not None else ({}, [])
-        tests[m], left_out = {s: r[score] for s, r in runs.items() if score in r}, left_out + out
-        if cfg.defaults:
-            runs, out = finals(study, m, "default", default_params[m])
-            defaults[m], left_out = {s: r[score] for s, r in runs.items() if score in r}, left_out + out
-    rows, curves = [], {}
-    for method in study.methods:
-        trials = trials_by_method[method]
-        states = {
-            s: sum(1 for t in trials if t["state"] == s) for s in ("complete", "pruned", "fail", "killed")
-        }
-        # the trial the finals re-ran (Optuna's best trial; the first of equal values)
-        best = next(
-            (
-                t
-                for t in sorted(trials, key=lambda t: t["number"])
-                if t["state"] == "complete" and t["params"] == best_params[method]
-            ),
-            None,
-        )
-        running, curve = None, []
-        for t in sorted(trials, key=lambda t: t["number"]):
-            if t["state"] == "complete" and t["value"] is not None:
-                running = t["value"] if running is None or task.better(t["value"], running) else running
-            curve.append(running)
-        curves[method] = curve
-        compute = sum(t["compute_s"] or 0 for t in trials)
-        test = tests[method]
-        stat = interval(list(test.values()))
-        change = "-"
-        common = sorted(set(test) & set(defaults.get(method, {})))
-        if common:  # the same seeds on both sides
-            delta = sum(test[s] - defaults[method][s] for s in common) / len(common)
-            change = f"{delta:+{spec}} (n={len(common)})"
-        vs = paired(test, tests["lora"]) if "lora" in tests and method != "lora" else "-"
-        params = ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in (best_params[method] or {}).items()
-        )
+        lora = tests.get("lora") if m != "lora" else None
         rows.append(
             [
-                method,
-                describe_space(spaces[method]),
-                params or "-",
-                f"{best['value']:{spec}}" if best else "-",
-                f"{states['complete']} / {states['pruned']} / {states['fail']}"
-                + (f" (+{states['killed']} killed)" if states["killed"] else ""),
-                f"{compute:.0f}",
-                "-"
-                if not test
-                else (
-                    f"{sum(test.values()) / len(test):{spec}} (n={len(test)})"
-                    if stat is None
-                    else f"{stat[0]:{spec}} [{stat[2]:{spec}}, {stat[3]:{spec}}] (n={len(test)})"
-                ),
-                vs,
-                change,
+                m,
+                *search_cells(trials_by_method[m], spaces[m], best_params[m], spec),
+                finals_cell(tests[m], spec),
+                paired_text(paired_test(tests[m], lora) if lora is not None else None, spec),
+                paired_text(paired_test(tests[m], defaults.get(m, {}), min_pairs=1), spec),
             ]
         )
     header = [
@@ -171,42 +175,18 @@ def tuned_section(
         "Trial compute (s)",
         f"{score} mean [95% CI] (n seeds)",
         "vs LoRA: Δ = method − LoRA (paired t-test)",
-        "Δ vs untuned default (same seeds)",
+        "Δ vs untuned default (paired t-test, same seeds)",
     ]
-    lines += md_table(header, rows)
+    lines = [*intro(study), *md_table(header, rows)]
     if not task.higher_is_better:
         lines += ["", f"{score}: lower is better, so a negative Δ is an improvement."]
     if left_out:
         lines += ["", "Final runs not counted above:", "", *[f"- {line}" for line in left_out]]
-    image = plot_curves(curves, task, study.dir / "report")
+    curves = {m: best_curve(trials_by_method[m], task) for m in study.methods}
+    image = best_so_far(curves, task, study.dir / "report")
     if image:
         lines += ["", f"![best so far]({image})"]
     return "\n".join(lines) + "\n"
-
-
-def plot_curves(curves: dict[str, list], task, out: Path) -> str | None:
-    """Each method's best validation score so far against the trial number."""
-    if not any(v is not None for c in curves.values() for v in c):
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, curve in curves.items():
-        points = [(i, v) for i, v in enumerate(curve) if v is not None and math.isfinite(v)]
-        if points:
-            ax.step([p[0] for p in points], [p[1] for p in points], where="post", label=method)
-    ax.set_xlabel("trial")
-    ax.set_ylabel(f"best {task.select_by} so far")
-    ax.legend()
-    fig.tight_layout()
-    name = "tuned_best_so_far.png"
-    fig.savefig(out / name, dpi=120)
-    fig.savefig(out / name.replace(".png", ".svg"))
-    plt.close(fig)
-    return name
 
 
 def datasets_report(

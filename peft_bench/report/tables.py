@@ -1,0 +1,534 @@
+"""The report's markdown tables: runs by setting, the method comparison, seed statistics, 4-bit base
+memory, and the benchmark (GLUE) table PEFT papers print over several datasets, with the trivial
+predictor's row."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from statistics import fmean
+
+from peft_bench.report.runs import BASELINE, Setting, baseline_for, best, label_settings
+from peft_bench.report.stats import ALPHA, interval, mean_std, paired_test, paired_text
+from peft_bench.tasks import METRICS, Metric, Task, column
+
+
+def fmt(values: list[float], spec: str) -> str:
+    """A table cell: `mean ± sample std` over seeds, the value alone for one seed, - for none."""
+    if not values:
+        return "-"
+    mean, std = mean_std(values)
+    return format(mean, spec) if std is None else f"{format(mean, spec)} ± {format(std, spec)}"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table's lines."""
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *["| " + " | ".join(row) + " |" for row in rows],
+    ]
+
+
+def params(s: Setting) -> tuple[str, str]:
+    """A setting's trainable / total parameters, and their ratio."""
+    r = s.runs[0]
+    return (
+        f"{r['trainable_params']:,} / {r['total_params']:,}",
+        f"{r['trainable_params'] / r['total_params']:.3%}",
+    )
+
+
+def runs_by_setting(settings: list[Setting]) -> list[str]:
+    """The runs by setting: one row per setting, its figures as mean ± sample std over its seeds."""
+    task = settings[0].task
+    scores = [(column(k), k, task.spec) for k in (*task.val_scores, *task.test_scores)]
+    header = [
+        "Method",
+        "Rank",
+        "Setting",
+        "Seeds",
+        "Trainable Params / Total",
+        "Ratio",
+        *[h for h, _, _ in scores],
+        "Sparsity (<1e-3)",
+        "Train Time (s)",
+    ]
+    rows = [
+        [
+            s.method + warned(s),
+            str(s.rank) if s.rank is not None else "-",
+            s.label or "-",
+            str(len(s.runs)),
+            *params(s),
+            *[fmt(s.values(k), spec) for _, k, spec in scores],
+            fmt(s.values("sparsity_below_1e-3"), ".3f"),
+            fmt(s.values("train_time_s"), ".1f"),
+        ]
+        for s in settings
+    ]
+    return md_table(header, rows)
+
+
+def warned(s: Setting) -> str:
+    """A mark on a setting whose runs carry warnings (single-class split, ...): listed under Warnings."""
+    return " ⚠" if any(r.get("warnings") for r in s.runs) else ""
+
+
+def pruning_change(s: Setting) -> str:
+    """Test score before -> after one-shot pruning (mean over seeds), where a run pruned after training."""
+    before = [r["before_pruning"][s.score] for r in s.runs if s.score in r.get("before_pruning", {})]
+    if not before:
+        return "-"
+    after = [r[s.score] for r in s.runs if "before_pruning" in r]
+    spec = s.task.spec
+    return f"{format(fmean(before), spec)} → {format(fmean(after), spec)}"
+
+
+def method_comparison(settings: list[Setting]) -> tuple[list[str], list[Setting]]:
+    """The method comparison: each method's best setting by validation, its test figures and costs; and
+    those settings."""
+    task = settings[0].task
+    chosen = [best([s for s in settings if s.method == m]) for m in dict.fromkeys(s.method for s in settings)]
+    scores = [(column(k), k, task.spec) for k in task.comparison_scores]
+    header = [
+        "Method",
+        f"Best setting (by {task.select_label})",
+        "Seeds",
+        *[h for h, _, _ in scores],
+        "Trainable Params",
+        "Train Time (s)",
+        "Time / Epoch (s)",
+        "Peak Memory (MiB)",
+        "Latency (ms/example)",
+        "Merged Latency",
+        "Sparsity (<1e-3)",
+        "Test Before → After Pruning",
+    ]
+    rows = []
+    for s in chosen:
+        setting = " ".join(x for x in (f"rank={s.rank}" if s.rank is not None else "", s.label) if x) or "-"
+        rows.append(
+            [
+                s.method + warned(s),
+                setting,
+                str(len(s.runs)),
+                *[fmt(s.values(k), spec) for _, k, spec in scores],
+                f"{s.runs[0]['trainable_params']:,}",
+                fmt(s.values("train_time_s"), ".1f"),
+                fmt(s.values("mean_time_per_epoch_s"), ".1f"),
+                fmt([v / 2**20 for v in s.values("peak_memory_bytes")], ".0f"),
+                fmt(s.values("inference_latency_ms_per_example"), ".3f"),
+                fmt(s.values("inference_latency_merged_ms_per_example"), ".3f"),
+                fmt(s.values("sparsity_below_1e-3"), ".3f"),
+                pruning_change(s),
+            ]
+        )
+    return md_table(header, rows), chosen
+
+
+def scores_by_seed(s: Setting) -> dict[int, float | None]:
+    """{seed: the primary test figure} of a setting's runs."""
+    return {r["seed"]: r.get(s.score) for r in s.runs}
+
+
+def seed_statistics(settings: list[Setting]) -> list[str]:
+    """Each setting's mean, std and 95% t interval over seeds, and its paired t-test against LoRA; [] when
+    no setting ran two seeds."""
+    if not any(len(s.runs) >= 2 for s in settings):
+        return []
+    task = settings[0].task
+    score, spec = task.score_label, task.spec
+    rows = []
+    for s in settings:
+        stats = interval(s.values(s.score))
+        base = baseline_for(s, settings)
+        vs = paired_text(paired_test(scores_by_seed(s), scores_by_seed(base)) if base else None, spec)
+        rows.append(
+            [
+                s.method,
+                " ".join(x for x in (f"rank={s.rank}" if s.rank is not None else "", s.label) if x) or "-",
+                str(len(s.runs)),
+                ", ".join(map(str, s.seeds)),
+                "-" if stats is None else f"{stats[0]:{spec}} ± {stats[1]:{spec}}",
+                "-" if stats is None else f"[{stats[2]:{spec}}, {stats[3]:{spec}}]",
+                vs,
+            ]
+        )
+    header = [
+        "Method",
+        "Setting",
+        "n",
+        "Seeds",
+        f"Mean ± Std ({score})",
+        "95% Interval",
+        "vs LoRA: Δ (paired t-test)",
+    ]
+    note = (
+        "Mean ± sample standard deviation over seeds; 95% interval: Student's t with n−1 degrees of "
+        "freedom. "
+        f"vs LoRA: {score} minus that of the LoRA setting of the same model and rank (else the best LoRA "
+        f"by validation), over the seeds both ran; two-sided paired t-test (scipy.stats.ttest_rel), "
+        f"* where p < {ALPHA} (no variance: the same difference on every seed, so no t-test). With 3–5 "
+        "seeds only large, consistent differences reach significance."
+    )
+    return ["", "### Seed statistics", "", note, "", *md_table(header, rows)]
+
+
+def qlora_memory(settings: list[Setting]) -> list[str]:
+    """The 4-bit base memory of each QLoRA setting against its LoRA setting; [] without one."""
+    rows = []
+    for s in settings:
+        if "quantization" not in s.runs[0]:  # the figures of a 4-bit base
+            continue
+        q = s.runs[0]["quantization"]
+        base = baseline_for(s, settings)
+        peak, base_peak = s.mean("peak_memory_bytes"), base.mean("peak_memory_bytes") if base else None
+        rows.append(
+            [
+                f"rank={s.rank}" if s.rank is not None else "-",
+                f"{q['quantized_linear_weight_bytes'] / 2**20:.1f} / "
+                f"{q['quantized_linear_weight_bytes_fp32'] / 2**20:.1f}",
+                f"{q['quantized_linear_weight_ratio']:.3f}×",
+                f"{q['base_weight_bytes'] / 2**20:.1f} / {q['base_weight_bytes_fp32'] / 2**20:.1f}",
+                f"{q['base_weight_ratio']:.3f}×",
+                "-" if peak is None else f"{peak / 2**20:.0f}",
+                "-" if base_peak is None else f"{base_peak / 2**20:.0f}",
+                "-" if not (peak and base_peak) else f"{peak / base_peak:.2f}×",
+            ]
+        )
+    if not rows:
+        return []
+    kind = {r.get("peak_memory_kind") for s in settings for r in s.runs} - {None}
+    header = [
+        "QLoRA",
+        "Quantized Linear Weights (MiB, NF4 / fp32)",
+        "Ratio",
+        "All Weights (MiB / fp32)",
+        "Ratio",
+        "Peak Memory (MiB)",
+        "LoRA Peak Memory (MiB)",
+        "QLoRA / LoRA",
+    ]
+    return [
+        "",
+        "### 4-bit base memory",
+        "",
+        f"Peak memory is {', '.join(sorted(kind))} (on a CPU that includes the "
+        "Python process and libraries, so weight savings show less than on a GPU).",
+        "",
+        *md_table(header, rows),
+    ]
+
+
+# --------------------------------------------------------------------------- the benchmark (GLUE) table
+
+SCALE = 100  # a benchmark table prints a score in [0, 1] (or [-1, 1]) as PEFT papers do: 0.897 as 89.7
+
+
+@dataclass
+class Row:
+    """A row of the benchmark table: one setting of a method, and its setting on each dataset."""
+
+    method: str
+    config: dict  # the setting's keys without its dataset's own
+    cells: dict[str, Setting] = field(default_factory=dict)  # dataset -> its setting there
+    label: str = ""  # set by label_settings
+
+    @property
+    def rank(self):
+        return self.config.get("method.r")
+
+
+def metric_of(key: str) -> Metric:
+    """The metric of a score key: test_mismatched_acc -> acc."""
+    return METRICS[key.rsplit("_", 1)[-1]]
+
+
+def benchmark_datasets(by_dataset: dict[str, list[Setting]]) -> list[str]:
+    """The datasets a benchmark table can show: those whose table metrics (task.table_scores) all have a
+    range, printed ×100 (accuracy, F1, MCC, correlations); not perplexity or MSE."""
+    return [
+        d
+        for d, settings in by_dataset.items()
+        if all(metric_of(k).bounded for k in settings[0].task.table_scores)
+    ]
+
+
+def benchmark_rows(by_dataset: dict[str, list[Setting]], datasets: list[str]) -> list[Row]:
+    """The settings of the datasets as the table's rows. A row is a setting without the keys that are its
+    dataset's own (dataset.*, the data's cache key), so `-m method=lora,dora dataset=cola,mrpc` gives two
+    rows of two cells; a dataset key that varies between one dataset's settings (dataset.max_train_examples=
+    300,600) tells rows apart."""
+
+    def own(k: str) -> bool:
+        return k.startswith(("dataset.", "data."))
+
+    varying = {
+        k
+        for d in datasets
+        for k in set().union(*(s.config for s in by_dataset[d]))
+        if own(k)
+        and k != "data.cache_key"
+        and len({json.dumps(s.config.get(k), default=str) for s in by_dataset[d]}) > 1
+    }
+    rows: dict[str, Row] = {}
+    for d in datasets:
+        for s in by_dataset[d]:
+            cfg = {k: v for k, v in s.config.items() if not own(k) or k in varying}
+            rows.setdefault(json.dumps(cfg, sort_keys=True, default=str), Row(s.method, cfg)).cells[d] = s
+    out = list(rows.values())
+    label_settings(out)
+    out.sort(key=lambda r: (r.method != BASELINE, r.method, r.rank if r.rank is not None else -1, r.label))
+    return out
+
+
+def collapsed(s: Setting, key: str) -> bool:
+    """Whether a run of the setting warns that its predictions on the split of `key` (test,
+    test_mismatched) collapsed: (nearly) all one class, or nearly constant (tasks' collapse_warning)."""
+    said = f"predictions on {key.rsplit('_', 1)[0]} are "
+    return any(w.startswith(said) for r in s.runs for w in r.get("warnings", []))
+
+
+def row_average(row: Row, datasets: list[str], tasks: dict[str, Task]) -> list[float]:
+    """The row's average as GLUE computes it (×100): a dataset's score is the mean of its table scores,
+    the average the mean of the datasets' scores. Per seed when every score has the same seeds (so the
+    cell has a spread), else one value from the means; [] when the row lacks a dataset."""
+    if any(d not in row.cells for d in datasets):
+        return []
+    by_seed = {
+        (d, k): {r["seed"]: float(r[k]) for r in row.cells[d].runs if isinstance(r.get(k), int | float)}
+        for d in datasets
+        for k in tasks[d].table_scores
+    }
+    if not all(by_seed.values()):
+        return []
+    seeds = set.intersection(*(set(v) for v in by_seed.values()))
+
+    def average(value) -> float:
+        scores = [
+            sum(value(d, k) for k in tasks[d].table_scores) / len(tasks[d].table_scores) for d in datasets
+        ]
+        return SCALE * fmean(scores)
+
+    if all(set(v) == seeds for v in by_seed.values()):
+        return [average(lambda d, k, seed=seed: by_seed[d, k][seed]) for seed in sorted(seeds)]
+    return [average(lambda d, k: fmean(by_seed[d, k].values()))]
+
+
+def benchmark_cell(values: list[float], intervals: bool, bounds: tuple[float, float] | None = None) -> str:
+    """Mean ± sample std (×100, one decimal), with a 95% t interval where asked and there are two seeds,
+    clipped to the metric's range `bounds` (×100; with 2 or 3 seeds the t interval runs far past it)."""
+    text = fmt(values, ".1f")
+    stats = interval(values) if intervals else None
+    if not stats:
+        return text
+    low, high = stats[2:]
+    if bounds:
+        low, high = max(low, SCALE * bounds[0]), min(high, SCALE * bounds[1])
+    return f"{text} [{low:.1f}, {high:.1f}]"
+
+
+def bold_best(cells: list[tuple[str, float | None]], higher_is_better: bool | None) -> list[str]:
+    """The cells' texts, the best mean (as printed, one decimal) in bold where two or more compete; None: no
+    direction, no bold."""
+    means = [round(m, 1) for _, m in cells if m is not None]
+    if len(means) < 2 or higher_is_better is None:
+        return [text for text, _ in cells]
+    top = max(means) if higher_is_better else min(means)
+    return [f"**{text}**" if m is not None and round(m, 1) == top else text for text, m in cells]
+
+
+def benchmark_table(
+    rows: list[Row], datasets: list[str], tasks: dict[str, Task], intervals: bool = False
+) -> list[str]:
+    """The table PEFT papers print: one row per setting (method), its trainable parameters, each dataset's
+    table scores (task.table_scores: MRPC F1 and accuracy, MNLI matched and mismatched, ...) ×100 as mean
+    ± std over seeds (with a 95% t interval where `intervals`), the average as GLUE computes it, the best
+    of each column in bold; under them the trivial predictor's row (results.json's `baseline`), and the
+    notes: seeds per cell, how the average is computed, ⚠ (collapsed predictions)."""
+    columns = [(d, k) for d in datasets for k in tasks[d].table_scores]
+    header = [
+        "Method",
+        "Trainable Params",
+        *[f"{d} {column(k).removeprefix('Test ')}" for d, k in columns],
+        "Avg.",
+    ]
+    grid, counts, warned_cells = score_columns(rows, columns, intervals)
+    averages = [row_average(row, datasets, tasks) for row in rows]
+    grid.append(average_column(averages, columns, intervals))
+    body, ranged = named_rows(rows, grid)
+    body.append(baseline_row(rows, columns, datasets, tasks))
+    lacking = sum(1 for a in averages if not a)
+    notes = benchmark_notes(tasks, counts, intervals, lacking, ranged, warned_cells)
+    return [*md_table(header, body), *[line for note in notes for line in ("", note)]]
+
+
+def score_columns(
+    rows: list[Row], columns: list[tuple[str, str]], intervals: bool
+) -> tuple[list[list[str]], set[int], int]:
+    """Each (dataset, score) column's cells over the rows, its best in bold; the seed counts of its cells;
+    how many cells are marked ⚠ (collapsed predictions)."""
+    grid, counts, warned_cells = [], set(), 0
+    for d, k in columns:
+        cells = []
+        for row in rows:
+            s = row.cells.get(d)
+            values = [SCALE * v for v in s.values(k)] if s else []
+            if not values:
+                cells.append(("-", None))
+                continue
+            counts.add(len(values))
+            mark = " ⚠" if collapsed(s, k) else ""
+            warned_cells += bool(mark)
+            cell = benchmark_cell(values, intervals, metric_of(k).bounded)
+            cells.append((cell + mark, fmean(values)))
+        grid.append(bold_best(cells, metric_of(k).higher_is_better))
+    return grid, counts, warned_cells
+
+
+def average_column(averages: list[list[float]], columns: list[tuple[str, str]], intervals: bool) -> list[str]:
+    """The Avg. column's cells, the best in bold where every column has the same direction."""
+    ranges = [metric_of(k).bounded for _, k in columns]
+    span = (min(b[0] for b in ranges), max(b[1] for b in ranges))  # an average of scores in those ranges
+    directions = {metric_of(k).higher_is_better for _, k in columns}
+    return bold_best(
+        [(benchmark_cell(a, intervals, span), fmean(a)) if a else ("-", None) for a in averages],
+        directions.pop() if len(directions) == 1 else None,
+    )
+
+
+def named_rows(rows: list[Row], grid: list[list[str]]) -> tuple[list[list[str]], bool]:
+    """The table's body: each row's name (a rank in it where a method has rows of several ranks), its
+    trainable parameters (lowest–highest where they differ over the datasets) and cells; and whether some
+    row's parameters differ."""
+    ranked = {
+        m for m in {row.method for row in rows} if len({row.rank for row in rows if row.method == m}) > 1
+    }
+    body, ranged = [], False
+    for i, row in enumerate(rows):
+        name = " ".join(
+            x for x in (row.method, f"rank={row.rank}" if row.method in ranked else "", row.label) if x
+        )
+        trainable = sorted({r["trainable_params"] for s in row.cells.values() for r in s.runs})
+        ranged |= len(trainable) > 1
+        body.append(
+            [
+                name,
+                f"{trainable[0]:,}" if len(trainable) == 1 else f"{trainable[0]:,}–{trainable[-1]:,}",
+                *[col[i] for col in grid],
+            ]
+        )
+    return body, ranged
+
+
+def benchmark_notes(
+    tasks: dict[str, Task], counts: set[int], intervals: bool, lacking: int, ranged: bool, warned_cells: int
+) -> list[str]:
+    """The notes under the benchmark table: seeds per cell, how the average is computed, the trivial
+    predictor, ⚠."""
+    n = f"{min(counts)}" if len(counts) == 1 else f"{min(counts)} to {max(counts)}" if counts else "no"
+    notes = [
+        f"Test figures ×{SCALE}: mean ± sample std over seeds, {n} seed{'s' * (counts != {1})} per cell"
+        + (" [95% Student-t interval, clipped to the metric's range]" if intervals else "")
+        + ", the best of each column in bold. Avg.: each dataset's score is the mean of its columns, the "
+        "average the mean of the datasets' scores (as GLUE computes it; per seed, where every column of the "
+        "row has the same seeds)"
+        + (
+            f", only for rows that have every dataset ({lacking} row{'s' * (lacking > 1)} lack some: -)."
+            if lacking
+            else "."
+        )
+        + (
+            " Trainable Params: the lowest to the highest over the datasets (a head's size follows the "
+            "dataset's labels)."
+            if ranged
+            else ""
+        ),
+        f"{baseline_name(tasks)}: the trivial predictor, always the training split's "
+        f"{' or its '.join(baseline_kinds(tasks))} (each run's `baseline`).",
+    ]
+    if warned_cells:
+        notes.append(
+            "⚠: predictions of at least one seed on that test split are (nearly) all one class or nearly "
+            "constant (the runs' warnings say so): a collapsed model's figure; compare it with the baseline "
+            "row."
+        )
+    return notes
+
+
+def baseline_kinds(tasks: dict[str, Task]) -> list[str]:
+    """What the trivial predictor answers (tasks' baselines): the majority class, or the mean label."""
+    return list(dict.fromkeys("majority class" if t.has_classes else "mean label" for t in tasks.values()))
+
+
+def baseline_name(tasks: dict[str, Task]) -> str:
+    return " / ".join(baseline_kinds(tasks)).capitalize()
+
+
+def baseline_row(rows: list[Row], columns: list[tuple[str, str]], datasets, tasks) -> list[str]:
+    """The trivial predictor's figures (×100; the mean over the runs of a dataset, which share their data
+    in a sweep), and their average; - where no run has one (records from before `baseline`)."""
+    means = {}
+    for d, k in columns:
+        v = [
+            float(r["baseline"][k])
+            for row in rows
+            if d in row.cells
+            for r in row.cells[d].runs
+            if isinstance((r.get("baseline") or {}).get(k), int | float)
+        ]
+        means[d, k] = SCALE * fmean(v) if v else None
+    cells = ["-" if means[c] is None else f"{means[c]:.1f}" for c in columns]
+    if all(v is not None for v in means.values()):
+        scores = [
+            sum(means[d, k] for k in tasks[d].table_scores) / len(tasks[d].table_scores) for d in datasets
+        ]
+        cells.append(f"{fmean(scores):.1f}")
+    else:
+        cells.append("-")
+    return [baseline_name(tasks), "0", *cells]
+
+
+def benchmark_section(by_dataset: dict[str, list[Setting]]) -> list[str]:
+    """The report's opening table, when its runs cover two or more datasets that one can show."""
+    datasets = benchmark_datasets(by_dataset)
+    if len(datasets) < 2:
+        return []
+    tasks = {d: by_dataset[d][0].task for d in datasets}
+    lines = [
+        "## Benchmark table",
+        "",
+        "Every method on every dataset, each with the metrics its benchmark reports (the GLUE table of "
+        "PEFT papers); a row is a setting, the same on each dataset. Per dataset, its own section below.",
+        "",
+        *benchmark_table(benchmark_rows(by_dataset, datasets), datasets, tasks),
+    ]
+    left = [d for d in by_dataset if d not in datasets]
+    if left:
+        lines += [
+            "",
+            f"Not in the table: {', '.join(left)} (a metric without a range, as perplexity, is not shown "
+            f"×{SCALE} beside the others).",
+        ]
+    return [*lines, ""]
+
+
+def baseline_text(task: Task, r: dict, split: str = "test") -> str | None:
+    """The trivial predictor's figures on a split, from results.json's `baseline`: `majority class
+    baseline: test MCC 0.0000 (Acc 0.6910, F1 0.8170)`; for an older record without one, the majority
+    class's share of the split's labels (data.label_counts); None where neither."""
+    base = r.get("baseline") or {}
+    keys = [f"{split}_{k}" for k in task.columns if isinstance(base.get(f"{split}_{k}"), int | float)]
+    if keys and keys[0] == f"{split}_{task.key}":
+        others = [f"{metric_of(k).header} {base[k]:{task.spec}}" for k in keys[1:]]
+        return (
+            f"{'majority class' if task.has_classes else 'mean label'} baseline: {split} "
+            f"{task.metric.header} {base[keys[0]]:{task.spec}}"
+            + (f" ({', '.join(others)})" if others else "")
+        )
+    counts = (r.get("data") or {}).get("label_counts", {}).get(split)
+    if counts and task.has_classes:
+        share = max(counts.values()) / sum(counts.values())
+        return f"Chance (majority class) on the {split} split: accuracy {share:.4f}"
+    return None

@@ -1,0 +1,143 @@
+"""The "Tuned comparison" section of a tuning study's report: a fake tune folder (final runs written as
+train.run writes them) gives exactly the figures worked out here with scipy and statistics, not by the
+code under test: each method's test mean and 95% t interval, the paired t-test against LoRA and against
+the method's untuned default, and a paired difference without variance said as such."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from types import SimpleNamespace
+
+import pytest
+from scipy import stats
+
+from peft_bench.report import write_report
+from peft_bench.report.tuned import tuned_section
+from peft_bench.results import write_results
+from peft_bench.tasks import task_of
+from tests.test_report import result
+
+METHODS = ["lora", "dora"]
+BEST, DEFAULT = {"lr": 3e-3}, {"lr": 1e-3}
+SEEDS = (1, 2, 3)
+# test accuracy of the final runs at seeds 1, 2, 3
+TEST_ACC = {
+    ("lora", "best"): [0.80, 0.83, 0.84],
+    ("lora", "default"): [0.78, 0.81, 0.82],  # best - default: 0.02 on every seed (up to float noise)
+    ("dora", "best"): [0.82, 0.82, 0.87],
+    ("dora", "default"): [0.79, 0.83, 0.80],
+}
+
+
+def final_run(method: str, which: str, seed: int) -> dict:
+    """A final run's results.json: accuracy its primary metric, the method's lr that of `which`."""
+    r = result(method, seed, TEST_ACC[method, which][seed - 1])
+    r["config"]["dataset"]["metric"] = "acc"
+    r["config"]["method"].update(BEST if which == "best" else DEFAULT)
+    return r
+
+
+@pytest.fixture
+def study(tmp_path) -> SimpleNamespace:
+    """A tune folder with every final run of two methods (best and default, seeds 1..3), and the study
+    the report reads (its task, options, folder)."""
+    for (method, which), _ in TEST_ACC.items():
+        for seed in SEEDS:
+            write_results(tmp_path / "final" / method / f"{which}-s{seed}", final_run(method, which, seed))
+    cfg = SimpleNamespace(
+        trials=3, seeds=len(SEEDS), sampler_seed=0, prune=False, eval_every=None, defaults=True
+    )
+    return SimpleNamespace(
+        task=task_of(final_run("lora", "best", 1)),
+        cfg=cfg,
+        methods=METHODS,
+        dir=tmp_path,
+        storage_shown=f"sqlite:///{tmp_path / 'study.db'}",
+    )
+
+
+def section(study) -> str:
+    trials = [
+        {"number": 0, "state": "complete", "params": DEFAULT, "value": 0.80, "compute_s": 10.0, "steps": 4},
+        {"number": 1, "state": "complete", "params": BEST, "value": 0.85, "compute_s": 12.0, "steps": 4},
+        {"number": 2, "state": "pruned", "params": {"lr": 1e-2}, "value": None, "compute_s": 3.0, "steps": 1},
+    ]
+    return tuned_section(
+        study,
+        {m: trials for m in METHODS},
+        {m: {"lr": {"low": 1e-4, "high": 1e-2, "log": True}} for m in METHODS},
+        {m: BEST for m in METHODS},
+        {m: DEFAULT for m in METHODS},
+    )
+
+
+def cells(text: str, method: str) -> dict[str, str]:
+    header = next(line for line in text.splitlines() if line.startswith("| Method |"))
+    row = next(line for line in text.splitlines() if line.startswith(f"| {method} |"))
+    split = [[c.strip() for c in line.strip("|").split("|")] for line in (header, row)]
+    return dict(zip(*split, strict=True))
+
+
+def paired_by_hand(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """(mean difference, t, two-sided p) of a paired t-test, from the differences' mean and sample std."""
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    t = statistics.mean(d) / (statistics.stdev(d) / math.sqrt(len(d)))
+    return statistics.mean(d), t, 2 * stats.t.sf(abs(t), len(d) - 1)
+
+
+def test_the_tuned_section_has_the_hand_computed_means_intervals_and_paired_tests(study):
+    text = section(study)
+    dora, lora = cells(text, "dora"), cells(text, "lora")
+    assert dora["Best val_acc"] == "0.8500" and dora["Complete / pruned / failed"] == "2 / 1 / 0"
+    assert dora["Trial compute (s)"] == "25" and dora["Best params"] == "lr=0.003"
+
+    # test mean and 95% Student-t interval over seeds 1..3: dora 0.82, 0.82, 0.87 -> mean 0.8367,
+    # s 0.0289, half width t(0.975, 2) * s / sqrt(3) = 4.3027 * 0.0289 / 1.7321 = 0.0717
+    for method, row in (("dora", dora), ("lora", lora)):
+        x = TEST_ACC[method, "best"]
+        low, high = stats.t.interval(0.95, len(x) - 1, loc=statistics.mean(x), scale=stats.sem(x))
+        assert (
+            row["test_acc mean [95% CI] (n seeds)"]
+            == f"{statistics.mean(x):.4f} [{low:.4f}, {high:.4f}] (n=3)"
+        )
+    assert dora["test_acc mean [95% CI] (n seeds)"] == "0.8367 [0.7650, 0.9084] (n=3)"
+
+    # dora - lora on each seed: +0.02, -0.01, +0.03: mean +0.0133, s 0.0208, t = 1.11, p = 0.383
+    delta, t, p = paired_by_hand(TEST_ACC["dora", "best"], TEST_ACC["lora", "best"])
+    scipy_says = stats.ttest_rel(TEST_ACC["dora", "best"], TEST_ACC["lora", "best"])
+    assert (t, p) == pytest.approx((scipy_says.statistic, scipy_says.pvalue))
+    assert (round(t, 2), round(p, 3)) == (1.11, 0.383)
+    assert dora["vs LoRA: Δ = method − LoRA (paired t-test)"] == f"{delta:+.4f} (t={t:.2f}, p={p:.3g}, n=3)"
+    assert lora["vs LoRA: Δ = method − LoRA (paired t-test)"] == "-"
+
+    # dora best - default on each seed: +0.03, -0.01, +0.07: mean +0.03, s 0.04, t = 1.30, p = 0.324
+    delta, t, p = paired_by_hand(TEST_ACC["dora", "best"], TEST_ACC["dora", "default"])
+    assert (round(delta, 4), round(t, 2), round(p, 3)) == (0.03, 1.3, 0.324)
+    change = "Δ vs untuned default (paired t-test, same seeds)"
+    assert dora[change] == f"{delta:+.4f} (t={t:.2f}, p={p:.3g}, n=3)"
+    # lora best - default: 0.02 on every seed, up to float noise: no variance, so no t and no p
+    assert lora[change] == "+0.0200 (n=3, no variance)"
+
+
+def test_a_seed_missing_on_one_side_is_left_out_of_the_pairing(study):
+    (study.dir / "final" / "dora" / "default-s3" / "results.json").unlink()
+    text = section(study)
+    dora = cells(text, "dora")
+    # seeds 1 and 2: +0.03, -0.01: mean +0.01, s 0.0283, t = 0.50, p = 0.705
+    delta, t, p = paired_by_hand(TEST_ACC["dora", "best"][:2], TEST_ACC["dora", "default"][:2])
+    assert (round(t, 2), round(p, 3)) == (0.5, 0.705)
+    assert (
+        dora["Δ vs untuned default (paired t-test, same seeds)"]
+        == f"{delta:+.4f} (t={t:.2f}, p={p:.3g}, n=2)"
+    )
+    assert "- dora default seed 3: no readable results.json" in text
+
+
+def test_the_tuned_section_opens_the_report_of_the_final_runs(study):
+    text = section(study)
+    out = write_report([study.dir / "final"], study.dir / "report", wandb_mode="off", sections=[text])
+    md = (study.dir / "report" / "report.md").read_text()
+    assert md.startswith("# peft_bench report\n\nRead from ")
+    assert text.strip() in md and md.index("## Tuned comparison") < md.index("## sst2")
+    assert out["runs"] == 12 and (study.dir / "report" / "tuned_best_so_far.png").is_file()
