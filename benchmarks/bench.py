@@ -48,6 +48,7 @@ from pathlib import Path
 import torch
 
 from peft_bench.checks import compose_job
+from peft_bench.env import setup_process
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: benchmarks/ is beside peft_bench/
 
@@ -1096,6 +1097,7 @@ def main(argv: list[str] | None = None) -> None:
         "--point", help=argparse.SUPPRESS
     )  # one scaling point, in a process of its own (JSON)
     args = parser.parse_args(argv)
+    setup_process(check_hub=False)  # as every entry point: quiet libraries, no tokenizer threads
     if args.point:
         print(json.dumps(scaling_point(json.loads(args.point), short=False, data=args.data)))
         return

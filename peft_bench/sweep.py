@@ -1,14 +1,16 @@
 """The jobs of a sweep: their check before any starts (one home for the sweep summary's pre-check and
-for `prepare`), and the sweep's ledger of jobs that failed without a results.json saying so."""
+for `prepare`). The sweep's ledger of failed jobs is peft_bench.ledger."""
 
 from __future__ import annotations
 
 import copy
 import json
-import time
 from collections.abc import Callable
-from pathlib import Path
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from peft_bench.checks import check_config
@@ -21,18 +23,12 @@ from peft_bench.results import flatten
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     """The overrides of every job a sweep of these overrides launches (Hydra's basic sweeper's
     Cartesian product, which the submitit launchers use too)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parsed = OverridesParser.create().parse_overrides(overrides)
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
 def is_group(key: str) -> bool:
     """Whether `key=` chooses a config of a group (Hydra's test: a folder of the search path)."""
-    from hydra.core.config_store import ConfigStore
-    from hydra.core.global_hydra import GlobalHydra
-
     if GlobalHydra.instance().is_initialized():  # inside Hydra (the sweep callback): its search path
         return GlobalHydra.instance().hydra.config_loader.repository.group_exists(key)
     return (CONF_DIR / key).is_dir() or isinstance(ConfigStore.instance().repo.get(key), dict)
@@ -48,8 +44,6 @@ class JobComposer:
     composed by Hydra whole (its error is Hydra's own). (compose_job's HydraConfig is the group set's.)"""
 
     def __init__(self, compose: Callable[[list[str]], DictConfig]):
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
         self.compose, self.parser = compose, OverridesParser.create()
         self.bases: dict[tuple[str, ...], DictConfig] = {}
         self.parsed: dict = {}
@@ -159,46 +153,3 @@ def which_jobs(some: list[list[str]], every: list[list[str]]) -> str:
     if shared and sum(all(o in job for o in shared) for job in every) == len(some):
         return f"the {len(some)} jobs with {' '.join(shared)}"
     return "jobs " + ", ".join(" ".join(job) for job in some)
-
-
-FAILURES = "job_failures.jsonl"  # in the sweep folder: one line per job that raised, from any process
-
-
-def record_job_failure(error: BaseException) -> None:
-    """Note a failed job in its sweep's ledger: some failures leave no results.json of this attempt
-    (the folder is another process's, or holds a completed run of another configuration), and the
-    sweep's end must still count and show them. One short appended line: safe from concurrent jobs."""
-    from hydra.core.hydra_config import HydraConfig
-
-    hc = HydraConfig.get()
-    line = json.dumps(
-        {
-            "job": str(hc.job.num),
-            "run_dir": str(Path(hc.runtime.output_dir).absolute()),
-            "overrides": list(hc.overrides.task),
-            "at": time.time(),
-            "error": f"{type(error).__name__}: {error}",
-        }
-    )
-    path = Path(hc.sweep.dir) / FAILURES
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(line + "\n")
-
-
-def job_failures(root: Path, since: float) -> dict[str, str]:
-    """{job folder (absolute): error} for the jobs that failed since `since` (this sweep's start) without
-    a results.json of theirs saying so."""
-    out = {}
-    try:
-        lines = (root / FAILURES).read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and rec.get("at", 0) >= since and rec.get("run_dir"):
-            out[rec["run_dir"]] = str(rec.get("error"))
-    return out

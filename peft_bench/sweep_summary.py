@@ -15,9 +15,10 @@ from rich.table import Table
 
 from peft_bench.errors import ConfigError, PeftBenchError
 from peft_bench.io import check_writable
+from peft_bench.ledger import job_failures
 from peft_bench.report import baseline_text, write_report
 from peft_bench.results import EDITED, RESULTS_FILE, collect, digest_state, job_order, unfinished_reason
-from peft_bench.sweep import check_jobs, job_failures, sweep_jobs
+from peft_bench.sweep import check_jobs, sweep_jobs
 from peft_bench.tasks import CLASSIFICATION, task_of
 
 MISSING = "missing"  # a job folder without results.json: never started, or died before writing one

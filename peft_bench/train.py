@@ -1,5 +1,7 @@
-"""One run: check the config -> lock the run folder -> build data and model -> fit -> validate and
-test the best checkpoint -> results.json. Hydra's multirun calls this once per job of a sweep."""
+"""One run, in named steps: check the config -> lock the run folder -> the folder's earlier record (skip
+or redo) -> the checkpoint to resume from -> the record it starts -> fit and evaluate -> finish
+(results.json). Hydra's multirun calls `main` once per job of a sweep. Importing it sets nothing up:
+the entry points do (peft_bench.env)."""
 
 from __future__ import annotations
 
@@ -13,17 +15,16 @@ import shutil
 import signal
 import sys
 import time
-import warnings
+from enum import Enum
 from pathlib import Path
 
-import datasets
 import hydra
 import lightning as L
 import torch
-import transformers
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
+from lightning.fabric.connector import _PRECISION_INPUT_STR_ALIAS_CONVERSION as PRECISION_ALIASES
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -43,17 +44,17 @@ from peft_bench.callbacks.run_stats import RunStats
 from peft_bench.checks import check_config
 from peft_bench.config import CONF_DIR, PEFT_BENCH_TRAINER_KEYS, RunConfig
 from peft_bench.data.base import local_fingerprint
+from peft_bench.env import setup_process
 from peft_bench.errors import DivergedError, PeftBenchError, RunInProgress, TrialStopped
 from peft_bench.io import AtomicCheckpointIO, RunLock, filesystem_refusal, process_identity, set_aside
+from peft_bench.ledger import record_job_failure
 from peft_bench.measure import peak_memory, reset_peak_memory
 from peft_bench.models import load_tokenizer
 from peft_bench.ranks import begin_attempt, job_rank, slurm_tasks, tell_ranks, wait_for_rank_zero
 from peft_bench.resolvers import KEY_ROLES
 from peft_bench.results import RESULTS_FILE, environment, flatten, read_results, write_results
-from peft_bench.sweep import record_job_failure
 from peft_bench.tasks import task_for
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 log = logging.getLogger("peft_bench")
 
 # What a run writes besides results.json: removed when a run starts over (skip_completed=false on a
@@ -61,39 +62,33 @@ log = logging.getLogger("peft_bench")
 RUN_OUTPUTS = ("checkpoints", "csv", "adapter", "merged")
 
 
-def quiet_third_party() -> None:
-    """A job's output is its own lines: silence library chatter that says nothing about this run
-    (transformers' load reports and progress bars, Lightning's device and checkpoint-restore notices,
-    its srun hint, deprecations inside the libraries, advertising, bitsandbytes' optional CPU kernel).
-    Warnings and errors still show."""
-    for message in (
-        ".*is_gradient_checkpointing.*",
-        ".*null_placement.*",
-        ".*LeafSpec.*",
-        ".*does not have many workers.*",
-        ".*overridden `on_before_batch_transfer`.*",
-        ".*Experiment logs directory.*exists and is not empty.*",
-        ".*The `srun` command is available.*",
-        ".*when logging on epoch level in distributed setting.*",  # torchmetrics syncs val/test metrics
-    ):
-        warnings.filterwarnings("ignore", message=message)
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # "GPU available: ...", "Restoring states ...", ...
-    chatter = ("litlogger", "returned in `LightningModule.configure_callbacks` will override")
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(lambda r: not any(c in r.getMessage() for c in chatter))
-    transformers.utils.logging.set_verbosity_error()  # the LOAD REPORT of a head initialised for the task
-    transformers.utils.logging.disable_progress_bar()
-    if not sys.stderr.isatty():
-        datasets.disable_progress_bars()
+class RunStatus(str, Enum):
+    """A run's `status` in results.json (results.RunResult); the record holds the value."""
 
+    RUNNING = "running"  # from the attempt's start: a job killed now still shows up (pid, host)
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DIVERGED = "diverged"  # a non-finite training loss (DivergedError)
+    INTERRUPTED = "interrupted"  # Ctrl-C, a signal (SLURM's preemption and requeue)
+    PRUNED = "pruned"  # a tuning trial stopped early (TrialStopped)
 
-quiet_third_party()
+    @classmethod
+    def of(cls, error: BaseException) -> RunStatus:
+        """The status of a run that `error` stopped."""
+        if isinstance(error, KeyboardInterrupt | SystemExit):
+            return cls.INTERRUPTED
+        if isinstance(error, DivergedError):
+            return cls.DIVERGED
+        if isinstance(error, TrialStopped):
+            return cls.PRUNED
+        return cls.FAILED
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    """The job's entry point: `python -m peft_bench` (which has set the process up) calls it, and so does
+    a submitit launcher's job process on a node (which has not: hence the set-up here, once)."""
+    setup_process(check_hub=False)  # the libraries are loaded by now: too late to go offline
     try:
         results = run(cfg)
     except Exception as e:
@@ -125,30 +120,94 @@ def run(cfg: DictConfig, callbacks: tuple[L.Callback, ...] | list[L.Callback] = 
     """One run of a composed config; `callbacks` are added to the Trainer (instrumentation, tuning).
     Returns what it wrote to results.json."""
     global _first_job_in_process
-    started = time.perf_counter()
-    first_in_process, _first_job_in_process = _first_job_in_process, False
+    stats = RunStats(time.perf_counter(), _first_job_in_process)
+    _first_job_in_process = False
     run_cfg = check_config(cfg)  # every config problem at once, before any data or weights
-    run_dir = Path(run_cfg.run_dir).absolute()
+    at = Attempt(cfg, run_cfg, Path(run_cfg.run_dir).absolute(), stats, list(callbacks))
     rank = job_rank()
     if rank > 0:  # another process of a DDP job: rank 0 holds the folder and writes every record
-        word = wait_for_rank_zero(run_dir, rank)
-        if not word["go"]:
-            return {}
-        return run_locked(cfg, run_cfg, run_dir, started, first_in_process, list(callbacks), word)
+        at.word = wait_for_rank_zero(at.run_dir, rank)
+        return run_locked(at) if at.word["go"] else {}
     begin_attempt()
-    lock = RunLock(run_dir)
+    lock = RunLock(at.run_dir)
     why = "completed before: skipped"
     try:
-        lock.acquire(holder=peek_results(run_dir))  # a second identical command stops here, touching nothing
-        return run_locked(cfg, run_cfg, run_dir, started, first_in_process, list(callbacks))
+        # a second identical command stops here, touching nothing
+        lock.acquire(holder=peek_results(at.run_dir))
+        return run_locked(at)
     except BaseException as e:
         why = f"{type(e).__name__}: {e}"
         raise
     finally:
         if slurm_tasks() > 1:  # the other tasks of a SLURM job wait for a word; unless told to go: stop
             with contextlib.suppress(OSError):  # a full disk must not hide the run's own error
-                tell_ranks(run_dir, go=False, why=why, unless_told=True)
+                tell_ranks(at.run_dir, go=False, why=why, unless_told=True)
         lock.release()
+
+
+@dataclasses.dataclass
+class Attempt:
+    """This start of a run, as its steps share it: the config and folder, what an earlier attempt left
+    there, the checkpoint it goes on from and, once built, what trains."""
+
+    cfg: DictConfig
+    run_cfg: RunConfig
+    run_dir: Path
+    stats: RunStats  # the run's clock and figures (a Trainer callback)
+    callbacks: list[L.Callback]  # the caller's, added to the Trainer
+    word: dict | None = None  # rank 0's, in a rank > 0 of a DDP job (which then writes nothing in the folder)
+    config: dict = dataclasses.field(default_factory=dict)  # the resolved config, as results.json has it
+    resolved: dict = dataclasses.field(default_factory=dict)  # what precision and accelerator resolve to
+    prior: dict | None = None  # the folder's results.json, from an earlier attempt
+    # what peft_bench did on its own about the folder (set aside a corrupt file, ...)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    ckpt: dict | None = None  # checkpoints/last.ckpt, if readable and of this configuration
+    resume_from: Path | None = None
+    restore: bool = False  # the checkpoint is of other data: the folder keeps describing its run
+    trainer: L.Trainer | None = None
+    module: L.LightningModule | None = None
+
+    @property
+    def lead(self) -> bool:
+        """Rank 0 (or the only process): it holds the folder and writes in it."""
+        return self.word is None
+
+    @property
+    def last(self) -> Path:
+        return self.run_dir / "checkpoints" / LAST
+
+    @property
+    def recorded(self) -> dict | None:
+        """The config the last attempt ran, as its record says."""
+        return self.prior.get("config") if isinstance(self.prior, dict) else None
+
+
+def run_locked(at: Attempt) -> dict:
+    """The run's steps, in the folder this process holds (or, in a rank > 0, rank 0 holds)."""
+    at.config = OmegaConf.to_container(at.cfg, resolve=True)
+    at.resolved = {
+        "precision": resolved_precision(at.run_cfg.trainer),
+        "device": device_type(at.run_cfg.trainer),
+    }
+    current = fingerprint(at.config, None, at.resolved)
+    at.prior = earlier_record(at.run_dir, at.notes)
+    if completed_before(at, current):
+        return at.prior
+    resumable_checkpoint(at, current)
+    results = start_record(at)
+    try:
+        fit_and_evaluate(at, results)
+        results["status"] = RunStatus.COMPLETED.value
+    except BaseException as e:
+        record_stop(at, results, e)
+        if isinstance(e, SIGTERMException):  # Lightning's stop on SIGTERM exits 0: say it was killed
+            raise SystemExit(128 + signal.SIGTERM) from e
+        raise
+    finally:
+        finish(at, results)
+    if at.lead:
+        log_outcome(at, results)
+    return results
 
 
 def peek_results(run_dir: Path) -> dict | None:
@@ -156,6 +215,41 @@ def peek_results(run_dir: Path) -> dict | None:
         return read_results(run_dir)
     except (OSError, ValueError):
         return None
+
+
+def earlier_record(run_dir: Path, notes: list[str]) -> dict | None:
+    """The folder's results.json from an earlier attempt; an unreadable one is set aside (and noted)."""
+    if not (run_dir / RESULTS_FILE).is_file():
+        return None
+    try:
+        return read_results(run_dir)
+    except (OSError, ValueError) as e:
+        aside = set_aside(run_dir / RESULTS_FILE, f"unreadable ({type(e).__name__}: {e})")
+        notes.append(f"{RESULTS_FILE} was unreadable and set aside as {aside.name}")
+        return None
+
+
+def completed_before(at: Attempt, current: dict) -> bool:
+    """Whether the folder holds this very run, completed, with every figure this command asks for: then
+    it is skipped (a completed run of another configuration is an error). Otherwise a completed run is
+    redone, and resume=false starts over, each from a clean slate; any other run goes on."""
+    run_cfg, prior = at.run_cfg, at.prior
+    completed = prior is not None and prior.get("status") == RunStatus.COMPLETED
+    lacking = asked_but_missing(prior, at.config) if completed else []
+    if lacking:  # e.g. a validation-only run (test=false, a tuning trial) has no test figures: train it again
+        log.info("%s: completed before without %s; running it again", run_cfg.run_name, " or ".join(lacking))
+    if completed and run_cfg.skip_completed and not lacking:
+        differ = completed_differences(prior, current, run_cfg)
+        if differ:
+            raise PeftBenchError(
+                f"{at.run_dir} holds a completed run of another configuration ({'; '.join(differ)}); "
+                "run with skip_completed=false to redo it there, or choose another hydra.run.dir="
+            )
+        log.info("%s: completed before, skipped (skip_completed=false runs it again)", run_cfg.run_name)
+        return True
+    if at.lead and (completed or not run_cfg.resume):
+        start_over(at.run_dir, "redoing a completed run" if completed else "resume=false")
+    return False
 
 
 def start_over(run_dir: Path, why: str) -> None:
@@ -167,68 +261,35 @@ def start_over(run_dir: Path, why: str) -> None:
         log.info("%s: %s; removed the earlier attempt's %s", run_dir, why, ", ".join(removed))
 
 
-def run_locked(
-    cfg: DictConfig,
-    run_cfg: RunConfig,
-    run_dir: Path,
-    started: float,
-    first_in_process: bool,
-    extra_callbacks: list[L.Callback],
-    word: dict | None = None,
-) -> dict:
-    """`word`: rank 0's, in a rank > 0 of a DDP job (which then writes nothing in the folder)."""
-    lead = word is None
-    config = OmegaConf.to_container(cfg, resolve=True)
-    notes: list[str] = []  # what peft_bench did on its own about this folder (set aside a corrupt file, ...)
-    prior = None
-    if (run_dir / RESULTS_FILE).is_file():
+def resumable_checkpoint(at: Attempt, current: dict) -> None:
+    """Resume from last.ckpt only if it is readable and was trained on this very configuration (the
+    config part now, before anything is written; the data part once the data is read). A rank > 0 goes
+    on from where rank 0 does (which has checked that checkpoint against the data too)."""
+    if at.last.is_file():
         try:
-            prior = read_results(run_dir)
-        except (OSError, ValueError) as e:
-            aside = set_aside(run_dir / RESULTS_FILE, f"unreadable ({type(e).__name__}: {e})")
-            notes.append(f"{RESULTS_FILE} was unreadable and set aside as {aside.name}")
-    resolved = {"precision": resolved_precision(run_cfg.trainer), "device": device_type(run_cfg.trainer)}
-    current = fingerprint(config, None, resolved)
-    recorded = prior.get("config") if isinstance(prior, dict) else None  # what the last attempt ran
-    completed = prior is not None and prior.get("status") == "completed"
-    lacking = asked_but_missing(prior, config) if completed else []
-    if lacking:  # e.g. a validation-only run (test=false, a tuning trial) has no test figures: train it again
-        log.info("%s: completed before without %s; running it again", run_cfg.run_name, " or ".join(lacking))
-    if completed and run_cfg.skip_completed and not lacking:
-        differ = completed_differences(prior, current, run_cfg)
-        if differ:
-            raise PeftBenchError(
-                f"{run_dir} holds a completed run of another configuration ({'; '.join(differ)}); "
-                "run with skip_completed=false to redo it there, or choose another hydra.run.dir="
-            )
-        log.info("%s: completed before, skipped (skip_completed=false runs it again)", run_cfg.run_name)
-        return prior
-    if lead and (completed or not run_cfg.resume):
-        start_over(run_dir, "redoing a completed run" if completed else "resume=false")
-
-    # Resume from last.ckpt only if it is readable and was trained on this very configuration.
-    last = run_dir / "checkpoints" / LAST
-    ckpt = None
-    if last.is_file():
-        try:
-            ckpt = read_checkpoint(last)
+            at.ckpt = read_checkpoint(at.last)
         except CORRUPT as e:  # truncated (a kill or a full disk mid-save), or not a checkpoint
             aside = set_aside(
-                run_dir / "checkpoints", f"{LAST} is unreadable ({type(e).__name__}); starting over"
+                at.run_dir / "checkpoints", f"{LAST} is unreadable ({type(e).__name__}); starting over"
             )
-            notes.append(
+            at.notes.append(
                 f"checkpoints/{LAST} was unreadable ({type(e).__name__}: {e}); the checkpoints folder was "
                 f"set aside as {aside.name} and the run started over"
             )
-    if ckpt is not None:  # the config part now, before anything is written; the data part once it is read
-        check_resume(ckpt, current, last, data=False, recorded=recorded)
-    resume_from = last if ckpt is not None else None
-    if not lead:  # from where rank 0 goes on (it has checked that checkpoint against the data too)
-        ckpt, resume_from = None, Path(word["resume_from"]) if word["resume_from"] else None
+    if at.ckpt is not None:
+        check_resume(at.ckpt, current, at.last, data=False, recorded=at.recorded)
+        at.resume_from = at.last
+    if not at.lead:
+        at.ckpt = None
+        at.resume_from = Path(at.word["resume_from"]) if at.word["resume_from"] else None
 
+
+def start_record(at: Attempt) -> dict:
+    """The run's record as it starts (status running); rank 0 writes it at once."""
     reset_peak_memory()
+    run_cfg = at.run_cfg
     results: dict = {
-        "status": "running",
+        "status": RunStatus.RUNNING.value,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **process_identity(),
         "run_name": run_cfg.run_name,
@@ -237,150 +298,168 @@ def run_locked(
         "model": run_cfg.model.name,
         "rank": getattr(run_cfg.method, "r", None),  # what it trains with (method.r), not the plain value
         "seed": run_cfg.seed,
-        "run_dir": str(run_dir),
-        "config": config,
+        "run_dir": str(at.run_dir),
+        "config": at.config,
         **environment(),
         "warnings": [],
-        "notes": notes,
+        "notes": at.notes,
     }
-    if lead:
-        write_results(run_dir, results)  # a job killed now still shows up: status running, pid, host
-    logger, restore, stats, trainer, module = None, False, None, None, None
+    if at.lead:
+        write_results(at.run_dir, results)  # a job killed now still shows up: status running, pid, host
+    return results
+
+
+def fit_and_evaluate(at: Attempt, results: dict) -> None:
+    """Build the data, the model and the Trainer; fit; evaluate; export. Fills `results` as it goes."""
+    run_cfg = at.run_cfg
+    L.seed_everything(run_cfg.seed, workers=True, verbose=False)
+    datamodule = build_data(run_cfg, results)
+    print_ = fingerprint(at.config, datamodule.info["cache_key"], at.resolved)
+    if at.ckpt is not None:
+        check_resume_data(at, print_, results)
+    check_validation_interval(run_cfg, datamodule)
+    at.module = module = build_module(run_cfg, datamodule, results)
+    logger = instantiate(at.cfg.logger) if at.cfg.logger.get("_target_") else None
+    if logger is not None:
+        logger.log_hyperparams(results["config"])
+    callbacks = [at.stats, Fingerprint(print_), *at.callbacks]
+    at.trainer, best = build_trainer(run_cfg, at.run_dir, logger, monitor=module.monitor, callbacks=callbacks)
+    trainer = at.trainer
+    if at.lead and trainer.world_size > 1:  # the other ranks start now (Lightning or SLURM): tell them
+        tell_ranks(at.run_dir, go=True, resume_from=at.resume_from)
+
+    if run_cfg.eval_before_training:
+        results["before_training"] = evaluate(trainer, module, datamodule, None, at.stats, test=run_cfg.test)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=at.resume_from)
+    if trainer.global_step == 0:
+        raise PeftBenchError(
+            "training ran no optimizer step (check trainer.max_steps, max_epochs, "
+            "limit_train_batches and the size of the training split): no scores to report"
+        )
+    evaluate_trained(at, datamodule, best, results)
+    if at.lead:
+        results.update(module.export(at.run_dir))  # last: a merged export folds the adapter in for good
+
+
+def build_data(run_cfg: RunConfig, results: dict):
+    """The task's datamodule, its data read (or built and cached) and described in `results`."""
+    datamodule = get_class(run_cfg.dataset._target_)(
+        dataset=run_cfg.dataset,
+        tokenizer=load_tokenizer(run_cfg.model),
+        cache_dir=run_cfg.cache_dir,
+        seed=run_cfg.seed,
+    )
+    datamodule.prepare_data()  # data problems (offline Hub, bad rows) surface before the weights load
+    results["data"] = datamodule.info
+    results["warnings"] += datamodule.info.get("warnings", [])
+    results["notes"] += datamodule.info.get("notes", [])
+    baseline = task_for(run_cfg.dataset).baselines(
+        datamodule.data, getattr(run_cfg.dataset, "num_labels", None)
+    )
+    if baseline:  # the trivial predictor's scores (majority class, mean label): the floor to beat
+        results["baseline"] = baseline
+    return datamodule
+
+
+def check_resume_data(at: Attempt, print_: dict, results: dict) -> None:
+    """The data part of the resume check, now the data is read; the CSV log is trimmed to the checkpoint."""
     try:
-        L.seed_everything(run_cfg.seed, workers=True, verbose=False)
-        datamodule = get_class(run_cfg.dataset._target_)(
-            dataset=run_cfg.dataset,
-            tokenizer=load_tokenizer(run_cfg.model),
-            cache_dir=run_cfg.cache_dir,
-            seed=run_cfg.seed,
-        )
-        datamodule.prepare_data()  # data problems (offline Hub, bad rows) surface before the weights load
-        results["data"] = datamodule.info
-        results["warnings"] += datamodule.info.get("warnings", [])
-        results["notes"] += datamodule.info.get("notes", [])
-        baseline = task_for(run_cfg.dataset).baselines(
-            datamodule.data, getattr(run_cfg.dataset, "num_labels", None)
-        )
-        if baseline:  # the trivial predictor's scores (majority class, mean label): the floor to beat
-            results["baseline"] = baseline
-        print_ = fingerprint(config, datamodule.info["cache_key"], resolved)
-        if ckpt is not None:
-            try:
-                check_resume(ckpt, print_, last, recorded=recorded)
-            except PeftBenchError:
-                restore = True  # the folder keeps describing the run its checkpoint belongs to
-                raise
-            results["resumed_from"] = {
-                "checkpoint": str(last.relative_to(run_dir)),
-                "step": ckpt["global_step"],
-            }
-            log.info("%s: resuming from %s (step %d)", run_cfg.run_name, last, ckpt["global_step"])
-            trim_csv_log(run_dir / "csv" / "metrics.csv", ckpt["global_step"])
-        check_validation_interval(run_cfg, datamodule)
-        module = get_class(run_cfg.method._target_)(
-            method=run_cfg.method,
-            model=run_cfg.model,
-            dataset=run_cfg.dataset,
-            accelerator=device_type(run_cfg.trainer),
-            total_steps=optimizer_steps(run_cfg, len(datamodule.data["train"])),
-        )
-        trainable, total = module.parameter_counts()
-        if run_cfg.trainer.compile:  # compiles the model's forward in place (state_dict keys unchanged)
-            module.model.compile()
-        results.update(trainable_params=trainable, total_params=total, trainable_ratio=trainable / total)
-
-        logger = instantiate(cfg.logger) if cfg.logger.get("_target_") else None
-        if logger is not None:
-            logger.log_hyperparams(results["config"])
-        stats = RunStats(started, first_in_process)
-        trainer, best = build_trainer(
-            run_cfg,
-            run_dir,
-            logger,
-            monitor=module.monitor,
-            callbacks=[stats, Fingerprint(print_), *extra_callbacks],
-        )
-        if lead and trainer.world_size > 1:  # the other ranks start now (Lightning or SLURM): tell them
-            tell_ranks(run_dir, go=True, resume_from=resume_from)
-
-        if run_cfg.eval_before_training:
-            results["before_training"] = evaluate(trainer, module, datamodule, None, stats, test=run_cfg.test)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-        if trainer.global_step == 0:
-            raise PeftBenchError(
-                "training ran no optimizer step (check trainer.max_steps, max_epochs, "
-                "limit_train_batches and the size of the training split): no scores to report"
-            )
-        # Best by val F1 (perplexity for language models), unless the method's final weights are what it
-        # claims (pruned to the target).
-        ckpt_path = (
-            best.best_model_path
-            if best is not None and best.best_model_path and module.evaluate_best
-            else None
-        )
-        results.update(evaluate(trainer, module, datamodule, ckpt_path, stats, test=run_cfg.test))
-        before = {k: v for k, v in results.items() if k.startswith(("val_", "test_"))}
-        changed_from = module.after_training()  # e.g. one-shot pruning: the model changed, evaluate it again
-        if changed_from is not None:
-            results["before_pruning"] = {**before, **changed_from}
-            results.update(evaluate(trainer, module, datamodule, None, stats, test=run_cfg.test))
-        collapsed = list(module.prediction_warnings.values())  # of the evaluation the figures come from
-        results["warnings"] += collapsed
-        if module.can_merge() and run_cfg.test:
-            with module.merged():
-                merged = evaluate(trainer, module, datamodule, None, stats, validate=False)
-            results["inference_latency_merged_ms_per_example"] = merged["inference_latency_ms_per_example"]
-            results.update({f"merged_{k}": v for k, v in merged.items() if k.startswith("test_")})
-        results.update(
-            evaluated_checkpoint=str(Path(ckpt_path).relative_to(run_dir)) if ckpt_path else "final weights",
-            optimizer_steps=trainer.global_step,
-            epochs=trainer.current_epoch,
-            inference_batch_size=run_cfg.dataset.eval_batch_size,
-            precision=trainer.precision,
-            device=str(module.device),
-            **stats.figures(str(trainer.precision), module.device, run_cfg.cache_dir),
-            **module.method_results(),
-        )
-        if lead:
-            results.update(module.export(run_dir))  # last: a merged export folds the adapter in for good
-        results["status"] = "completed"
-    except BaseException as e:
-        results["status"] = (
-            "interrupted"
-            if isinstance(e, KeyboardInterrupt | SystemExit)
-            else "diverged"
-            if isinstance(e, DivergedError)
-            else "pruned"
-            if isinstance(e, TrialStopped)
-            else "failed"
-        )
-        results["error"] = f"{type(e).__name__}: {e}"
-        if stats is not None and trainer is not None and stats.first_step_at is not None:
-            # what it had trained when it stopped (a pruned trial's compute counts in the study)
-            with contextlib.suppress(Exception):
-                results.update(stats.figures(str(trainer.precision), module.device, run_cfg.cache_dir))
-        e.recorded = not (restore and prior is not None)  # in results.json; else the sweep's ledger says it
-        if isinstance(e, SIGTERMException):  # Lightning's stop on SIGTERM exits 0: say it was killed
-            raise SystemExit(128 + signal.SIGTERM) from e
+        check_resume(at.ckpt, print_, at.last, recorded=at.recorded)
+    except PeftBenchError:
+        at.restore = True  # the folder keeps describing the run its checkpoint belongs to
         raise
-    finally:
-        results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        results.update(peak_memory())
-        if lead:
-            write_results(run_dir, prior if restore and prior is not None else results)
-        finish_logging(results["status"])
-    if not lead:
-        return results
+    step = at.ckpt["global_step"]
+    results["resumed_from"] = {"checkpoint": str(at.last.relative_to(at.run_dir)), "step": step}
+    log.info("%s: resuming from %s (step %d)", at.run_cfg.run_name, at.last, step)
+    trim_csv_log(at.run_dir / "csv" / "metrics.csv", step)
+
+
+def build_module(run_cfg: RunConfig, datamodule, results: dict) -> L.LightningModule:
+    """The method's LightningModule on the run's model; its parameter counts in `results`."""
+    module = get_class(run_cfg.method._target_)(
+        method=run_cfg.method,
+        model=run_cfg.model,
+        dataset=run_cfg.dataset,
+        accelerator=device_type(run_cfg.trainer),
+        total_steps=optimizer_steps(run_cfg, len(datamodule.data["train"])),
+    )
+    trainable, total = module.parameter_counts()
+    if run_cfg.trainer.compile:  # compiles the model's forward in place (state_dict keys unchanged)
+        module.model.compile()
+    results.update(trainable_params=trainable, total_params=total, trainable_ratio=trainable / total)
+    return module
+
+
+def evaluate_trained(at: Attempt, datamodule, best: ModelCheckpoint | None, results: dict) -> None:
+    """The figures the run reports: of the best checkpoint by the task's metric (val F1, perplexity for
+    language models), unless the method's final weights are what it claims (pruned to the target);
+    again after a change the method makes once trained (one-shot pruning); merged, if it can merge."""
+    run_cfg, trainer, module, stats = at.run_cfg, at.trainer, at.module, at.stats
+    ckpt_path = (
+        best.best_model_path if best is not None and best.best_model_path and module.evaluate_best else None
+    )
+    results.update(evaluate(trainer, module, datamodule, ckpt_path, stats, test=run_cfg.test))
+    before = {k: v for k, v in results.items() if k.startswith(("val_", "test_"))}
+    changed_from = module.after_training()  # e.g. one-shot pruning: the model changed, evaluate it again
+    if changed_from is not None:
+        results["before_pruning"] = {**before, **changed_from}
+        results.update(evaluate(trainer, module, datamodule, None, stats, test=run_cfg.test))
+    results["warnings"] += list(module.prediction_warnings.values())  # of the evaluation the figures are of
+    if module.can_merge() and run_cfg.test:
+        with module.merged():
+            merged = evaluate(trainer, module, datamodule, None, stats, validate=False)
+        results["inference_latency_merged_ms_per_example"] = merged["inference_latency_ms_per_example"]
+        results.update({f"merged_{k}": v for k, v in merged.items() if k.startswith("test_")})
+    results.update(
+        evaluated_checkpoint=str(Path(ckpt_path).relative_to(at.run_dir)) if ckpt_path else "final weights",
+        optimizer_steps=trainer.global_step,
+        epochs=trainer.current_epoch,
+        inference_batch_size=run_cfg.dataset.eval_batch_size,
+        precision=trainer.precision,
+        device=str(module.device),
+        **stats.figures(str(trainer.precision), module.device, run_cfg.cache_dir),
+        **module.method_results(),
+    )
+
+
+def record_stop(at: Attempt, results: dict, error: BaseException) -> None:
+    """What stopped the run, in its record: the status, the error, and what it had trained by then (a
+    pruned trial's compute counts in the study). `error.recorded`: whether results.json says it."""
+    results["status"] = RunStatus.of(error).value
+    results["error"] = f"{type(error).__name__}: {error}"
+    if at.trainer is not None and at.stats.first_step_at is not None:
+        with contextlib.suppress(Exception):
+            results.update(
+                at.stats.figures(str(at.trainer.precision), at.module.device, at.run_cfg.cache_dir)
+            )
+    error.recorded = not (at.restore and at.prior is not None)  # else the sweep's ledger says it
+
+
+def finish(at: Attempt, results: dict) -> None:
+    """However the run ended: its end time and peak memory, the record written (rank 0; the earlier one
+    kept when the checkpoint belongs to another run), W&B finished."""
+    results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    results.update(peak_memory())
+    if at.lead:
+        write_results(at.run_dir, at.prior if at.restore and at.prior is not None else results)
+    finish_logging(results["status"])
+
+
+def log_outcome(at: Attempt, results: dict) -> None:
+    """The run's warnings and its scores, one line each."""
     for warning in results["warnings"]:
-        log.warning("%s: %s", run_cfg.run_name, warning)
-    task = task_for(run_cfg.dataset)
+        log.warning("%s: %s", at.run_cfg.run_name, warning)
+    task = task_for(at.run_cfg.dataset)
     scores = " ".join(
         f"{k} {results[k]:{task.spec}}" for k in (*task.val_scores, *task.test_scores) if k in results
     )
     log.info(
-        "%s: %s | %.1f s -> %s", run_cfg.run_name, scores, results["train_time_s"], run_dir / RESULTS_FILE
+        "%s: %s | %.1f s -> %s",
+        at.run_cfg.run_name,
+        scores,
+        results["train_time_s"],
+        at.run_dir / RESULTS_FILE,
     )
-    return results
 
 
 def asked_but_missing(prior: dict, config: dict) -> list[str]:
@@ -490,13 +569,50 @@ def build_trainer(
     monitor: tuple[str, str] = ("val/acc", "max"),
     callbacks: list[L.Callback] | None = None,
 ) -> tuple[L.Trainer, ModelCheckpoint | None]:
+    """The run's Trainer (and its best-checkpoint callback, None without checkpoints)."""
     t = run_cfg.trainer
-    device = device_type(t)
-    precision = resolved_precision(t)
     sanity = t.num_sanity_val_steps
     if sanity is None:  # on a CPU, seconds per job (IMDB) for an out-of-memory check that matters on a GPU
-        sanity = 0 if device == "cpu" else 1
-    callbacks = list(callbacks or [])  # a method adds its own through LightningModule.configure_callbacks
+        sanity = 0 if device_type(t) == "cpu" else 1
+    callbacks, best = trainer_callbacks(run_cfg, run_dir, logger, monitor, callbacks)
+    # One owner of requeueing: submitit (SIGUSR2 -> checkpoint -> requeue; the job then resumes from
+    # last.ckpt in its run folder). Lightning's own SLURM auto-requeue stays off.
+    plugins: list = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    passed = {
+        f.name: getattr(t, f.name) for f in dataclasses.fields(t) if f.name not in PEFT_BENCH_TRAINER_KEYS
+    }
+    trainer = L.Trainer(
+        **passed,
+        precision=resolved_precision(t),
+        num_sanity_val_steps=sanity,
+        plugins=plugins,
+        default_root_dir=run_dir,
+        logger=logger if logger is not None else False,
+        callbacks=callbacks,
+        enable_checkpointing=run_cfg.checkpoint,
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # the datamodule shards its own splits (data/base.py: processes)
+        # no_grad, not inference_mode, for evaluation: metric states reset inside inference mode become
+        # inference tensors that a later validation (fit after eval_before_training) cannot update
+        inference_mode=False,
+    )
+    return trainer, best
+
+
+def trainer_callbacks(
+    run_cfg: RunConfig,
+    run_dir: Path,
+    logger,
+    monitor: tuple[str, str],
+    callbacks: list[L.Callback] | None,
+) -> tuple[list[L.Callback], ModelCheckpoint | None]:
+    """`callbacks` and the run's own: the best and latest checkpoints, early stopping, the learning-rate
+    monitor (with a logger), the progress bar (on a terminal). A method adds its own through
+    LightningModule.configure_callbacks."""
+    callbacks = list(callbacks or [])
     best = None
     if run_cfg.checkpoint:
         best = ModelCheckpoint(
@@ -511,48 +627,20 @@ def build_trainer(
         )
         # after `best` (Lightning runs checkpoint callbacks last, in this order): last.ckpt holds its state
         callbacks += [best, LatestCheckpoint(run_dir / "checkpoints", run_cfg.checkpoint_every_n_steps)]
-    if t.early_stopping_patience is not None:  # on the task's primary metric, as the best checkpoint
-        callbacks.append(
-            EarlyStopping(monitor=monitor[0], mode=monitor[1], patience=t.early_stopping_patience)
-        )
+    patience = run_cfg.trainer.early_stopping_patience
+    if patience is not None:  # on the task's primary metric, as the best checkpoint
+        callbacks.append(EarlyStopping(monitor=monitor[0], mode=monitor[1], patience=patience))
     if logger is not None:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    interactive = sys.stderr.isatty()
-    if interactive:
+    if sys.stderr.isatty():
         callbacks.append(RichProgressBar())
-    # One owner of requeueing: submitit (SIGUSR2 -> checkpoint -> requeue; the job then resumes from
-    # last.ckpt in its run folder). Lightning's own SLURM auto-requeue stays off.
-    plugins: list = [AtomicCheckpointIO()]
-    if SLURMEnvironment.detect():
-        plugins.append(SLURMEnvironment(auto_requeue=False))
-    passed = {
-        f.name: getattr(t, f.name) for f in dataclasses.fields(t) if f.name not in PEFT_BENCH_TRAINER_KEYS
-    }
-    trainer = L.Trainer(
-        **passed,
-        precision=precision,
-        num_sanity_val_steps=sanity,
-        plugins=plugins,
-        default_root_dir=run_dir,
-        logger=logger if logger is not None else False,
-        callbacks=callbacks,
-        enable_checkpointing=run_cfg.checkpoint,
-        enable_progress_bar=interactive,
-        enable_model_summary=False,
-        use_distributed_sampler=False,  # the datamodule shards its own splits (data/base.py: processes)
-        # no_grad, not inference_mode, for evaluation: metric states reset inside inference mode become
-        # inference tensors that a later validation (fit after eval_before_training) cannot update
-        inference_mode=False,
-    )
-    return trainer, best
+    return callbacks, best
 
 
 def resolved_precision(t) -> str:
     """trainer.precision, or for null what the device gets: bf16-mixed on a bf16-capable GPU, else 32-true."""
-    from lightning.fabric.connector import _PRECISION_INPUT_STR_ALIAS_CONVERSION as ALIASES  # "32": "32-true"
-
-    if t.precision is not None:
-        return ALIASES.get(str(t.precision), str(t.precision))
+    if t.precision is not None:  # Lightning's aliases: "32": "32-true", "bf16": "bf16-mixed", ...
+        return PRECISION_ALIASES.get(str(t.precision), str(t.precision))
     return "bf16-mixed" if device_type(t) == "cuda" and torch.cuda.is_bf16_supported() else "32-true"
 
 
@@ -581,4 +669,4 @@ def finish_logging(status: str) -> None:
             )
 
 
-__all__ = ["main", "run", "RunInProgress"]
+__all__ = ["main", "run", "RunStatus", "RunInProgress"]

@@ -18,6 +18,14 @@ os.environ.update(
 
 
 @pytest.fixture(scope="session", autouse=True)
+def process_set_up():
+    """What every entry point does first (peft_bench.env): tests that call run() directly get it too."""
+    from peft_bench.env import setup_process
+
+    setup_process(check_hub=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def shared_cache(tmp_path_factory):
     """One tokenization cache for the session (as a sweep shares one)."""
     path = tmp_path_factory.mktemp("cache")

@@ -11,7 +11,6 @@ from pathlib import Path
 from peft import PeftConfig, get_peft_model
 from torch import nn
 
-from peft_bench.callbacks.pruning import sparsity_report
 from peft_bench.methods.base import BenchModule
 
 # PeftConfig fields that say nothing about the adapter (bookkeeping, or unset in every method here)
@@ -96,3 +95,26 @@ class AdapterModule(BenchModule):
 
     def method_results(self) -> dict:
         return {**super().method_results(), "adapter": self.adapter_settings(), **self.adapter_figures()}
+
+
+def sparsity_report(weights: dict[str, nn.Parameter], near_zero: float = 1e-3) -> dict:
+    """Adapter sparsity, overall and per matrix: exact zeros, |w| < near_zero (the seeds' column),
+    and the adapter's size stored sparsely (values + int32 indices of the non-zeros) vs dense."""
+    if not weights:
+        return {}
+    per_matrix, zeros, small, total, dense_bytes = {}, 0, 0, 0, 0
+    for name, w in weights.items():
+        z, s, n = int((w == 0).sum()), int((w.abs() < near_zero).sum()), w.numel()
+        per_matrix[name.removeprefix("model.")] = {"exact_zero": z / n, "below_1e-3": s / n}
+        zeros, small, total, dense_bytes = zeros + z, small + s, total + n, dense_bytes + n * w.element_size()
+    nnz = total - zeros
+    itemsize = dense_bytes / total
+    return {
+        "sparsity_exact_zero": zeros / total,
+        "sparsity_below_1e-3": small / total,
+        "adapter_params": total,
+        "adapter_nonzero": nnz,
+        "adapter_dense_bytes": dense_bytes,
+        "adapter_sparse_bytes": int(nnz * (itemsize + 4)),
+        "sparsity_per_matrix": per_matrix,
+    }
