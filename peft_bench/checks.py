@@ -4,13 +4,16 @@ job's overrides (tests, prepare, the benchmarks)."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import shutil
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -24,8 +27,6 @@ from peft_bench.tasks import task_for
 def compose_job(overrides: list[str], run_dir: str | Path = "/dev/null") -> DictConfig:
     """The job config Hydra builds for these command-line overrides (one job), with HydraConfig set
     as inside a job (resolvers and hints read it) and the hydra node dropped, as a job sees it."""
-    from hydra import compose, initialize_config_dir
-
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         # quoted: a folder named from overrides (tune/<command>/...) holds '=' and ',' that Hydra would parse
         quoted = str(run_dir).replace("'", "\\'")
@@ -82,6 +83,27 @@ def trainer_problems(run: RunConfig) -> list[str]:
         )
     if t.max_steps == -1 and (t.max_epochs is None or t.max_epochs < 1):
         out.append(f"trainer.max_epochs={t.max_epochs}: trains nothing; give >= 1 (or trainer.max_steps=)")
+    out += batch_limit_problems(t)
+    v = t.val_check_interval
+    if v is not None and (
+        isinstance(v, bool) or not isinstance(v, int | float) or v <= 0 or (isinstance(v, float) and v > 1)
+    ):
+        out.append(
+            f"trainer.val_check_interval={v!r}: give a number of batches >= 1, a fraction of an epoch "
+            "in (0, 1], or null for once per epoch"
+        )
+    clip = t.gradient_clip_val
+    if clip is not None and not 0 <= clip < math.inf:
+        out.append(
+            f"trainer.gradient_clip_val={clip}: give the largest gradient norm, a finite number > 0 "
+            "(0 or null: no clipping)"
+        )
+    return [*out, *device_problems(t), *process_problems(run)]
+
+
+def batch_limit_problems(t) -> list[str]:
+    """trainer.limit_{train,val,test}_batches: a count of batches or a fraction, never nothing."""
+    out = []
     for key, what in (
         ("limit_train_batches", "trains nothing"),
         ("limit_val_batches", "validates nothing (validation picks the checkpoint to keep)"),
@@ -100,21 +122,12 @@ def trainer_problems(run: RunConfig) -> list[str]:
             )
         elif isinstance(value, float) and value > 1:
             out.append(f"trainer.{key}={value}: a fraction must be <= 1.0 (an int counts batches)")
-    v = t.val_check_interval
-    if v is not None and (
-        isinstance(v, bool) or not isinstance(v, int | float) or v <= 0 or (isinstance(v, float) and v > 1)
-    ):
-        out.append(
-            f"trainer.val_check_interval={v!r}: give a number of batches >= 1, a fraction of an epoch "
-            "in (0, 1], or null for once per epoch"
-        )
-    clip = t.gradient_clip_val
-    if clip is not None and not 0 <= clip < math.inf:
-        out.append(
-            f"trainer.gradient_clip_val={clip}: give the largest gradient norm, a finite number > 0 "
-            "(0 or null: no clipping)"
-        )
-    out += device_problems(t)
+    return out
+
+
+def process_problems(run: RunConfig) -> list[str]:
+    """The strategy, devices and batch of a job of several processes, sanity steps, torch.compile."""
+    t, out = run.trainer, []
     if t.strategy not in STRATEGIES:
         out.append(
             f"trainer.strategy={t.strategy!r}: give one of {', '.join(STRATEGIES)} (spawned, sharded and "
@@ -148,8 +161,6 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 def precisions() -> list[str]:
     """Lightning's precision values (its own list, so a new one is valid here the day Lightning has it)."""
-    import typing
-
     from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 
     return [*typing.get_args(_PRECISION_INPUT_STR), *typing.get_args(_PRECISION_INPUT_STR_ALIAS)]
@@ -191,8 +202,6 @@ def device_problems(t) -> list[str]:
                 f"trainer.precision={t.precision!r}: valid values are {valid}, or null (from the device)"
             )
         elif str(t.precision).startswith("transformer-engine"):
-            import importlib.util
-
             if importlib.util.find_spec("transformer_engine") is None:
                 out.append(
                     f"trainer.precision={t.precision}: needs NVIDIA's transformer_engine, not installed"

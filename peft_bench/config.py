@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from peft_bench.resolvers import CONF_DIR  # noqa: F401  (importing it registers the configs' resolvers)
 from peft_bench.tasks import TASKS
@@ -121,8 +121,11 @@ class PruningConfig:
     target: float = "${sparsity}"  # type: ignore[assignment]  # target sparsity of the adapter weights
     schedule: str = "gradual"  # gradual (cubic, during training) | one_shot (after training)
     criterion: str = "magnitude_per_matrix"  # magnitude_per_matrix | magnitude_global | topk_per_row
-    start_step: int | None = None  # first pruning step; None = 10% of the optimizer steps
-    end_step: int | None = None  # step at which the target is reached; None = 70% of the optimizer steps
+    start_step: int | None = None  # first pruning step; None = start_fraction of the optimizer steps
+    end_step: int | None = None  # step at which the target is reached; None = end_fraction of the steps
+    # the default start and end as fractions of the optimizer steps: the last 30% fine-tunes the survivors
+    start_fraction: float = 0.1
+    end_fraction: float = 0.7
     every_n_steps: int = 100  # prune every N optimizer steps between start and end
 
     def problems(self) -> list[str]:
@@ -135,6 +138,11 @@ class PruningConfig:
             out.append(f"pruning.criterion={self.criterion!r}: valid values are {list(CRITERIA)}")
         if self.every_n_steps < 1:
             out.append(f"pruning.every_n_steps={self.every_n_steps}: must be >= 1")
+        if not 0 <= self.start_fraction < self.end_fraction <= 1:
+            out.append(
+                f"pruning.start_fraction={self.start_fraction}, pruning.end_fraction={self.end_fraction}: "
+                "fractions of the optimizer steps, 0 <= start_fraction < end_fraction <= 1"
+            )
         return out
 
 
@@ -557,27 +565,101 @@ class WandbLoggerConfig:
 # --------------------------------------------------------------------------- the run
 
 
+def plain(default: Any, text: str) -> Any:
+    """A top-level plain value: its default and the one line `--help` shows for it."""
+    return field(default=default, metadata={"help": text})
+
+
 @dataclass
 class RunConfig:
+    """The run: its groups and its plain values. This is the one home of the plain values' defaults
+    (conf/config.yaml holds only the interpolations); `--help` lists them from here (`plain_values_help`)."""
+
     method: Any = MISSING
     dataset: Any = MISSING
     model: Any = MISSING
     trainer: TrainerConfig = MISSING
     logger: Any = MISSING
-    rank: int = 8  # LoRA rank; a plain value (not a group) so `rank=2,4,8,16 -m` sweeps as typed
-    sparsity: float = 0.5  # target adapter sparsity, used only when pruning (method=sparse_lora)
-    seed: int = 42
+    # a plain value (not a group) so `rank=2,4,8,16 -m` sweeps as typed
+    rank: int = plain(8, "adapter rank: method.r of every method that has one")
+    sparsity: float = plain(0.5, "target adapter sparsity when pruning (method=sparse_lora)")
+    seed: int = plain(42, "seed_everything(seed, workers=True): new weights, dropout, data order")
     run_dir: str = MISSING  # where results.json, checkpoints and logs go
     cache_dir: str = MISSING  # tokenized datasets, shared by every job of a sweep
     run_name: str = MISSING
-    checkpoint: bool = True  # save last and best (by val F1) checkpoints, adapter weights only
-    # also save last.ckpt every N optimizer steps (null: at each validation and epoch end only)
-    checkpoint_every_n_steps: int | None = None
-    eval_before_training: bool = False  # also validate and test the un-tuned model (results: before_training)
-    test: bool = True  # evaluate on the test split; false: validation only (tuning trials never touch test)
-    skip_completed: bool = True  # a job whose results.json says completed (same config) is not run again
-    resume: bool = True  # continue from <run_dir>/checkpoints/last.ckpt when an earlier attempt left one
+    checkpoint: bool = plain(
+        True, "keep last.ckpt and the best by the primary metric (trainable weights only)"
+    )
+    checkpoint_every_n_steps: int | None = plain(
+        None, "also save last.ckpt every N optimizer steps (null: at validations, epoch ends)"
+    )
+    eval_before_training: bool = plain(False, "also score the un-tuned model (results.json: before_training)")
+    test: bool = plain(True, "evaluate on the test split; false: validation only (as tuning trials run)")
+    skip_completed: bool = plain(True, "skip a job whose results.json says completed (same config)")
+    resume: bool = plain(True, "continue from checkpoints/last.ckpt when an earlier attempt left one")
 
+
+def plain_values_help() -> str:
+    """`--help`'s list of the run's plain values: each with its schema default and its help line."""
+    rows = {  # key=default as it is typed on the command line (null, true, 0.5): its help line
+        OmegaConf.to_yaml({f.name: f.default}).strip().replace(": ", "=", 1): f.metadata["help"]
+        for f in fields(RunConfig)
+        if "help" in f.metadata
+    }
+    width = max(map(len, rows)) + 1
+    return "\n".join(f"  {value:<{width}} {text}" for value, text in rows.items())
+
+
+@dataclass
+class TuneConfig:
+    """`python -m peft_bench.tune`'s options: the `tune` group (conf/tune/default.yaml), tune.<key>=."""
+
+    VALIDATIONS_PER_EPOCH: ClassVar[int] = 4  # how often trials and finals validate when eval_every is None
+
+    trials: int = 16  # finished trials per method (the equal budget)
+    seeds: int = 3  # seeds of the final runs of each method's best and default settings (1..seeds)
+    workers: int = 1  # processes (or SLURM jobs, with a submitit launcher) pulling trials from the studies
+    dir: str | None = None  # the tune folder; default tune/<the command's overrides>
+    storage: str | None = None  # Optuna storage URL; default sqlite:///<dir>/study.db; journal:<file> too
+    # validate and report every N training batches; None: VALIDATIONS_PER_EPOCH times an epoch
+    eval_every: int | None = None
+    prune: bool = True  # stop trials that trail (Optuna's median pruner)
+    # trials that run to the end before the pruner may stop one; None: min(5, max(2, trials // 2))
+    pruner_startup: int | None = None
+    startup_trials: int | None = None  # random trials before TPE models the space; None: max(2, trials // 4)
+    sampler_seed: int = 0
+    defaults: bool = True  # also run each method's untuned default over the seeds (the change from tuning)
+
+    def problems(self) -> list[str]:
+        out = []
+        for key in ("trials", "seeds", "workers"):
+            if getattr(self, key) < 1:
+                out.append(f"tune.{key}={getattr(self, key)}: must be >= 1")
+        if self.eval_every is not None and self.eval_every < 1:
+            out.append(f"tune.eval_every={self.eval_every}: must be >= 1, or null")
+        if self.pruner_startup is not None and self.pruner_startup < 0:
+            out.append(f"tune.pruner_startup={self.pruner_startup}: must be >= 0")
+        if self.startup_trials is not None and self.startup_trials < 0:
+            out.append(f"tune.startup_trials={self.startup_trials}: must be >= 0, or null")
+        if not 0 <= self.sampler_seed < 2**32:
+            out.append(f"tune.sampler_seed={self.sampler_seed}: must be in [0, 2**32)")
+        return out
+
+    def startup(self) -> int:
+        """Random trials before TPE models the space."""
+        return max(2, self.trials // 4) if self.startup_trials is None else self.startup_trials
+
+    def prune_startup(self) -> int:
+        """Trials that run to the end before the median pruner may stop one. Optuna's default is 5;
+        never more than half the budget. With 2, on real SST-2 (docs/tune.md), the median of two good
+        trials stopped a trial whose first validation equalled the eventual best one's."""
+        if self.pruner_startup is not None:
+            return self.pruner_startup
+        return min(5, max(2, self.trials // 2))
+
+
+# TuneConfig is not in the ConfigStore: its key `defaults` (tune.defaults=) would be read by Hydra as a
+# defaults list; the tune command merges conf/tune/<name>.yaml onto it (peft_bench.tune.study.tune_options)
 
 SCHEMAS = [  # (group, name, schema): a group option's yaml names its schema first in its defaults list
     (None, "run_schema", RunConfig),
@@ -605,6 +687,8 @@ SCHEMAS = [  # (group, name, schema): a group option's yaml names its schema fir
 def register_configs() -> None:
     for group, name, node in SCHEMAS:
         ConfigStore.instance().store(group=group, name=name, node=node)
+    if not OmegaConf.has_resolver("plain_values_help"):  # here, not in resolvers.py: it reads RunConfig
+        OmegaConf.register_new_resolver("plain_values_help", plain_values_help)
 
 
 register_configs()

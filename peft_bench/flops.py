@@ -17,7 +17,6 @@ length grouping exist to avoid it.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import socket
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+
+from peft_bench.io import atomic_write
 
 _PEAK_CACHE: dict[tuple[str, torch.dtype, int], float] = {}
 
@@ -152,10 +153,7 @@ def gemm_peak(
         best = max(best, 5 * 2 * n**3 / (time.perf_counter() - start))
     _PEAK_CACHE[key] = best
     if cache_file is not None:  # read-modify-replace: concurrent jobs may each write; any result is fine
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f"{cache_file.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({**read_json(cache_file), key: best}, indent=1))
-        os.replace(tmp, cache_file)
+        atomic_write(cache_file, json.dumps({**read_json(cache_file), key: best}, indent=1))
     return best
 
 

@@ -3,17 +3,21 @@ processes could share is locked; a corrupt file is set aside (renamed, never del
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
+import pickle
 import platform
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from filelock import FileLock, Timeout
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -33,23 +37,37 @@ FILE_MODE = 0o666 & ~_umask()  # what open() would give: 0644 under the usual um
 LOCK_FILE = ".lock"
 
 
-def atomic_write(path: Path, data: bytes | str) -> Path:
-    """Write `data` to `path` so that a reader (or a crash) sees the old file or the new one, never
-    half of one: a temporary file in the same folder, flushed to disk, then renamed over `path`."""
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """The one atomic write: yields a temporary path in `path`'s folder for the caller to write (by any
+    means: bytes, text, torch.save); when the block ends, the file is flushed to disk, given the mode
+    open() would give and renamed over `path`, so a reader (or a crash) sees the old file or the new one,
+    never half of one. If the block or any step raises, the temporary file is removed and `path` is
+    untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDWR)  # fsync flushes the file's data whichever descriptor wrote it
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; the other files of a run are 0666 & ~umask
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write(path: Path, data: bytes | str) -> Path:
+    """Write `data` (str: UTF-8) to `path` atomically (`atomic_path`); returns `path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    return Path(path)
 
 
 def set_aside(path: Path, why: str) -> Path:
@@ -73,8 +91,6 @@ def load_checkpoint(path: Path, mmap: bool = False) -> Any:
     """torch.load with weights_only=True, always: tensors, containers and plain values load, anything
     else (a pickled object whose loading would call a function) is refused unread with UnsafeCheckpoint
     naming the file and the object. Every checkpoint peft_bench writes loads this way."""
-    import pickle
-
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except OSError as e:
@@ -155,28 +171,17 @@ def filesystem_refusal(
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's torch checkpoint IO, but a checkpoint is written to a temporary file, flushed to
-    disk and renamed: a kill or a full disk during a save leaves the previous checkpoint intact; and
-    read with weights_only=True whatever Lightning asks (`load_checkpoint`), so a resume or the
-    evaluation of the best checkpoint never unpickles code."""
+    """Lightning's torch checkpoint IO, but a checkpoint is written atomically (`atomic_path`): a kill or
+    a full disk during a save leaves the previous checkpoint intact; and read with weights_only=True
+    whatever Lightning asks (`load_checkpoint`), so a resume or the evaluation of the best checkpoint
+    never unpickles code."""
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict:
         return load_checkpoint(Path(path))
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, FILE_MODE)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(Path(path)) as tmp, tmp.open("wb") as f:
+            torch.save(checkpoint, f)
 
 
 class RunLock:
@@ -220,16 +225,12 @@ class RunLock:
 
 def process_identity() -> dict:
     """Who is running: host, pid and the process's start time (a pid can be reused, the pair cannot)."""
-    import psutil
-
     return {"host": platform.node(), "pid": os.getpid(), "process_started_at": psutil.Process().create_time()}
 
 
 def process_alive(record: dict) -> bool | None:
     """Whether the process a `running` record names is still alive: None when it ran on another host
     (this host cannot tell)."""
-    import psutil
-
     if record.get("host") != platform.node() or not isinstance(record.get("pid"), int):
         return None
     try:

@@ -10,6 +10,7 @@ import re
 import sys
 from pathlib import Path
 
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
@@ -137,8 +138,6 @@ def command_key() -> str:
     folder again, so a re-run resumes or skips what is there. Read from the command line, as Hydra
     parses it, because a sweep resolves its folder before any config names the overrides; registered
     with use_cache, so a sweep's jobs reuse the value the launcher resolved (Hydra copies the cache)."""
-    from hydra._internal.utils import get_args_parser
-
     args, _ = get_args_parser().parse_known_args(sys.argv[1:])
     return overrides_key([o for o in args.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))])
 

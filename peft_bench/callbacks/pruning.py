@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torch import nn
 
 from peft_bench.config import PruningConfig
 
@@ -59,6 +58,7 @@ class GradualPruning(L.Callback):
     def __init__(self, cfg: PruningConfig, initial: float = 0.0):
         self.target, self.schedule, self.criterion = cfg.target, cfg.schedule, cfg.criterion
         self.start_step, self.end_step, self.every_n_steps = cfg.start_step, cfg.end_step, cfg.every_n_steps
+        self.start_fraction, self.end_fraction = cfg.start_fraction, cfg.end_fraction
         self.initial = initial
         self.masks: dict[str, torch.Tensor] = {}
         self.current = 0.0
@@ -72,9 +72,9 @@ class GradualPruning(L.Callback):
     # ------------------------------------------------------------------ schedule
 
     def steps(self, total: int) -> tuple[int, int]:
-        """(t0, t0 + n dt): defaults 10% and 70% of training, so the last 30% fine-tunes the survivors."""
-        start = self.start_step if self.start_step is not None else int(0.1 * total)
-        end = self.end_step if self.end_step is not None else int(0.7 * total)
+        """(t0, t0 + n dt): start_step and end_step, or else start_fraction and end_fraction of training."""
+        start = self.start_step if self.start_step is not None else int(self.start_fraction * total)
+        end = self.end_step if self.end_step is not None else int(self.end_fraction * total)
         return start, max(start, end)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -136,26 +136,3 @@ class GradualPruning(L.Callback):
         self.current = state["current"]
         self.history = [list(h) for h in state["history"]]
         self.pruned_steps = {s for s, _ in self.history}
-
-
-def sparsity_report(weights: dict[str, nn.Parameter], near_zero: float = 1e-3) -> dict:
-    """Adapter sparsity, overall and per matrix: exact zeros, |w| < near_zero (the seeds' column),
-    and the adapter's size stored sparsely (values + int32 indices of the non-zeros) vs dense."""
-    if not weights:
-        return {}
-    per_matrix, zeros, small, total, dense_bytes = {}, 0, 0, 0, 0
-    for name, w in weights.items():
-        z, s, n = int((w == 0).sum()), int((w.abs() < near_zero).sum()), w.numel()
-        per_matrix[name.removeprefix("model.")] = {"exact_zero": z / n, "below_1e-3": s / n}
-        zeros, small, total, dense_bytes = zeros + z, small + s, total + n, dense_bytes + n * w.element_size()
-    nnz = total - zeros
-    itemsize = dense_bytes / total
-    return {
-        "sparsity_exact_zero": zeros / total,
-        "sparsity_below_1e-3": small / total,
-        "adapter_params": total,
-        "adapter_nonzero": nnz,
-        "adapter_dense_bytes": dense_bytes,
-        "adapter_sparse_bytes": int(nnz * (itemsize + 4)),
-        "sparsity_per_matrix": per_matrix,
-    }

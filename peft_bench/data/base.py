@@ -438,7 +438,8 @@ def load_cached(path: Path, notes: list[str] | None = None) -> tuple[DatasetDict
 
 def save_atomically(data: DatasetDict, info: dict, path: Path) -> dict:
     """Write to a temporary folder, then rename: a concurrent job sees all or nothing. Returns the info
-    with the digests of the data files, which every later hit verifies."""
+    with the digests of the data files, which every later hit verifies. (A folder, renamed once whole:
+    not io.atomic_path, which writes one file; the first job's folder wins, a later one is dropped.)"""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     data.save_to_disk(str(tmp))
