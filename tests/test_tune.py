@@ -636,3 +636,34 @@ def test_two_datasets_are_two_studies_and_one_tuned_benchmark_table(tmp_path):
     assert "| Majority class / mean label | 0 |" in report
     again = tune(args)  # the same command: every study resumes, nothing more to do
     assert again.returncode == 0 and len(trials(root / "cola", "lora")) == 2, again.stderr[-3000:]
+
+
+def test_a_trial_whose_heartbeat_stopped_on_another_host_is_replaced(tmp_path, monkeypatch):
+    """A trial on another host that died before its run folder existed (no pid to look at, no lock to
+    try): Optuna's heartbeat says so after its grace period, and it is marked killed, not counted."""
+    import optuna
+
+    from peft_bench.tune import store as where
+    from peft_bench.tune.store import create_studies
+    from peft_bench.tune.study import parse
+    from peft_bench.tune.workers import claim
+
+    monkeypatch.setattr(where, "HEARTBEAT_GRACE_S", 1)
+    study = parse(["method=lora", *TINY_TUNE, "tune.trials=2", f"tune.dir={tmp_path}"])
+    create_studies(study)
+    opt = study.studies["lora"]
+    far = opt.ask()
+    far.set_user_attr("worker", {"host": "another-host", "pid": 1, "process_started_at": 0.0})
+    study_id = study.store.get_study_id_from_name(opt.study_name)
+    study.store.record_heartbeat(study.store.get_trial_id_from_study_id_trial_number(study_id, far.number))
+    mine = claim(study, "lora", opt)  # the far trial is alive: it counts, one more fits the budget
+    assert mine is not None and opt.trials[far.number].state.name == "RUNNING"
+    opt.tell(mine, 0.5)
+    assert claim(study, "lora", opt) is None  # the budget (2) is spent while the far trial lives
+    time.sleep(2.5)  # its heartbeat stopped: past the grace period
+    again = claim(study, "lora", opt)
+    ts = trials(tmp_path, "lora")
+    assert ts[far.number].state.name == "FAIL"
+    assert "heartbeat" in opt.user_attrs[f"killed:{far.number}"]  # not counted: a finished trial is sealed
+    assert again is not None and again.number == 2  # a new trial takes its place
+    assert not isinstance(study.store, optuna.storages.JournalStorage)

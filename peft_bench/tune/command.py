@@ -1,0 +1,66 @@
+"""`python -m peft_bench.tune` / `peft-bench tune`: the command line, Ctrl-C, and one sentence for every
+error. Everything heavy is imported after --help has been answered."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from dataclasses import fields
+
+import peft_bench.tune
+from peft_bench.config import TuneConfig
+from peft_bench.env import LOG_FORMAT, setup_process
+from peft_bench.errors import PeftBenchError
+from peft_bench.tune.password import hide_password, password_out_of
+from peft_bench.tune.signals import interrupted, on_sigint
+
+
+def help_text() -> str:
+    """--help: the package's docstring and the `tune` group's options with their schema defaults."""
+    options = ", ".join(
+        f"tune.{f.name}={TuneConfig.__dataclass_fields__[f.name].default}" for f in fields(TuneConfig)
+    )
+    group = "Options (the tune group, conf/tune/default.yaml; docs/tune.md)"
+    return f"{peft_bench.tune.__doc__}\n{group}:\n  {options}\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = password_out_of(list(sys.argv[1:] if argv is None else argv))
+    signal.signal(signal.SIGINT, on_sigint)
+    if any(a in ("-h", "--help") for a in argv):
+        print(help_text())
+        return
+    setup_process()
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    try:
+        run_command(argv)
+    except PeftBenchError as e:
+        print(f"peft_bench.tune: error: {hide_password(str(e))}", file=sys.stderr)
+        sys.exit(2)
+    except (KeyboardInterrupt, SystemExit) as e:
+        if not (interrupted() or isinstance(e, KeyboardInterrupt)):
+            raise
+        print(
+            "peft_bench.tune: interrupted (Ctrl-C): the running trial or final run is marked interrupted and "
+            "not counted, and no other starts; the same command resumes the study",
+            file=sys.stderr,
+        )
+        sys.exit(130)
+
+
+def run_command(argv: list[str]) -> None:
+    """A worker (`--worker N ...`: a process the command started), or the whole command."""
+    # imported here, after --help: these load torch, transformers and Lightning (seconds)
+    from peft_bench.tune.finals import tune_datasets, tune_one
+    from peft_bench.tune.study import listed_datasets, parse
+    from peft_bench.tune.workers import work_argv
+
+    if argv[:1] == ["--worker"]:
+        work_argv(argv[2:], int(argv[1]))
+        return
+    started = time.time()
+    datasets = listed_datasets(argv)
+    report = tune_datasets(argv, datasets) if datasets else tune_one(parse(argv), argv)
+    print(f"peft_bench.tune: done in {time.time() - started:.0f} s; report: {report}")
