@@ -14,8 +14,7 @@ NO_JOB = ("-h", "--help", "--hydra-help", "--cfg", "-c", "--info")  # Hydra answ
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         command = sys.argv.pop(1)
-        if command == "tune":  # before tune's imports read HF_HUB_OFFLINE (prepare sets itself up)
-            setup_process()
+        # each sets itself up (tune after answering --help, before its imports read HF_HUB_OFFLINE)
         sys.argv[0] = f"peft-bench {command}"
         importlib.import_module(f"peft_bench.{command}").main()
         return

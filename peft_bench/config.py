@@ -4,6 +4,7 @@ collects them (with the checks that need the model) before any data or weights a
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field, fields
@@ -13,7 +14,7 @@ from typing import Any, ClassVar
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from peft_bench.resolvers import CONF_DIR  # noqa: F401  (importing it registers the configs' resolvers)
+from peft_bench.resolvers import CONF_DIR, flatten  # noqa: F401  (importing it registers the resolvers)
 from peft_bench.tasks import TASKS
 
 NAME = re.compile(
@@ -692,3 +693,23 @@ def register_configs() -> None:
 
 
 register_configs()
+
+
+@functools.cache
+def schema_defaults() -> dict:
+    """The flattened plain defaults of the schemas (config.SCHEMAS): the value a key had for a peft_bench
+    that did not have the key yet (trainer.strategy: auto, method.pruning.start_fraction: 0.1). A group's
+    key takes the default all its schemas that have it agree on; none where they differ (method.dropout:
+    0.1 or 0.0), nor where it is an interpolation or required."""
+    defaults, disputed = {}, set()
+    for group, _, schema in SCHEMAS:
+        tree = OmegaConf.to_container(OmegaConf.structured(schema), resolve=False)
+        for key, value in flatten({group: tree} if group else tree).items():
+            if key in defaults and defaults[key] != value:
+                disputed.add(key)
+            defaults.setdefault(key, value)
+    return {
+        k: v
+        for k, v in defaults.items()
+        if k not in disputed and not (isinstance(v, str) and ("${" in v or v == "???"))
+    }

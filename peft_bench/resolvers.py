@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -35,7 +36,9 @@ def groups_help() -> str:
         sentence = re.split(r"(?<=[.:])\s", comment, maxsplit=1)[0].rstrip(".:")
         return sentence if len(sentence) <= 80 else sentence[:80].rsplit(" ", 1)[0] + " ..."
 
-    groups = [p for p in sorted(CONF_DIR.iterdir()) if p.is_dir() and p.name not in ("hydra", "__pycache__")]
+    groups = [
+        p for p in sorted(CONF_DIR.iterdir()) if p.is_dir() and p.name not in ("hydra", "tune", "__pycache__")
+    ]
     lines = []
     for group in [*groups, CONF_DIR / "hydra" / "launcher"]:
         lines.append(f"{group.relative_to(CONF_DIR)}:")
@@ -182,3 +185,15 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+
+
+def flatten(d: dict, prefix: str = "", lists_as_json: bool = False) -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists kept, or as JSON text (one CSV cell) with lists_as_json."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + ".", lists_as_json))
+        else:
+            out[key] = json.dumps(v) if lists_as_json and isinstance(v, list) else v
+    return out

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from peft_bench.io import atomic_write, process_alive
+from peft_bench.resolvers import flatten  # noqa: F401  (importers of results.flatten)
 from peft_bench.tasks import METRICS, TASKS
 
 RESULTS_FILE = "results.json"
@@ -224,18 +225,6 @@ def collect(root: Path) -> list[tuple[Path, dict | None]]:
             out.append((path.parent, read_results(path.parent)))
         except (OSError, ValueError):
             out.append((path.parent, None))
-    return out
-
-
-def flatten(d: dict, prefix: str = "", lists_as_json: bool = False) -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists kept, or as JSON text (one CSV cell) with lists_as_json."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + ".", lists_as_json))
-        else:
-            out[key] = json.dumps(v) if lists_as_json and isinstance(v, list) else v
     return out
 
 

@@ -72,7 +72,7 @@ LOCAL_IMPORTS: dict[str, tuple[int, str]] = {
         "the config checks",
     ),
     "tune": (
-        3,
+        4,
         "start-up time: `peft-bench tune --help` answers before torch, transformers and Lightning load",
     ),
 }

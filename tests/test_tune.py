@@ -667,3 +667,47 @@ def test_a_trial_whose_heartbeat_stopped_on_another_host_is_replaced(tmp_path, m
     assert "heartbeat" in opt.user_attrs[f"killed:{far.number}"]  # not counted: a finished trial is sealed
     assert again is not None and again.number == 2  # a new trial takes its place
     assert not isinstance(study.store, optuna.storages.JournalStorage)
+
+
+def test_help_is_fast_and_cfg_shows_the_study_without_opening_it(tmp_path):
+    """--help answers before torch loads (the options from the schema); --cfg prints the options, folder,
+    storage (password hidden) and search spaces, and touches nothing."""
+    started = time.time()
+    out = tune(["--help"], timeout=60)
+    assert out.returncode == 0 and "tune.trials=16" in out.stdout and "tune.defaults=True" in out.stdout
+    assert time.time() - started < 10, "peft-bench tune --help loads more than it needs"
+    folder = tmp_path / "t"
+    out = tune(
+        [
+            "--cfg",
+            "method=lora,hira",
+            "model=tiny",
+            "dataset=demo",
+            "tune.trials=4",
+            "tune.storage=postgresql://u:hunter2x@h/db",
+            f"tune.dir={folder}",
+        ],
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "trials: 4" in out.stdout and "storage: postgresql://u:***@h/db" in out.stdout, out.stdout
+    assert "lora:" in out.stdout and "hira:" in out.stdout and "hunter2x" not in out.stdout + out.stderr
+    assert not folder.exists()
+
+
+def test_the_tune_group_file_is_chosen_with_tune_and_a_missing_one_is_named():
+    from peft_bench.tune.study import parse, tune_options
+
+    chosen = tune_options(["tune=default", "tune.trials=5"])
+    assert chosen.problems == [] and chosen.cfg.trials == 5 and chosen.cfg.seeds == 3
+    problems = tune_options(["tune=nope"]).problems
+    assert len(problems) == 1 and "tune=nope: no such file" in problems[0] and "default" in problems[0]
+    # values Hydra's parser cannot take as one value are the text as typed; +/~ is one sentence
+    odd = tune_options(["tune.storage=postgresql://u@h/db?connect_timeout=10", "tune.dir=/x/a=b,c"])
+    assert odd.problems == [] and odd.cfg.dir == "/x/a=b,c" and odd.cfg.storage.endswith("timeout=10")
+    assert tune_options(["+tune.trials=4"]).problems == [
+        "+tune.trials=4: a tune option takes no + or ~ (give tune.trials=4)"
+    ]
+    # naming the default file is the same study as naming none
+    args = ["method=lora", "model=tiny", "dataset=demo"]
+    assert parse([*args, "tune=default"]).key == parse(args).key

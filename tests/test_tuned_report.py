@@ -141,3 +141,33 @@ def test_the_tuned_section_opens_the_report_of_the_final_runs(study):
     assert md.startswith("# peft_bench report\n\nRead from ")
     assert text.strip() in md and md.index("## Tuned comparison") < md.index("## sst2")
     assert out["runs"] == 12 and (study.dir / "report" / "tuned_best_so_far.png").is_file()
+
+
+def test_a_non_finite_figure_is_nan_in_the_statistics_not_an_error():
+    import math
+
+    from peft_bench.report.stats import interval, mean_std, paired_test
+
+    mean, std = mean_std([float("nan"), 1.0])
+    assert math.isnan(mean) and math.isnan(std)
+    assert all(math.isnan(v) for v in interval([float("inf"), 1.0, 2.0]))
+    test = paired_test({1: float("inf"), 2: 0.5}, {1: 0.4, 2: 0.3})
+    assert test.n == 2 and math.isnan(test.t) and not test.significant
+
+
+def test_a_run_from_before_a_key_existed_is_the_same_setting():
+    """Sparse LoRA runs written before method.pruning.start_fraction/end_fraction existed and after:
+    one setting (their seeds pooled), as skip and resume take them; a LoRA run gains no pruning keys."""
+    from peft_bench.report.runs import setting_config
+
+    new = {
+        "method": {
+            "name": "sparse_lora",
+            "pruning": {"target": 0.5, "start_fraction": 0.1, "end_fraction": 0.7},
+        }
+    }
+    old = {"method": {"name": "sparse_lora", "pruning": {"target": 0.5}}}
+    assert setting_config({"config": old}) == setting_config({"config": new})
+    other = {"method": {"name": "sparse_lora", "pruning": {"target": 0.5, "start_fraction": 0.2}}}
+    assert setting_config({"config": other}) != setting_config({"config": new})
+    assert not any("pruning" in k for k in setting_config({"config": {"method": {"name": "lora"}}}))

@@ -5,7 +5,6 @@ a resume must match."""
 
 from __future__ import annotations
 
-import functools
 import json
 import pickle
 import zipfile
@@ -14,9 +13,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
-from omegaconf import OmegaConf
 
-from peft_bench.config import SCHEMAS
+from peft_bench.config import schema_defaults
 from peft_bench.errors import PeftBenchError
 from peft_bench.io import load_checkpoint
 from peft_bench.resolvers import run_identity
@@ -37,26 +35,6 @@ def fingerprint(config: dict, data_key: str | None, resolved: dict | None = None
 
 
 ABSENT = "<absent>"
-
-
-@functools.cache
-def schema_defaults() -> dict:
-    """The flattened plain defaults of the schemas (config.SCHEMAS): the value a key had for a peft_bench
-    that did not have the key yet (trainer.strategy: auto, method.pruning.start_fraction: 0.1). A group's
-    key takes the default all its schemas that have it agree on; none where they differ (method.dropout:
-    0.1 or 0.0), nor where it is an interpolation or required."""
-    defaults, disputed = {}, set()
-    for group, _, schema in SCHEMAS:
-        tree = OmegaConf.to_container(OmegaConf.structured(schema), resolve=False)
-        for key, value in flatten({group: tree} if group else tree).items():
-            if key in defaults and defaults[key] != value:
-                disputed.add(key)
-            defaults.setdefault(key, value)
-    return {
-        k: v
-        for k, v in defaults.items()
-        if k not in disputed and not (isinstance(v, str) and ("${" in v or v == "???"))
-    }
 
 
 def differences(saved: dict, current: dict, data: bool = True, recorded: dict | None = None) -> list[str]:

@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peft_bench.config import schema_defaults
 from peft_bench.resolvers import setting_identity
 from peft_bench.results import EDITED, RESULTS_FILE, collect, digest_state, flatten, unfinished_reason
 from peft_bench.tasks import Task, task_of
@@ -112,10 +113,24 @@ def has_test(r: dict) -> bool:
     return isinstance(r.get(task_of(r).score), int | float)
 
 
+def with_older_defaults(flat: dict) -> dict:
+    """A record's flattened config with the keys an older peft_bench did not write (trainer.strategy,
+    method.pruning.start_fraction, ...) at their schema default, where the record has the group they
+    belong to: a run from before a key existed and one from after are one setting, as skip and resume
+    already take them (callbacks.checkpointing.schema_defaults)."""
+    parents = {k.rsplit(".", 1)[0] for k in flat if "." in k}
+    older = {
+        k: v
+        for k, v in schema_defaults().items()
+        if k not in flat and "." in k and k.rsplit(".", 1)[0] in parents and not isinstance(v, list | dict)
+    }
+    return {**older, **flat}
+
+
 def setting_config(r: dict) -> dict:
     """A run's configuration without its seed, paths and logging; with the tokenized data's cache key
     (the data's content and layout and the tokenizer: the files' paths are left out, their bytes are not)."""
-    cfg = setting_identity(flatten(r["config"], lists_as_json=True))
+    cfg = setting_identity(with_older_defaults(flatten(r["config"], lists_as_json=True)))
     if isinstance(r.get("data"), dict) and r["data"].get("cache_key"):
         cfg["data.cache_key"] = r["data"]["cache_key"]
     # what trainer.precision=null and accelerator=auto became on the machine that ran it: a bf16 GPU

@@ -14,7 +14,10 @@ NOISE = 1e-9  # relative to the figures' size: a spread this small is float nois
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (n − 1 degrees of freedom); None for the std of one value."""
+    """Mean and sample standard deviation (n − 1 degrees of freedom); None for the std of one value. A
+    non-finite figure (a diverged loss, an infinite perplexity) makes both nan, not an error."""
+    if not all(math.isfinite(v) for v in values):
+        return math.nan, math.nan if len(values) > 1 else None
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
@@ -59,6 +62,8 @@ def paired_test(a: dict[int, float | None], b: dict[int, float | None], min_pair
     x, y = [a[s] for s in seeds], [b[s] for s in seeds]
     diff = [u - v for u, v in zip(x, y, strict=True)]
     delta = statistics.fmean(diff)
+    if not all(math.isfinite(d) for d in diff):  # a diverged figure: no test, said as nan
+        return Paired(len(seeds), delta, math.nan, math.nan)
     if len(seeds) < 2 or no_variance(diff, max(map(abs, x + y))):
         return Paired(len(seeds), delta)
     res = stats.ttest_rel(x, y)

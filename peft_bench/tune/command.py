@@ -9,6 +9,8 @@ import sys
 import time
 from dataclasses import fields
 
+from omegaconf import OmegaConf
+
 import peft_bench.tune
 from peft_bench.config import TuneConfig
 from peft_bench.env import LOG_FORMAT, setup_process
@@ -32,10 +34,12 @@ def main(argv: list[str] | None = None) -> None:
     if any(a in ("-h", "--help") for a in argv):
         print(help_text())
         return
+    show = "--cfg" in argv  # the study as the command would run it, nothing opened or trained
+    argv = [a for a in argv if a != "--cfg"]
     setup_process()
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
-        run_command(argv)
+        show_study(argv) if show else run_command(argv)
     except PeftBenchError as e:
         print(f"peft_bench.tune: error: {hide_password(str(e))}", file=sys.stderr)
         sys.exit(2)
@@ -48,6 +52,21 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(130)
+
+
+def show_study(argv: list[str]) -> None:
+    """--cfg: the tune options, folder, storage (password hidden) and each method's search space."""
+    from peft_bench.tune.study import parse  # after --help, as in run_command
+
+    study = parse(argv)
+    shown = {
+        "tune": OmegaConf.to_container(OmegaConf.structured(study.cfg)),
+        "dir": str(study.dir),
+        "storage": study.storage_shown,
+        "run_overrides": study.run_overrides(),
+        "search": study.spaces,
+    }
+    print(OmegaConf.to_yaml(shown), end="")
 
 
 def run_command(argv: list[str]) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import optuna
 
+from peft_bench.env import setup_process
 from peft_bench.errors import DivergedError, PeftBenchError
 from peft_bench.report import write_report
 from peft_bench.report.tuned import datasets_report, finals, tuned_section
@@ -89,7 +90,9 @@ def run_final(study: Study | list[str], method: str, which: str, seed: int, para
     """One final run: the method's best (or default) setting at this seed, evaluated on test. Returns
     why it did not complete (its results.json says so too), or None. A SLURM job is given the command
     line (and parses it), a local final the Study."""
-    study = parse(study) if isinstance(study, list) else study
+    if isinstance(study, list):  # a SLURM job: a process of its own, set up as every entry point
+        setup_process(check_hub=False)
+        study = parse(study)
     try:
         run(
             study_job(

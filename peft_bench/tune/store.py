@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 from collections.abc import Iterator
 
@@ -19,6 +20,8 @@ from peft_bench.errors import ConfigError, PeftBenchError
 from peft_bench.io import atomic_write
 from peft_bench.tune.password import hide_password
 from peft_bench.tune.search import sampler
+
+log = logging.getLogger("peft_bench")
 
 KILLED = "killed"  # user attribute of a trial whose process died: marked failed, not counted, replaced
 HEARTBEAT_S = 30  # a running trial's heartbeat in an RDB storage; a trial silent for HEARTBEAT_GRACE_S died
@@ -50,22 +53,34 @@ def counted(opt_study) -> list:
     return [t for t in trials if t.number not in dead]
 
 
+def trial_id(store, opt_study, trial) -> int:
+    return store.get_trial_id_from_study_id_trial_number(
+        store.get_study_id_from_name(opt_study.study_name), trial.number
+    )
+
+
+def first_heartbeat(store, opt_study, trial) -> None:
+    """A new trial's first heartbeat (fail_stale_trials ignores a trial that never had one)."""
+    if isinstance(store, optuna.storages.RDBStorage):
+        store.record_heartbeat(trial_id(store, opt_study, trial))
+
+
 @contextlib.contextmanager
 def heartbeat(store, opt_study, trial) -> Iterator[None]:
     """While a trial runs, its heartbeat in an RDB storage every HEARTBEAT_S seconds (Optuna's
-    study.optimize does the same; this command asks and tells by hand, see workers.claim)."""
+    study.optimize does the same; this command asks and tells by hand, see workers.claim). A failed beat
+    (a busy database, a dropped connection) is logged and the next one tried."""
     if not isinstance(store, optuna.storages.RDBStorage):  # a journal file has no heartbeat
         yield
         return
-    study_id = store.get_study_id_from_name(opt_study.study_name)
-    trial_id = store.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-    stop = threading.Event()
+    beating, stop = trial_id(store, opt_study, trial), threading.Event()
 
     def beat() -> None:
-        while True:
-            store.record_heartbeat(trial_id)
-            if stop.wait(HEARTBEAT_S):
-                return
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                store.record_heartbeat(beating)
+            except Exception as e:  # noqa: BLE001  (the trial runs on; a later beat may get through)
+                log.warning("trial #%d: its heartbeat was not recorded (%s)", trial.number, e)
 
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()

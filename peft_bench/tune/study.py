@@ -4,10 +4,12 @@ and storage, parsed by Hydra's override parser, every method and every search va
 from __future__ import annotations
 
 import functools
+import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
@@ -98,23 +100,27 @@ class Command:
     problems: list[str]
 
 
+def is_tune_option(line: str) -> bool:
+    key = line.split("=", 1)[0].lstrip("+~")
+    return key == "tune" or key.startswith("tune.")
+
+
 def read_command(argv: list[str]) -> Command:
-    """Split a command line with Hydra's override parser: method= and dataset= may list several values
-    (Hydra's sweep syntax), any other override one; an override Hydra cannot parse is a ConfigError."""
+    """Split a command line: the tune options (tune=<file>, tune.<key>=; read by tune_options, never
+    composed by Hydra), and the run's overrides as Hydra's override parser reads them, where method= and
+    dataset= may list several values (Hydra's sweep syntax) and any other override one."""
     lines = [a for a in argv if a not in ("-m", "--multirun")]
+    out = Command([a for a in lines if is_tune_option(a)], ["lora"], [], "", [], [])
     try:
-        parsed = OverridesParser.create().parse_overrides(lines)
+        parsed = OverridesParser.create().parse_overrides([a for a in lines if not is_tune_option(a)])
     except HydraException as e:
         raise ConfigError(
             [f"{str(e).splitlines()[0]} (quote a value holding '=' or ',': key='...')"]
         ) from None
-    out = Command([], ["lora"], [], "", [], [])
     several = []
     for o in parsed:
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else None
-        if o.key_or_group == "tune" or o.key_or_group.startswith("tune."):
-            out.tune_args.append(o.input_line)
-        elif o.key_or_group == "method":
+        if o.key_or_group == "method":
             out.methods = values or [o.get_value_element_as_str()]
         elif o.key_or_group == "dataset" and values:
             out.datasets, out.listed = values, o.input_line
@@ -132,24 +138,51 @@ def read_command(argv: list[str]) -> Command:
     return out
 
 
-def tune_options(tune_args: list[str]) -> tuple[TuneConfig, list[str]]:
+def option_value(line: str):
+    """A tune.<key>= value as Hydra's parser types it (4 -> int, null -> None, '...' unquoted); a value
+    Hydra cannot parse as one value (a URL holding '=', a path holding ',') is the text as typed."""
+    raw = line.split("=", 1)[1] if "=" in line else ""
+    try:
+        o = OverridesParser.create().parse_override(line)
+    except HydraException:
+        return raw
+    return raw if o.is_sweep_override() else o.value()
+
+
+@dataclass
+class TuneOptions:
+    """The tune options of a command: typed, the tune group file's own values, and every problem."""
+
+    cfg: TuneConfig
+    from_file: dict  # the values the chosen conf/tune/ file sets (part of the study's name)
+    problems: list[str]
+
+
+def tune_options(tune_args: list[str]) -> TuneOptions:
     """The tune.* options: the schema's defaults, the tune group's file (conf/tune/<tune=name>.yaml,
     default.yaml unless tune= names another), then each tune.<key>= typed by the schema one by one, so
     every bad one is named."""
     names = [f.name for f in fields(TuneConfig)]
-    chosen = [a.split("=", 1)[1] for a in tune_args if a.split("=", 1)[0] == "tune"]
+    problems = [
+        f"{a}: a tune option takes no + or ~ (give {a.lstrip('+~')})"
+        for a in tune_args
+        if a.startswith(("+", "~"))
+    ]
+    chosen = [str(option_value(a)) for a in tune_args if a.split("=", 1)[0] == "tune"]
     path = CONF_DIR / "tune" / f"{chosen[-1] if chosen else 'default'}.yaml"
     if not path.is_file():
         there = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        return TuneConfig(), [f"tune={chosen[-1]}: no such file {path} (there are: {', '.join(there)})"]
-    problems, cfg = [], OmegaConf.structured(TuneConfig)
+        problems.append(f"tune={chosen[-1]}: no such file {path} (there are: {', '.join(there)})")
+        return TuneOptions(TuneConfig(), {}, problems)
+    cfg, from_file = OmegaConf.structured(TuneConfig), {}
     try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(path) or {})
-    except OmegaConfBaseException as e:
+        from_file = OmegaConf.to_container(OmegaConf.load(path)) or {}
+        cfg = OmegaConf.merge(cfg, from_file)
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError) as e:
         problems.append(f"{path}: {str(e).splitlines()[0]}")
     for arg in tune_args:
-        key = arg.removeprefix("tune.").split("=")[0]
-        if arg.split("=", 1)[0] == "tune":
+        key = arg.lstrip("+~").removeprefix("tune.").split("=")[0]
+        if arg.startswith(("+", "~")) or arg.split("=", 1)[0] == "tune":
             continue
         if key not in names:
             problems.append(
@@ -157,11 +190,20 @@ def tune_options(tune_args: list[str]) -> tuple[TuneConfig, list[str]]:
             )
             continue
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([arg.removeprefix("tune.")]))
+            cfg = OmegaConf.merge(cfg, {key: option_value(arg)})
         except OmegaConfBaseException as e:  # OmegaConf's validation error names the type
             problems.append(f"{arg}: {str(e).splitlines()[0]}")
     options = OmegaConf.to_object(cfg)  # the well-typed ones: their values checked too
-    return options, [*problems, *options.problems()]
+    return TuneOptions(options, from_file, [*problems, *options.problems()])
+
+
+def key_options(command: Command, options: TuneOptions) -> list[str]:
+    """The tune options as the study's name counts them: those typed (tune.<key>=), and the chosen
+    file's values that the command line does not set (so an edited file is another study, and
+    `tune=default` the same study as no tune= at all)."""
+    typed = [a for a in command.tune_args if a.split("=", 1)[0] != "tune"]
+    given = {a.removeprefix("tune.").split("=")[0] for a in typed}
+    return [*typed, *(f"tune.{k}={json.dumps(v)}" for k, v in options.from_file.items() if k not in given)]
 
 
 def method_problems(study: Study) -> list[str]:
@@ -188,13 +230,13 @@ def method_problems(study: Study) -> list[str]:
 def parse(argv: list[str]) -> Study:
     """The command line as a Study: tune.* options typed, methods split out, every job checked."""
     command = read_command(argv)
-    cfg, problems = tune_options(command.tune_args)
-    problems = [*problems, *command.problems]
+    options = tune_options(command.tune_args)
+    cfg, problems = options.cfg, [*options.problems, *command.problems]
     if command.datasets:  # main() gives each dataset of a several-dataset command its own study
         problems.append(f"{command.listed}: one study is of one dataset (tune_datasets runs several)")
     if problems:
         raise ConfigError(problems)
-    key = command_key(command.overrides, command.methods, command.tune_args)
+    key = command_key(command.overrides, command.methods, key_options(command, options))
     folder = Path(cfg.dir) if cfg.dir else Path("tune") / key
     study = Study(command.overrides, command.methods, cfg, folder.absolute(), key)
     problems = method_problems(study)
@@ -235,10 +277,10 @@ def parse_datasets(argv: list[str], datasets: list[str]) -> tuple[Path, list[Dat
     checked first: one ConfigError with every problem, a problem all datasets share said once."""
     rest = [a for a in argv if a not in ("-m", "--multirun")]
     command = read_command(rest)
-    given = [a.split("=", 1)[1] for a in command.tune_args if a.split("=", 1)[0] == "tune.dir"]
-    root = Path(given[-1].strip("'\"")) if given and given[-1] not in ("", "null") else None
+    options = tune_options(command.tune_args)
     overrides = [*command.overrides, command.listed]
-    root = (root or Path("tune") / command_key(overrides, command.methods, command.tune_args)).absolute()
+    key = command_key(overrides, command.methods, key_options(command, options))
+    root = (Path(options.cfg.dir) if options.cfg.dir else Path("tune") / key).absolute()
     studies, found = [], {}
     for name in datasets:
         sub = [a for a in rest if a.split("=", 1)[0] not in ("dataset", "tune.dir")]

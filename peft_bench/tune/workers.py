@@ -9,6 +9,7 @@ import logging
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import optuna
@@ -21,6 +22,7 @@ from omegaconf import OmegaConf
 from peft_bench.callbacks.trial_pruning import ReportToPruner
 from peft_bench.checks import compose_job
 from peft_bench.config import CONF_DIR
+from peft_bench.env import setup_process
 from peft_bench.errors import DivergedError, PeftBenchError, RunInProgress, TrialStopped
 from peft_bench.io import RunLock, process_alive, process_identity
 from peft_bench.tasks import task_for
@@ -28,7 +30,7 @@ from peft_bench.train import run
 from peft_bench.tune.password import hide_password
 from peft_bench.tune.search import sampler, suggest, with_params
 from peft_bench.tune.signals import interrupted
-from peft_bench.tune.store import KILLED, counted, heartbeat
+from peft_bench.tune.store import KILLED, counted, first_heartbeat, heartbeat, trial_id
 from peft_bench.tune.study import Study, parse
 
 log = logging.getLogger("peft_bench")
@@ -76,16 +78,14 @@ def run_trial(study: Study, method: str, trial, params: dict) -> float:
     return value
 
 
-def trial_alive(t, store) -> bool:
+def trial_alive(t) -> bool:
     """Whether the process that runs a RUNNING trial is alive: its worker's pid on this host (known at
-    once; a heartbeat only after its grace period); on another host, its heartbeat in an RDB storage
-    (Optuna's fail_stale_trials, in claim), or with a journal file (no heartbeat) its run folder's lock,
-    held while its run runs."""
+    once; a heartbeat only after its grace period); on another host, its run folder's lock, held while
+    its run runs (a trial that died before its folder had a results.json: its heartbeat in an RDB
+    storage, through Optuna's fail_stale_trials in mark_dead)."""
     alive = process_alive(t.user_attrs.get("worker", {}))
     if alive is not None:
         return alive
-    if isinstance(store, optuna.storages.RDBStorage):
-        return True
     run_dir = Path(t.user_attrs.get("run_dir", "/nonexistent"))
     if not (run_dir / "results.json").exists():
         return True  # not started yet, or started elsewhere: cannot tell, so it is not replaced
@@ -109,6 +109,7 @@ def claim(study: Study, method: str, opt_study):
             return None
         opt_study.sampler = sampler(study.cfg, len(opt_study.get_trials(deepcopy=False)))
         trial = opt_study.ask()
+        first_heartbeat(study.store, opt_study, trial)  # under the lock: no trial without a heartbeat
         trial.set_user_attr("run_dir", str(study.dir / "trials" / method / str(trial.number)))
         trial.set_user_attr("worker", process_identity())
         return trial
@@ -118,13 +119,18 @@ def mark_dead(study: Study, method: str, opt_study) -> None:
     """Trials whose process died: failed and marked killed (Optuna's fail_stale_trials for a stopped
     heartbeat, the storage's callback marks them; this host's dead pids at once)."""
     if isinstance(study.store, optuna.storages.RDBStorage):
-        optuna.storages.fail_stale_trials(opt_study)
-    study_id = study.store.get_study_id_from_name(opt_study.study_name)
+        with warnings.catch_warnings():  # "experimental since v2.9": as study.optimize calls it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(opt_study)
     for t in opt_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if trial_alive(t, study.store):
+        if trial_alive(t):
             continue
-        trial_id = study.store.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        study.store.set_trial_user_attr(trial_id, KILLED, "its process died; replaced")
+        try:
+            study.store.set_trial_user_attr(
+                trial_id(study.store, opt_study, t), KILLED, "its process died; replaced"
+            )
+        except optuna.exceptions.UpdateFinishedTrialError:  # its heartbeat's staleness got there first
+            continue
         opt_study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         log.warning(
             "trial %s #%d: its process died; marked failed, a new trial takes its place", method, t.number
@@ -167,7 +173,7 @@ def work(study: Study, worker: int = 0) -> None:
         except (DivergedError, PeftBenchError, RuntimeError, ValueError) as e:  # never the end of the study
             if interrupted():  # a Ctrl-C that became an error on its way up (a DataLoader's, say)
                 stop_interrupted(studies[method], method, trial)
-            trial.set_user_attr("error", hide_password(f"{type(e).__name__}: {e}")[:500])
+            note(trial, "error", hide_password(f"{type(e).__name__}: {e}")[:500])
             tell(studies[method], method, trial, state=optuna.trial.TrialState.FAIL)
             log.warning("trial %s #%d failed: %s", method, trial.number, hide_password(str(e)))
         except (KeyboardInterrupt, SystemExit):  # Lightning turns a Ctrl-C into sys.exit(1)
@@ -178,10 +184,18 @@ def work(study: Study, worker: int = 0) -> None:
             tell(studies[method], method, trial, values=value)
 
 
+def note(trial, key: str, value: str) -> None:
+    """A user attribute on a trial, unless another worker has finished it meanwhile (then tell says so)."""
+    try:
+        trial.set_user_attr(key, value)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass
+
+
 def stop_interrupted(opt_study, method: str, trial) -> None:
     """Ctrl-C during a trial: it is not counted (its run folder says interrupted; the resumed study
     replaces it), no other trial starts, and the command exits 130."""
-    trial.set_user_attr(KILLED, "interrupted (Ctrl-C); replaced when the study resumes")
+    note(trial, KILLED, "interrupted (Ctrl-C); replaced when the study resumes")
     tell(opt_study, method, trial, state=optuna.trial.TrialState.FAIL)
     log.warning("trial %s #%d: interrupted; not counted, no other trial starts", method, trial.number)
     raise KeyboardInterrupt
@@ -248,6 +262,7 @@ class Worker(submitit.helpers.Checkpointable):
     the next claim and replaced."""
 
     def __call__(self, argv: list[str], worker: int) -> None:
+        setup_process(check_hub=False)  # a job process of its own: set up as every entry point
         work_argv(argv, worker)
 
 
