@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peft_bench.config import schema_defaults
+from peft_bench.config import SCHEMAS, schema_defaults
 from peft_bench.resolvers import setting_identity
 from peft_bench.results import EDITED, RESULTS_FILE, collect, digest_state, flatten, unfinished_reason
 from peft_bench.tasks import Task, task_of
@@ -117,8 +117,10 @@ def with_older_defaults(flat: dict) -> dict:
     """A record's flattened config with the keys an older peft_bench did not write (trainer.strategy,
     method.pruning.start_fraction, ...) at their schema default, where the record has the group they
     belong to: a run from before a key existed and one from after are one setting, as skip and resume
-    already take them (callbacks.checkpointing.schema_defaults)."""
-    parents = {k.rsplit(".", 1)[0] for k in flat if "." in k}
+    already take them (config.schema_defaults). Not a group's own keys where the group has several
+    schemas (method, dataset, logger): LoRA has no l1_lambda to default."""
+    several = {g for g, _, _ in SCHEMAS if g and sum(g == h for h, _, _ in SCHEMAS) > 1}
+    parents = {k.rsplit(".", 1)[0] for k in flat if "." in k} - several
     older = {
         k: v
         for k, v in schema_defaults().items()
