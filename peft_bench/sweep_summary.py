@@ -40,7 +40,8 @@ def runs_table(
     runs: list[tuple[Path, dict | str | None]] | None = None,
     failures: dict[str, str] | None = None,
 ) -> Table:
-    """One row per job; a job is its results.json (dict), None if unreadable, or MISSING."""
+    """One row per job (its folder, method, rank, seed, size, scores, time, status); a job is its
+    results.json (dict), None if unreadable, or MISSING."""
     runs = collect(root) if runs is None else runs
     failures = failures or {}
     table = Table(title=f"runs in {root}")
@@ -61,6 +62,7 @@ def runs_table(
         *(["dataset"] if several else []),
         "method",
         "rank",
+        "seed",
         "trainable / total",
         "ratio",
         *[k.replace("_", " ") for k in scores],
@@ -72,7 +74,7 @@ def runs_table(
         name = str(run_dir.relative_to(root)) or "."
         why = job_reason(root, run_dir, r, failures)
         if not isinstance(r, dict):
-            table.add_row(name, *[""] * (5 + several + len(scores)), why)
+            table.add_row(name, *[""] * (6 + several + len(scores)), why)
             continue
 
         def fmt(key: str, spec: str = ".4f", r: dict = r) -> str:
@@ -88,6 +90,7 @@ def runs_table(
             *([r.get("dataset", "?")] if several else []),
             r.get("method", "?"),
             str(r.get("rank", "-")),
+            str(r.get("seed", "-")),
             params,
             fmt("trainable_ratio", ".4%"),
             *[fmt(k, fmt_of[k]) for k in scores],

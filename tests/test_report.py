@@ -126,8 +126,9 @@ def test_tables_and_seed_statistics_are_exactly_the_hand_computed_ones(sweep, tm
     )
     # seed statistics of the primary test metric: F1 for these records, which name no dataset.metric (an
     # older record's checkpoint was picked by val F1); test F1 = acc + 0.002: 0.802, 0.822, 0.842
-    # 95% t interval, half width t(0.975, 2) * s / sqrt(3) = 4.3027 * 0.02 / 1.7321 = 0.0497
-    assert "| lora | rank=8 | 3 | 1, 2, 3 | 0.8220 ± 0.0200 | [0.7723, 0.8717] | - |" in md
+    # 95% percentile bootstrap interval: a resample of three seeds is all the lowest (or all the highest)
+    # with chance 1/27 = 3.7% > 2.5%, so at 3 seeds the interval is the seeds' range
+    assert "| lora | rank=8 | 3 | 1, 2, 3 | 0.8220 ± 0.0200 | [0.8020, 0.8420] | - |" in md
     # sparse - lora per seed: -0.02, -0.03, -0.01: mean -0.02, s 0.01, t = -0.02 / (0.01 / sqrt 3) = -3.46;
     # two-sided p with 2 df: 1 - |t| / sqrt(t^2 + 2) = 0.0742: not significant
     assert "| sparse_lora | rank=8 | 3 | 1, 2, 3 | 0.8020 ± 0.0265 |" in md
@@ -254,3 +255,88 @@ def test_cli_names_the_folder_and_a_wandb_summary_run_is_written_offline(sweep, 
         text=True,
     )
     assert bad.returncode == 2 and "no such folder" in bad.stderr
+
+
+def test_a_float_label_shows_3_significant_digits_or_as_many_as_tell_settings_apart():
+    from peft_bench.report.runs import Setting, label_settings
+
+    def setting(method: str, **config) -> Setting:
+        return Setting("sst2", method, {"method.name": method, **config})
+
+    def labels(*settings: Setting) -> list[str]:
+        label_settings(list(settings))
+        return [s.label for s in settings]
+
+    # floats at 3 significant digits (Python's own spelling of the rounded value)
+    assert labels(
+        setting("lora", **{"method.lr": 0.008386932223546589}),
+        setting("lora", **{"method.lr": 1e-5}),
+        setting("lora", **{"method.lr": 1.0}),
+        setting("lora", **{"method.lr": 123456.789}),
+    ) == ["method.lr=0.00839", "method.lr=1e-05", "method.lr=1.0", "method.lr=123000.0"]
+    # an int, a string and a (JSON) list as they are
+    assert labels(
+        setting("lora", **{"method.init": "gaussian", "trainer.max_steps": 1000}),
+        setting("lora", **{"method.init": "pissa", "trainer.max_steps": 1000}),
+        setting("lora", **{"method.init": "gaussian", "trainer.max_steps": 1234567}),
+    ) == [
+        "method.init=gaussian trainer.max_steps=1000",
+        "method.init=pissa trainer.max_steps=1000",
+        "method.init=gaussian trainer.max_steps=1234567",
+    ]
+    assert labels(
+        setting("lora", **{"method.target_modules": '["query", "value"]'}),
+        setting("lora", **{"method.target_modules": '["query"]'}),
+    ) == ['method.target_modules=["query", "value"]', 'method.target_modules=["query"]']
+    # 0.00123451 and 0.00123456 are 0.00123 at 3 digits, 0.001235 at 4: the key takes as many as tell
+    # the two settings apart (the same for each of its values); a key that 3 digits tell apart keeps 3
+    assert labels(
+        setting("lora", **{"method.lr": 0.00123451, "method.dropout": 0.2}),
+        setting("lora", **{"method.lr": 0.00123456, "method.dropout": 0.2}),
+        setting("lora", **{"method.lr": 0.005, "method.dropout": 0.123456}),
+    ) == [
+        "method.dropout=0.2 method.lr=0.0012345",
+        "method.dropout=0.2 method.lr=0.0012346",
+        "method.dropout=0.123 method.lr=0.005",
+    ]
+    # floats that differ only in their last digit still get two labels (17 significant digits)
+    a, b = 0.1 + 0.2, 0.3
+    assert labels(setting("lora", **{"method.lr": a}), setting("lora", **{"method.lr": b})) == [
+        f"method.lr={a!r}",
+        f"method.lr={b!r}",
+    ]
+
+
+def curve_run(folder: Path, method: str, seed: int, lr: float) -> dict:
+    """A run with a CSV log (logger=csv): train loss at steps 1-4, validation F1 at steps 2 and 4."""
+    (folder / "csv").mkdir(parents=True)
+    rows = ["step,train/loss_step,val/f1", "1,0.7,", "2,0.6,", "2,,0.7", "3,0.5,", "4,0.4,", "4,,0.8"]
+    (folder / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
+    r = result(method, seed, 0.8)
+    r["config"]["method"]["lr"] = lr
+    return {**r, "_dir": str(folder)}
+
+
+@pytest.mark.parametrize("n", [3, 8])  # a legend in each panel; one beside the validation panel for many
+def test_training_curves_give_each_setting_its_colour_and_the_validation_panel_a_legend(tmp_path, n):
+    from peft_bench.report.plots import Figures, training_curves
+    from peft_bench.report.runs import settings_of
+
+    methods = ["lora", "lora", "sparse_lora", "lora", "lora", "hira", "lora", "lora"][:n]
+    runs = [
+        curve_run(tmp_path / str(i), m, 1, lr)
+        for i, (m, lr) in enumerate(zip(methods, [1e-3 * (i + 1) for i in range(n)], strict=True))
+    ]
+    settings = settings_of(runs)["sst2"]
+    assert len(settings) == n
+    figures = Figures("sst2", tmp_path, list(dict.fromkeys(s.method for s in settings)))
+    fig = training_curves(figures, settings)
+    assert figures.written == ["sst2_training_curves.png"]
+    train, val = fig.axes
+    names = [f"{s.method} r=8 {s.label}" for s in settings]
+    assert [line.get_label() for line in train.lines] == names
+    assert len({line.get_color() for line in train.lines}) == n  # two settings of one method: two colours
+    assert [line.get_color() for line in val.lines] == [line.get_color() for line in train.lines]
+    assert [t.get_text() for t in val.get_legend().get_texts()] == names
+    assert (train.get_legend() is None) == (n > 6)
+    assert "sparse_lora r=8 method.lr=0.003" in names

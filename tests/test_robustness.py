@@ -121,3 +121,28 @@ def test_a_deferred_finite_check_still_stops_a_diverging_run_before_its_checkpoi
         run(cfg)
     assert results(tmp_path)["status"] == "diverged"
     assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+def test_the_sweep_table_has_a_seed_column(tmp_path):
+    from rich.console import Console
+
+    from peft_bench.results import write_results
+    from peft_bench.sweep_summary import MISSING, runs_table
+    from tests.test_report import result
+
+    runs = [(tmp_path / str(j), result("lora", seed, 0.8)) for j, seed in enumerate((7, 13))]
+    for folder, r in runs:
+        write_results(folder, r)
+    runs = [(d, json.loads((d / "results.json").read_text())) for d, _ in runs]
+    table = runs_table(tmp_path, [*runs, (tmp_path / "2", MISSING)])
+    columns = [c.header for c in table.columns]
+    assert columns[columns.index("rank") + 1] == "seed"
+    seeds = list(table.columns[columns.index("seed")].cells)
+    assert seeds == ["7", "13", ""]  # a job without results.json has no seed
+    assert all(len(list(c.cells)) == 3 for c in table.columns)  # every row has every cell
+    console = Console(width=300, record=True, markup=False)
+    console.print(table)
+    text = console.export_text()
+    header = next(line for line in text.splitlines() if "trainable / total" in line)
+    cells = [c.strip() for c in header.replace("┃", "│").split("│")]
+    assert cells[cells.index("rank") + 1] == "seed" and "missing: no results.json" in text

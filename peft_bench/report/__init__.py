@@ -1,6 +1,7 @@
 """Compare the runs of one or more sweeps: tables, seed statistics and plots.
 
     python -m peft_bench.report DIR [DIR ...] [--out FOLDER] [--wandb auto|on|off] [--include-edited]
+                                [--margin DIFF]
     peft-bench report DIR [DIR ...]
 
 Reads every results.json under the given run or sweep folders and writes into FOLDER (default
@@ -9,7 +10,9 @@ DIR/report for one DIR, reports/<names> for several):
               setting, each dataset's metrics ×100, GLUE's average, the trivial predictor's row); then
               per dataset: the runs by setting (mean ± std over seeds), the method comparison (each
               method's best setting by validation score), seed statistics with a paired test against
-              LoRA, 4-bit base memory, the plots; and every run left out of the tables, with its reason;
+              LoRA, the pairwise verdicts (better, worse, equivalent within --margin, or undecided with
+              the seeds it would take; P(best) per setting), 4-bit base memory, the plots; and every run
+              left out of the tables, with its reason;
   runs.csv    one row per run, every field (nested ones as a.b, config as config.*, lists as JSON);
   *.png/svg   score vs trainable parameters (log axis, Pareto front), sparsity vs rank, train time
               and peak memory per method, 4-bit base memory against LoRA, training curves.
@@ -22,6 +25,7 @@ digest does not match) is left out, named, unless --include-edited counts it (ma
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -74,14 +78,25 @@ def main(argv: list[str] | None = None) -> None:
         help="count runs whose results.json was changed after the run (its digest does not match), "
         "marked ⚠, instead of leaving them out",
     )
+    parser.add_argument(
+        "--margin",
+        type=float,
+        help="the difference in each dataset's primary test metric that counts as negligible: two settings "
+        "within it are 'equivalent' (TOST) in the pairwise verdicts (default: 0.01, one point, for a metric "
+        "with a range; 1%% of the mean figure for one without, as perplexity)",
+    )
     args = parser.parse_args(argv)
+    if args.margin is not None and not 0 < args.margin < math.inf:
+        parser.error(f"--margin {args.margin}: give a difference > 0 in the primary metric (0.01: one point)")
     missing = [str(d) for d in args.dirs if not d.is_dir()]
     if missing:
         parser.error(f"no such folder: {', '.join(missing)}")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} is a file: give a folder (report.md, runs.csv and plots go in it)")
     try:
-        s = write_report(args.dirs, args.out, args.wandb, include_edited=args.include_edited)
+        s = write_report(
+            args.dirs, args.out, args.wandb, include_edited=args.include_edited, margin=args.margin
+        )
     except OSError as e:  # a read-only or full disk: one sentence
         out = args.out or default_out(args.dirs)
         if (refusal := filesystem_refusal(e, out, started=False, elsewhere="--out")) is None:

@@ -17,6 +17,7 @@ from peft_bench.report.tables import (
     baseline_text,
     benchmark_section,
     method_comparison,
+    pairwise_verdicts,
     qlora_memory,
     runs_by_setting,
     seed_statistics,
@@ -37,11 +38,14 @@ def write_report(
     wandb_mode: str = "auto",
     include_edited: bool = False,
     sections: Sequence[str] = (),
+    margin: float | None = None,
 ) -> dict:
     """Write report.md, runs.csv and the plots into `out`; returns what was written and read.
     `include_edited`: count runs whose results.json changed after the run (marked ⚠) instead of leaving
     them out. `sections`: markdown sections that open the report, after its first paragraph (a tuning
-    study's "Tuned comparison")."""
+    study's "Tuned comparison"). `margin`: the difference in the primary metric that the pairwise verdicts
+    call negligible (TOST's equivalence margin); None: tables.default_margin (0.01 for a metric with a
+    range, 1% of the mean figure for one without)."""
     out = out or default_out(dirs)
     out.mkdir(parents=True, exist_ok=True)
     runs, left_out = load_runs(dirs, include_edited)
@@ -58,7 +62,7 @@ def write_report(
     ]
     images: list[str] = []
     for dataset, settings in by_dataset.items():
-        text, written = dataset_section(dataset, settings, out)
+        text, written = dataset_section(dataset, settings, out, margin)
         lines += text
         images += written
     lines += closing_sections(runs, left_out)
@@ -80,9 +84,12 @@ def write_report(
     return summary
 
 
-def dataset_section(dataset: str, settings: list[Setting], out: Path) -> tuple[list[str], list[str]]:
+def dataset_section(
+    dataset: str, settings: list[Setting], out: Path, margin: float | None = None
+) -> tuple[list[str], list[str]]:
     """A dataset's section of report.md: its task and models, the runs by setting, the method comparison,
-    the seed statistics, 4-bit base memory and the plots (written into `out`); and the plots' names."""
+    the seed statistics, the pairwise verdicts (equivalence `margin`), 4-bit base memory and the plots
+    (written into `out`); and the plots' names."""
     task = settings[0].task
     models = sorted({s.config.get("model.name", "?") for s in settings})
     lines = [
@@ -113,6 +120,7 @@ def dataset_section(dataset: str, settings: list[Setting], out: Path) -> tuple[l
         *table,
     ]
     lines += seed_statistics(settings)
+    lines += pairwise_verdicts(settings, margin)
     lines += qlora_memory(settings)
     written = plots(dataset, settings, chosen, out)
     if written:

@@ -7,10 +7,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from peft_bench.report.runs import Setting, baseline_for, read_curves
 from peft_bench.report.stats import interval
 from peft_bench.tasks import Task
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def pyplot():
@@ -192,20 +196,33 @@ def qlora_vs_lora(figures: Figures, settings: list[Setting]) -> None:
     figures.save(fig, "qlora_vs_lora")
 
 
-def training_curves(figures: Figures, settings: list[Setting]) -> None:
-    """The logged training loss and validation score of the first seed of each setting (logger=csv)."""
+def setting_colors(n: int) -> list:
+    """n colours, one per setting: tab10 for a few, tab20 for up to 20, else n evenly spaced along turbo."""
+    plt = pyplot()
+    if n <= 20:
+        palette = plt.get_cmap("tab10" if n <= 10 else "tab20")
+        return [palette(i) for i in range(n)]
+    return [plt.get_cmap("turbo")(i / (n - 1)) for i in range(n)]
+
+
+def training_curves(figures: Figures, settings: list[Setting]) -> Figure | None:
+    """The logged training loss and validation score of the first seed of each setting (logger=csv),
+    each setting in its own colour (the validation points with its method's marker), each panel with
+    a legend (one beside the validation panel for many settings); returns the Figure, None if no
+    setting logged a curve."""
     val_key = settings[0].task.curve_metric
     curves = [(s, read_curves(Path(s.runs[0]["_dir"]), val_key)) for s in settings]
     curves = [(s, c) for s, c in curves if c["train"]]
     if not curves:
-        return
-    fig, axes = pyplot().subplots(1, 2, figsize=(10, 4))
-    for s, c in curves:
+        return None
+    many = len(curves) > 6
+    fig, axes = pyplot().subplots(1, 2, figsize=(13, 4.5) if many else (10, 4))
+    for (s, c), color in zip(curves, setting_colors(len(curves)), strict=True):
         name = " ".join(x for x in (s.method, f"r={s.rank}" if s.rank is not None else "", s.label) if x)
-        color = figures.colors[s.method]
         axes[0].plot(*zip(*c["train"], strict=True), color=color, alpha=0.8, lw=1, label=name)
         if c[val_key]:
-            axes[1].plot(*zip(*c[val_key], strict=True), "o-", color=color, lw=1, label=name)
+            marker = figures.markers[s.method]
+            axes[1].plot(*zip(*c[val_key], strict=True), marker=marker, color=color, lw=1, label=name)
     axes[1].set_xlim(axes[0].get_xlim())
     axes[0].set_xlabel("optimizer step")
     axes[0].set_ylabel("training loss (logged steps)")
@@ -213,9 +230,17 @@ def training_curves(figures: Figures, settings: list[Setting]) -> None:
     axes[1].set_ylabel(val_key.replace("/", " "))
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    if many:  # one legend of every setting, beside the validation panel: the colours are the same in both
+        handles, names = axes[0].get_legend_handles_labels()
+        columns = 1 + len(curves) // 20
+        axes[1].legend(handles, names, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=columns)
+    else:
+        axes[0].legend(fontsize=7)
+        if axes[1].lines:
+            axes[1].legend(fontsize=7)
     fig.suptitle(f"{figures.dataset}: training curves (first seed of each setting)")
     figures.save(fig, "training_curves")
+    return fig
 
 
 def best_so_far(curves: dict[str, list[float | None]], task: Task, out: Path) -> str | None:

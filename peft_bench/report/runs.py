@@ -172,7 +172,9 @@ def settings_of(runs: list[dict]) -> dict[str, list[Setting]]:
 def label_settings(settings: list[Setting]) -> None:
     """Label each setting by the config keys that vary across its dataset's settings, skipping a key
     whose value follows from the keys already taken (method.name decides method._target_, rank decides
-    lora.r, ...)."""
+    lora.r, ...). A float is shown at 3 significant digits (method.lr=0.00839), or at as many as tell
+    apart two settings that 3 would label alike (method.lr=0.0012345 and 0.0012346); other values as
+    they are."""
     everywhere = set.intersection(*(set(s.config) for s in settings))
     groups = ("method.name", "method.", "model.name", "dataset.", "model.", "trainer.")
 
@@ -197,12 +199,36 @@ def label_settings(settings: list[Setting]) -> None:
         ):
             continue
         taken.append(key)
+    shown = [k for k in taken if k not in ("method.name", "method.r")]
+    digits = dict.fromkeys(shown, 3)  # significant digits of each key's floats
+
+    def text(k: str, v) -> str:  # str of the rounded float: 0.00839, 1.0, 1e-05, 12300.0
+        return str(float(format(v, f".{digits[k]}g"))) if isinstance(v, float) else str(v)
+
+    def label(s) -> str:
+        return " ".join(f"{SHORT.get(k, k)}={text(k, s.config[k])}" for k in shown if k in s.config)
+
+    while True:  # a key whose floats two settings of one label differ in gets one digit more
+        alike: dict[str, list] = defaultdict(list)
+        for s in settings:
+            alike[label(s)].append(s)
+        more = {
+            k
+            for group in alike.values()
+            for a in group
+            for b in group
+            for k in shown
+            if digits[k] < 17  # 17 significant digits tell any two floats apart
+            and isinstance(a.config.get(k), float)
+            and isinstance(b.config.get(k), float)
+            and a.config[k] != b.config[k]
+        }
+        if not more:
+            break
+        for k in more:
+            digits[k] += 1
     for s in settings:
-        s.label = " ".join(
-            f"{SHORT.get(k, k)}={s.config[k]}"
-            for k in taken
-            if k not in ("method.name", "method.r") and k in s.config
-        )
+        s.label = label(s)
 
 
 def baseline_for(s: Setting, settings: list[Setting]) -> Setting | None:

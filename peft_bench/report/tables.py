@@ -5,11 +5,23 @@ predictor's row."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from statistics import fmean
 
 from peft_bench.report.runs import BASELINE, Setting, baseline_for, best, label_settings
-from peft_bench.report.stats import ALPHA, interval, mean_std, paired_test, paired_text
+from peft_bench.report.significance import BOOT_RANKS, Pair, p_best, verdicts
+from peft_bench.report.stats import (
+    ALPHA,
+    MIN_BOOTSTRAP,
+    RESAMPLES,
+    bounded_interval,
+    interval,
+    mean_std,
+    paired_test,
+    paired_text,
+    seeds_text,
+)
 from peft_bench.tasks import METRICS, Metric, Task, column
 
 
@@ -133,15 +145,16 @@ def scores_by_seed(s: Setting) -> dict[int, float | None]:
 
 
 def seed_statistics(settings: list[Setting]) -> list[str]:
-    """Each setting's mean, std and 95% t interval over seeds, and its paired t-test against LoRA; [] when
-    no setting ran two seeds."""
+    """Each setting's mean, std and 95% bootstrap interval over seeds (within the metric's range), and its
+    paired t-test against LoRA; [] when no setting ran two seeds."""
     if not any(len(s.runs) >= 2 for s in settings):
         return []
     task = settings[0].task
     score, spec = task.score_label, task.spec
     rows = []
+    bounds = metric_of(task.score).bounded or (-math.inf, math.inf)
     for s in settings:
-        stats = interval(s.values(s.score))
+        values = s.values(s.score)
         base = baseline_for(s, settings)
         vs = paired_text(paired_test(scores_by_seed(s), scores_by_seed(base)) if base else None, spec)
         rows.append(
@@ -150,8 +163,8 @@ def seed_statistics(settings: list[Setting]) -> list[str]:
                 " ".join(x for x in (f"rank={s.rank}" if s.rank is not None else "", s.label) if x) or "-",
                 str(len(s.runs)),
                 ", ".join(map(str, s.seeds)),
-                "-" if stats is None else f"{stats[0]:{spec}} ± {stats[1]:{spec}}",
-                "-" if stats is None else f"[{stats[2]:{spec}}, {stats[3]:{spec}}]",
+                "-" if len(values) < 2 else fmt(values, spec),
+                "-" if len(values) < 2 else bounded_interval(values, *bounds).text(spec),
                 vs,
             ]
         )
@@ -165,14 +178,130 @@ def seed_statistics(settings: list[Setting]) -> list[str]:
         "vs LoRA: Δ (paired t-test)",
     ]
     note = (
-        "Mean ± sample standard deviation over seeds; 95% interval: Student's t with n−1 degrees of "
-        "freedom. "
+        "Mean ± sample standard deviation over seeds; 95% interval: percentile bootstrap of the mean over "
+        f"seeds (scipy.stats.bootstrap, {RESAMPLES:,} resamples, seeded), within the metric's range; not "
+        f"informative below {MIN_BOOTSTRAP} seeds, and at 3 it is the seeds' range (docs/report.md). "
         f"vs LoRA: {score} minus that of the LoRA setting of the same model and rank (else the best LoRA "
         f"by validation), over the seeds both ran; two-sided paired t-test (scipy.stats.ttest_rel), "
         f"* where p < {ALPHA} (no variance: the same difference on every seed, so no t-test). With 3–5 "
         "seeds only large, consistent differences reach significance."
     )
     return ["", "### Seed statistics", "", note, "", *md_table(header, rows)]
+
+
+# --------------------------------------------------------------------------- pairwise verdicts
+
+MARGIN_POINT = 0.01  # the default margin of a metric with a range: one point as the tables print it, ×100
+MARGIN_SHARE = 0.01  # of one without (perplexity, MSE): 1% of the dataset's mean figure
+
+
+def default_margin(settings: list[Setting]) -> float:
+    """The difference the pairwise verdicts call negligible when --margin is not given: one point (0.01)
+    of a metric with a range (accuracy, F1, MCC, correlations: 0.01 printed ×100 is 1.0); for one without,
+    1% of the mean primary test figure over the dataset's runs (perplexity 25: 0.25)."""
+    task = settings[0].task
+    if metric_of(task.score).bounded:
+        return MARGIN_POINT
+    figures = [abs(v) for s in settings for v in s.values(s.score) if math.isfinite(v)]
+    return MARGIN_SHARE * fmean(figures) if figures and fmean(figures) > 0 else MARGIN_POINT
+
+
+def pair_name(s: Setting) -> str:
+    """A setting in the pairwise tables: its method and the seed statistics' Setting cell."""
+    return " ".join(x for x in (s.method, f"rank={s.rank}" if s.rank is not None else "", s.label) if x)
+
+
+def seeded_figures(settings: list[Setting]) -> tuple[dict[str, dict[int, float]], list[str]]:
+    """{name: {seed: primary test figure}} of the settings that ran two or more seeds (every setting, as in
+    the seed statistics); and the names of those left out for a non-finite figure (a diverged run)."""
+    samples, diverged = {}, []
+    for s in settings:
+        figures = {seed: float(v) for seed, v in scores_by_seed(s).items() if isinstance(v, int | float)}
+        if len(figures) < 2:
+            continue
+        name = pair_name(s)
+        if not all(math.isfinite(v) for v in figures.values()):
+            diverged.append(name)
+            continue
+        samples[name if name not in samples else f"{name} ({len(samples) + 1})"] = figures
+    return samples, diverged
+
+
+def verdict_row(pair: Pair, spec: str) -> list[str]:
+    """A pair's row: A, B, n, Δ, its interval, Holm p, TOST p, the verdict, seeds needed if undecided."""
+
+    def p_text(p: float | None) -> str:
+        return "-" if p is None else f"{p:.3g}"
+
+    needed = "-"
+    if pair.verdict == "undecided":
+        needed = "- (no variance)"
+        if pair.seeds_for is not None:
+            needed = f"{seeds_text(pair.seeds_needed)} (Δ {pair.seeds_for:{spec}})"
+    return [
+        pair.a,
+        pair.b,
+        str(pair.n),
+        f"{pair.delta:+{spec}}",
+        pair.interval.text("+" + spec),
+        p_text(pair.p_holm),
+        p_text(pair.p_tost),
+        pair.verdict,
+        needed,
+    ]
+
+
+def verdict_notes(task: Task, margin: float, tested: int) -> tuple[str, str]:
+    """The notes over the pairs' table and over the P(best) table."""
+    score, spec = task.score_label, task.spec
+    pairs = (
+        f"Every pair of settings that ran two or more of the same seeds, over the seeds both ran. Δ: A's "
+        f"{score} minus B's; 95% interval: percentile bootstrap of the per-seed differences (not "
+        f"informative below {MIN_BOOTSTRAP} seeds). Holm p: two-sided paired t-test, Holm-adjusted over the "
+        f"{tested} tested pairs (-: every seed differs by the same, no t-test). TOST p: two one-sided paired "
+        f"t-tests that |Δ| < {margin:{spec}} (the margin, `--margin`), not adjusted. Verdict, A against B: "
+        f"better or worse where Holm p < {ALPHA}; equivalent where TOST p < {ALPHA}; else undecided, with "
+        f"the seeds a paired t-test at α = {ALPHA} / {max(tested, 1)} (enough under Holm) and power 0.8 "
+        "needs for the observed Δ (for one margin where |Δ| is smaller), from the observed sd of the "
+        "differences: with few seeds, an order of magnitude."
+    )
+    ranks = (
+        f"P(best): the share of {BOOT_RANKS:,} bootstrap resamples of the seeds (those every setting ran, "
+        f"drawn together, where they share two) in which the setting has the "
+        f"{'highest' if task.higher_is_better else 'lowest'} mean {score}, ties sharing; rank interval: the "
+        "central 95% of its ranks over them (1: the best)."
+    )
+    return pairs, ranks
+
+
+def pairwise_verdicts(settings: list[Setting], margin: float | None = None) -> list[str]:
+    """Every pair of the dataset's settings that share two or more seeds, over those seeds: the mean
+    difference and its bootstrap interval, the Holm-adjusted paired t-test, TOST against `margin` (None:
+    default_margin), the verdict, the seeds an undecided pair needs; then each setting's P(best) and rank
+    interval. [] when no two settings share two seeds."""
+    task = settings[0].task
+    samples, diverged = seeded_figures(settings)
+    margin = default_margin(settings) if margin is None else margin
+    bounds = metric_of(task.score).bounded or (-math.inf, math.inf)
+    pairs = verdicts(samples, margin, task.higher_is_better, bounds)
+    if not pairs:
+        return []
+    score, spec = task.score_label, task.spec
+    pairs_note, ranks_note = verdict_notes(task, margin, sum(p.p is not None for p in pairs))
+    header = ["A", "B", "n", f"Δ A − B ({score})", "95% Interval", "Holm p", "TOST p", "Verdict"]
+    header.append("Seeds Needed")
+    rank_rows = [
+        [name, str(len(samples[name])), f"{fmean(samples[name].values()):{spec}}", f"{r.p_best:.2f}"]
+        + [str(r.low) if r.low == r.high else f"{r.low}–{r.high}"]
+        for name, r in p_best(samples, task.higher_is_better).items()
+    ]
+    lines = ["", "### Pairwise verdicts", "", pairs_note, ""]
+    lines += md_table(header, [verdict_row(p, spec) for p in pairs])
+    lines += ["", ranks_note, ""]
+    lines += md_table(["Setting", "n", f"Mean ({score})", "P(best)", "95% Rank Interval"], rank_rows)
+    if diverged:
+        lines += ["", f"Left out: {', '.join(diverged)} (a non-finite figure: a diverged run)."]
+    return lines
 
 
 def qlora_memory(settings: list[Setting]) -> list[str]:

@@ -110,14 +110,18 @@ def search_cells(trials: list[dict], space: dict, params: dict | None, spec: str
     ]
 
 
-def finals_cell(test: dict[int, float], spec: str) -> str:
-    """The finals' test mean [95% t interval] (n seeds); the mean alone for one seed."""
+def finals_cell(test: dict[int, float], spec: str, bounds: tuple[float, float] | None = None) -> str:
+    """The finals' test mean [95% t interval, clipped to the metric's range `bounds`] (n seeds); the mean
+    alone for one seed."""
     if not test:
         return "-"
     stat = interval(list(test.values()))
     if stat is None:
         return f"{sum(test.values()) / len(test):{spec}} (n={len(test)})"
-    return f"{stat[0]:{spec}} [{stat[2]:{spec}}, {stat[3]:{spec}}] (n={len(test)})"
+    low, high = stat[2:]
+    if bounds:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return f"{stat[0]:{spec}} [{low:{spec}}, {high:{spec}}] (n={len(test)})"
 
 
 def intro(study) -> list[str]:
@@ -161,7 +165,7 @@ def tuned_section(
             [
                 m,
                 *search_cells(trials_by_method[m], spaces[m], best_params[m], spec),
-                finals_cell(tests[m], spec),
+                finals_cell(tests[m], spec, metric_of(score).bounded),
                 paired_text(paired_test(tests[m], lora) if lora is not None else None, spec),
                 paired_text(paired_test(tests[m], defaults.get(m, {}), min_pairs=1), spec),
             ]
