@@ -13,6 +13,8 @@ import pytest
 from scipy import stats
 
 from peft_bench.report import write_report
+from peft_bench.report.budget import edge_warnings
+from peft_bench.report.stats import expected_max
 from peft_bench.report.tuned import tuned_section
 from peft_bench.results import write_results
 from peft_bench.tasks import task_of
@@ -57,17 +59,20 @@ def study(tmp_path) -> SimpleNamespace:
     )
 
 
-def section(study) -> str:
-    trials = [
-        {"number": 0, "state": "complete", "params": DEFAULT, "value": 0.80, "compute_s": 10.0, "steps": 4},
-        {"number": 1, "state": "complete", "params": BEST, "value": 0.85, "compute_s": 12.0, "steps": 4},
-        {"number": 2, "state": "pruned", "params": {"lr": 1e-2}, "value": None, "compute_s": 3.0, "steps": 1},
-    ]
+TRIALS = [
+    {"number": 0, "state": "complete", "params": DEFAULT, "value": 0.80, "compute_s": 10.0, "steps": 4},
+    {"number": 1, "state": "complete", "params": BEST, "value": 0.85, "compute_s": 12.0, "steps": 4},
+    {"number": 2, "state": "pruned", "params": {"lr": 1e-2}, "value": None, "compute_s": 3.0, "steps": 1},
+]
+SPACE = {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}
+
+
+def section(study, trials: dict[str, list[dict]] | None = None, best: dict[str, dict] | None = None) -> str:
     return tuned_section(
         study,
-        {m: trials for m in METHODS},
-        {m: {"lr": {"low": 1e-4, "high": 1e-2, "log": True}} for m in METHODS},
-        {m: BEST for m in METHODS},
+        trials or {m: TRIALS for m in METHODS},
+        {m: SPACE for m in METHODS},
+        best or {m: BEST for m in METHODS},
         {m: DEFAULT for m in METHODS},
     )
 
@@ -141,6 +146,7 @@ def test_the_tuned_section_opens_the_report_of_the_final_runs(study):
     assert md.startswith("# peft_bench report\n\nRead from ")
     assert text.strip() in md and md.index("## Tuned comparison") < md.index("## sst2")
     assert out["runs"] == 12 and (study.dir / "report" / "tuned_best_so_far.png").is_file()
+    assert (study.dir / "report" / "tuned_budget.png").is_file() and "](tuned_budget.png)" in md
 
 
 def test_a_non_finite_figure_is_nan_in_the_statistics_not_an_error():
@@ -171,3 +177,90 @@ def test_a_run_from_before_a_key_existed_is_the_same_setting():
     other = {"method": {"name": "sparse_lora", "pruning": {"target": 0.5, "start_fraction": 0.2}}}
     assert setting_config({"config": other}) != setting_config({"config": new})
     assert not any("pruning" in k for k in setting_config({"config": {"method": {"name": "lora"}}}))
+
+
+# --------------------------------------------------------------------------- is the budget enough?
+
+
+def budget_rows(text: str) -> dict[str, dict[str, str]]:
+    """{method: {column: cell}} of the table under "### Is the budget enough?"."""
+    lines = text.splitlines()
+    start = lines.index("### Is the budget enough?")
+    table = [line for line in lines[start:] if line.startswith("| ")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[1:]]
+    return {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+
+
+def test_the_budget_table_is_the_expected_best_of_n_completed_trials(study):
+    text = section(study)
+    rows = budget_rows(text)
+    # the budget N = tune.trials = 3: n = 1, 2 (half, rounded up), 3; over the completed values 0.80 and
+    # 0.85 only (the pruned trial is left out): n = 2: 0.80 (1/2)^2 + 0.85 (1 - (1/2)^2) = 0.8375
+    assert expected_max([0.80, 0.85], 2) == pytest.approx(0.8375)
+    for m in METHODS:
+        assert rows[m]["Completed trials"] == "2"
+        for n in (1, 2, 3):
+            assert rows[m][f"E[best val_acc], n={n}"] == f"{expected_max([0.80, 0.85], n):.4f}"
+    assert rows["dora"]["E[best val_acc], n=1"] == "0.8250"
+    assert (study.dir / "report" / "tuned_budget.png").is_file()
+    assert "![expected best val_acc against the number of trials](tuned_budget.png)" in text
+    assert "If the lines cross, the ranking depends on the budget." in text
+    assert "Only completed trials count: pruned, failed and killed ones are left out" in text
+    # same trials for both methods: the lines coincide, they do not cross; best lr 3e-3 is mid-range
+    assert "The lines cross" not in text and "⚠" not in text
+    print(text)
+
+
+def test_lines_that_cross_are_named(study):
+    # lora: 0.80, 0.81 -> n=1 0.805, n=3 0.80/8 + 0.81 7/8 = 0.80875; dora: 0.70, 0.90 -> n=1 0.80,
+    # n=3 0.70/8 + 0.90 7/8 = 0.875: lora ahead after one trial, dora after three
+    values = {"lora": (0.80, 0.81), "dora": (0.70, 0.90)}
+    trials = {m: [{**t, "value": v} for t, v in zip(TRIALS[:2], values[m], strict=True)] for m in METHODS}
+    rows = budget_rows(text := section(study, trials))
+    hand = {("lora", 1): 0.805, ("dora", 1): 0.80, ("lora", 3): 0.80875, ("dora", 3): 0.875}
+    for (m, n), value in hand.items():
+        assert expected_max(values[m], n) == pytest.approx(value)
+        assert rows[m][f"E[best val_acc], n={n}"] == f"{expected_max(values[m], n):.4f}"
+    assert "The lines cross (lora and dora): their ranking depends on the budget." in text
+
+
+def test_a_best_lr_at_the_low_bound_of_its_log_range_is_warned(study):
+    # dora's best lr 1.1e-4: log10 position (log 1.1e-4 - log 1e-4) / (log 1e-2 - log 1e-4) = 0.041/2 = 2%
+    text = section(study, best={"lora": BEST, "dora": {"lr": 1.1e-4}})
+    warned = [line for line in text.splitlines() if "⚠" in line]
+    assert warned == [
+        "- ⚠ dora: the best lr=0.00011 lies at the low bound of its range 0.0001..0.01 (log) (within 5% of "
+        "its width on the log scale): the best may lie beyond it; move the range and tune again"
+    ]
+    # lora's 3e-3 sits at (log 30) / 2 = 74% of the log range: no warning; nor for a choice
+    assert edge_warnings({"lora": SPACE}, {"lora": BEST}) == []
+    assert edge_warnings({"m": {"r": {"choices": [4, 8]}}}, {"m": {"r": 4}}) == []
+    # a linear range: 0.195 of 0..0.2 is within 5% of the width (0.01) of the high bound; 0.18 is not
+    linear = {"m": {"dropout": {"low": 0.0, "high": 0.2, "log": False}}}
+    assert (
+        "at the high bound of its range 0..0.2 (within 5% of its width)"
+        in edge_warnings(linear, {"m": {"dropout": 0.195}})[0]
+    )
+    assert edge_warnings(linear, {"m": {"dropout": 0.18}}) == [] and edge_warnings(linear, {"m": None}) == []
+
+
+def test_writing_the_tuned_report_warns_on_the_console_of_a_best_at_the_edge(study, caplog):
+    import optuna
+
+    from peft_bench.tune.finals import write_tuned_report
+
+    def opt_study(lr: float):
+        s = optuna.create_study(direction="maximize")
+        dist = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+        s.add_trial(optuna.trial.create_trial(params={"lr": lr}, distributions=dist, value=0.85))
+        return s
+
+    study.studies = {"lora": opt_study(3e-3), "dora": opt_study(9.5e-3)}
+    study.spaces = {m: SPACE for m in METHODS}
+    study.method_configs = {m: SimpleNamespace(lr=1e-3) for m in METHODS}
+    with caplog.at_level("WARNING", logger="peft_bench"):
+        report = write_tuned_report(study)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "⚠" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("⚠ dora: the best lr=0.0095 lies at the high bound")
+    assert warned[0] in report.read_text() and (study.dir / "report" / "tuned_budget.png").is_file()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from peft_bench.report.plots import plots
+from peft_bench.report.ranks import ranks_section
 from peft_bench.report.runs import NO_DIGEST, Setting, load_runs, settings_of
 from peft_bench.report.tables import (
     baseline_text,
@@ -59,8 +60,9 @@ def write_report(
         "",
         *[line for text in sections for line in (*text.rstrip("\n").split("\n"), "")],
         *benchmark_section(by_dataset),
+        *ranks_section(by_dataset, out),
     ]
-    images: list[str] = []
+    images = ["ranks_cd.png"] if (out / "ranks_cd.png").is_file() else []
     for dataset, settings in by_dataset.items():
         text, written = dataset_section(dataset, settings, out, margin)
         lines += text

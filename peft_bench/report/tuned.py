@@ -1,13 +1,15 @@
 """The "Tuned comparison" section of a tuning study's report: the space and budget, each method's best
-setting and search (best-so-far curve), and its final runs on test (mean with a 95% interval, a paired
-t-test against LoRA and against the method's untuned default); and the report of a several-dataset
-command: the tuned benchmark table and a link to each dataset's report."""
+setting and search (best-so-far curve; expected best against the number of trials and best values at a
+range's edge, from report.budget), and its final runs on test (mean with a 95% interval, a paired t-test
+against LoRA and against the method's untuned default); and the report of a several-dataset command: the
+tuned benchmark table and a link to each dataset's report."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+from peft_bench.report.budget import budget_section
 from peft_bench.report.plots import best_so_far
 from peft_bench.report.runs import Setting
 from peft_bench.report.stats import interval, paired_test, paired_text
@@ -152,9 +154,10 @@ def tuned_section(
     best_params: dict[str, dict | None],
     default_params: dict[str, dict],
 ) -> str:
-    """The "Tuned comparison" section (markdown) and its best-so-far plot (written into the study's
-    report folder). `best_params`: each method's best trial's values (None: no trial completed), as its
-    finals ran; `default_params`: the method's own values of the same keys (its untuned default)."""
+    """The "Tuned comparison" section (markdown), its best-so-far plot and its budget curve (written into
+    the study's report folder), and a warning for each best value at the edge of its range. `best_params`:
+    each method's best trial's values (None: no trial completed), as its finals ran; `default_params`: the
+    method's own values of the same keys (its untuned default)."""
     task = study.task  # composed once per study
     score, spec = task.score, task.spec
     tests, defaults, left_out = final_scores(study, best_params, default_params)
@@ -190,6 +193,10 @@ def tuned_section(
     image = best_so_far(curves, task, study.dir / "report")
     if image:
         lines += ["", f"![best so far]({image})"]
+    budget = budget_section(
+        trials_by_method, study.cfg.trials, task, study.dir / "report", spaces, best_params
+    )
+    lines += ["", *budget]
     return "\n".join(lines) + "\n"
 
 

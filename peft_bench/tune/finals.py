@@ -11,6 +11,7 @@ import optuna
 from peft_bench.env import setup_process
 from peft_bench.errors import DivergedError, PeftBenchError
 from peft_bench.report import write_report
+from peft_bench.report.budget import edge_warnings
 from peft_bench.report.tuned import datasets_report, finals, tuned_section
 from peft_bench.results import read_results
 from peft_bench.train import run
@@ -152,17 +153,21 @@ def trial_rows(study, method: str) -> list[dict]:
 
 
 def write_tuned_report(study: Study) -> Path:
-    """The usual report of the final runs, with a "Tuned comparison" section and the best-so-far plot."""
+    """The usual report of the final runs, with a "Tuned comparison" section, the best-so-far plot and the
+    budget curve; a console warning for each best value at the edge of its search range."""
     configs, spaces = study.method_configs, study.spaces
+    best = {m: best_params(study.studies[m]) for m in study.methods}
     section = tuned_section(
         study,
         {m: trial_rows(study, m) for m in study.methods},
         spaces,
-        {m: best_params(study.studies[m]) for m in study.methods},
+        best,
         {m: {k: getattr(configs[m], k) for k in spaces[m]} for m in study.methods},
     )
     out = study.dir / "report"
     write_report([study.dir / "final"], out, sections=[section])
+    for line in edge_warnings(spaces, best):
+        log.warning("%s", line)
     return out / "report.md"
 
 
