@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from peft_bench.report.plots import pyplot
+from peft_bench.report.plots import pyplot, save_figure
 from peft_bench.report.stats import expected_max
 from peft_bench.report.tables import md_table
 from peft_bench.tasks import Task
@@ -61,10 +61,7 @@ def budget_plot(curves: dict[str, list[float]], task: Task, out: Path) -> str | 
     ax.legend()
     fig.tight_layout()
     name = "tuned_budget.png"
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / name, dpi=120)
-    fig.savefig(out / name.replace(".png", ".svg"))
-    plt.close(fig)
+    save_figure(fig, out / name)
     return name
 
 

@@ -28,6 +28,14 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, png: Path, **savefig) -> None:
+    """A figure as `png` and the SVG beside it (dpi 120), then closed: every figure of the report."""
+    png.parent.mkdir(parents=True, exist_ok=True)
+    for path in (png, png.with_suffix(".svg")):
+        fig.savefig(path, **{"dpi": 120, **savefig})
+    pyplot().close(fig)
+
+
 @dataclass
 class Figures:
     """A dataset's figures: where they go, a colour and a marker per method, the PNGs written."""
@@ -49,9 +57,7 @@ class Figures:
 
     def save(self, fig, name: str) -> None:
         fig.tight_layout()
-        for ext in ("png", "svg"):
-            fig.savefig(self.out / f"{self.dataset}_{name}.{ext}", dpi=120)
-        pyplot().close(fig)
+        save_figure(fig, self.out / f"{self.dataset}_{name}.png")
         self.written.append(f"{self.dataset}_{name}.png")
 
 
@@ -259,8 +265,5 @@ def best_so_far(curves: dict[str, list[float | None]], task: Task, out: Path) ->
     ax.legend()
     fig.tight_layout()
     name = "tuned_best_so_far.png"
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / name, dpi=120)
-    fig.savefig(out / name.replace(".png", ".svg"))
-    plt.close(fig)
+    save_figure(fig, out / name)
     return name

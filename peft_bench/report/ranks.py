@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from peft_bench.report.plots import pyplot
+from peft_bench.report.plots import pyplot, save_figure
 from peft_bench.report.runs import BASELINE, Setting, best
 from peft_bench.report.stats import ALPHA
 from peft_bench.report.tables import benchmark_datasets, md_table
@@ -135,9 +135,7 @@ def cd_diagram(names: list[str], mean_ranks: list[float], cd: float, path: Path)
     ax.set_xlim(1 - 0.3, k + 0.3)
     ax.set_ylim(top - step * left, 1.2)
     ax.axis("off")
-    for ext in ("png", "svg"):
-        fig.savefig(path.with_suffix(f".{ext}"), dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path.with_suffix(".png"), bbox_inches="tight")
 
 
 def rank_table(data: RankData, ranks: np.ndarray, means: np.ndarray) -> list[str]:

@@ -21,9 +21,7 @@ from peft_bench.tune.signals import interrupted, on_sigint
 
 def help_text() -> str:
     """--help: the package's docstring and the `tune` group's options with their schema defaults."""
-    options = ", ".join(
-        f"tune.{f.name}={TuneConfig.__dataclass_fields__[f.name].default}" for f in fields(TuneConfig)
-    )
+    options = ", ".join(f"tune.{f.name}={f.default}" for f in fields(TuneConfig))
     group = "Options (the tune group, conf/tune/default.yaml; docs/tune.md)"
     return f"{peft_bench.tune.__doc__}\n{group}:\n  {options}\n"
 
