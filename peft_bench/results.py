@@ -24,6 +24,12 @@ RESULTS_FILE = "results.json"
 # read it; nested sections are typed below. `total=False`: a failed run has only what it got to.
 
 
+class PredictionsInfo(TypedDict):  # predictions.parquet, beside results.json
+    file: str
+    sha256: str
+    examples: dict[str, int]  # test split -> its examples (rows)
+
+
 class Scores(TypedDict, total=False):  # one evaluation: the task's score keys (score_key) and latency
     inference_latency_ms_per_example: float
 
@@ -113,6 +119,7 @@ RunResult = TypedDict(
         "before_training": Scores,  # eval_before_training=true: the un-tuned model
         "before_pruning": dict,  # one-shot pruning: scores and sparsity figures before it
         "evaluated_checkpoint": str,
+        "predictions": PredictionsInfo,  # the per-example test answers (predictions.parquet)
         # training
         "optimizer_steps": int,
         "epochs": int,

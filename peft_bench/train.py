@@ -50,6 +50,7 @@ from peft_bench.io import AtomicCheckpointIO, RunLock, filesystem_refusal, proce
 from peft_bench.ledger import record_job_failure
 from peft_bench.measure import peak_memory, reset_peak_memory
 from peft_bench.models import load_tokenizer
+from peft_bench.predictions import PREDICTIONS_FILE, write_predictions
 from peft_bench.ranks import begin_attempt, job_rank, slurm_tasks, tell_ranks, wait_for_rank_zero
 from peft_bench.resolvers import KEY_ROLES
 from peft_bench.results import RESULTS_FILE, environment, flatten, read_results, write_results
@@ -59,7 +60,7 @@ log = logging.getLogger("peft_bench")
 
 # What a run writes besides results.json: removed when a run starts over (skip_completed=false on a
 # completed run, resume=false), so a redo is a clean slate and never writes last-v1.ckpt beside last.ckpt.
-RUN_OUTPUTS = ("checkpoints", "csv", "adapter", "merged")
+RUN_OUTPUTS = ("checkpoints", "csv", "adapter", "merged", PREDICTIONS_FILE)
 
 
 class RunStatus(str, Enum):
@@ -256,7 +257,7 @@ def start_over(run_dir: Path, why: str) -> None:
     """Remove what an earlier attempt wrote (checkpoints, logs, exports): a clean slate."""
     removed = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
     for name in removed:
-        shutil.rmtree(run_dir / name)
+        (shutil.rmtree if (run_dir / name).is_dir() else os.remove)(run_dir / name)
     if removed:
         log.info("%s: %s; removed the earlier attempt's %s", run_dir, why, ", ".join(removed))
 
@@ -405,6 +406,8 @@ def evaluate_trained(at: Attempt, datamodule, best: ModelCheckpoint | None, resu
         results["before_pruning"] = {**before, **changed_from}
         results.update(evaluate(trainer, module, datamodule, None, stats, test=run_cfg.test))
     results["warnings"] += list(module.prediction_warnings.values())  # of the evaluation the figures are of
+    if module.test_examples and trainer.is_global_zero:  # the examples of the test pass the figures are of
+        results["predictions"] = write_predictions(at.run_dir, module.test_examples)
     if module.can_merge() and run_cfg.test:
         with module.merged():
             merged = evaluate(trainer, module, datamodule, None, stats, validate=False)

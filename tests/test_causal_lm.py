@@ -13,6 +13,7 @@ from peft_bench.checks import check_config
 from peft_bench.config import LMDatasetConfig
 from peft_bench.data.causal_lm import pack, split_lm
 from peft_bench.errors import ConfigError
+from peft_bench.predictions import read_predictions
 from peft_bench.train import run
 from tests.helpers import ROOT, assert_documented, compose
 
@@ -119,3 +120,5 @@ def test_tiny_causal_lm_run_lowers_validation_perplexity(method, tmp_path):
         40 * 8 * 64 - 64 < r["train_tokens"] <= 40 * 8 * 64 and r["train_tokens_per_s"] > 0
     )  # one block may be short
     assert r["data"]["splits"]["test"].endswith("contiguous)")
+    answers = read_predictions(tmp_path, r["predictions"])  # per block: its NLL and tokens
+    assert math.exp(answers["nll"].sum() / answers["tokens"].sum()) == pytest.approx(r["test_ppl"], rel=1e-4)

@@ -16,6 +16,7 @@ import pytest
 from peft_bench.checks import check_config
 from peft_bench.data.base import EpochSeededSampler, LengthGroupedSampler
 from peft_bench.errors import ConfigError
+from peft_bench.predictions import read_predictions
 from tests.helpers import ROOT, TINY, compose, run_cli
 from tests.test_slurm import slurm_ready
 
@@ -139,6 +140,12 @@ def test_a_ddp_job_scores_every_validation_and_test_example_once(runs):
         correct = r[key] * 101
         assert 0 < correct < 101 and correct == pytest.approx(round(correct), abs=1e-3), (key, r[key])
     assert r["train_examples"] == 2 * 808  # two epochs of the whole training split, over both ranks
+    # predictions.parquet: both ranks' shares, each test example once, the answers the single run gave
+    ddp = read_predictions(runs["root"] / "ddp", r["predictions"])
+    single = read_predictions(runs["root"] / "single", runs["single"]["predictions"])
+    assert list(ddp["example"]) == list(range(101)) and r["predictions"]["examples"] == {"test": 101}
+    assert (ddp["label"] == single["label"]).all() and (ddp["prediction"] == single["prediction"]).all()
+    assert (ddp["prediction"] == ddp["label"]).mean() == pytest.approx(r["test_acc"])
 
 
 @pytest.mark.slow

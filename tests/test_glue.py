@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from peft_bench.errors import ConfigError, DataError
+from peft_bench.predictions import read_predictions
 from tests.helpers import assert_documented, compose, run_cli
 from tests.test_hostile import files_override, jsonl, results
 
@@ -402,6 +403,11 @@ def test_a_regression_run_predicting_a_constant_records_correlations_0_and_warns
         assert base[f"{prefix}_mse"] == pytest.approx(std**2 + (stats[split]["mean"] - mean) ** 2, rel=1e-4)
     assert out["test_mse"] == pytest.approx(
         stats["test"]["std"] ** 2 + (stats["test"]["mean"] - 2.5) ** 2, rel=1e-4
+    )
+    answers = read_predictions(tmp_path / "run", on_disk["predictions"])  # the per-example answers
+    assert (answers["prediction"] == 2.5).all() and len(answers["label"]) == on_disk["data"]["sizes"]["test"]
+    assert ((answers["prediction"] - answers["label"]) ** 2).mean() == pytest.approx(
+        out["test_mse"], rel=1e-5
     )
 
 

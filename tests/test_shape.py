@@ -24,7 +24,7 @@ LONG_FUNCTIONS: dict[str, str] = {}
 LAYERS: list[tuple[str, list[str]]] = [
     ("leaves: import nothing of peft_bench", ["errors", "tasks", "measure", "loggers"]),
     ("files and names", ["io", "resolvers", "env"]),
-    ("records", ["results", "ranks", "flops", "ledger"]),
+    ("records", ["results", "predictions", "ranks", "flops", "ledger"]),
     ("schemas", ["config"]),
     ("inputs", ["models", "data"]),
     ("callbacks: act on a module through its hooks", ["callbacks"]),
@@ -67,9 +67,9 @@ LOCAL_IMPORTS: dict[str, tuple[int, str]] = {
     "report": (3, "matplotlib, wandb: slow or optional; a table-only report needs neither"),
     "sweep_summary": (3, "hydra's compose and parser, torch: only when a sweep is checked or summarised"),
     "tasks": (
-        17,
-        "torch and torchmetrics: config imports tasks, so a leaf stays light for --help, the report and "
-        "the config checks",
+        22,
+        "torch and torchmetrics (numpy, scipy for the report's resampled figures): config imports tasks, "
+        "so a leaf stays light for --help, the report and the config checks",
     ),
     "tune": (
         4,

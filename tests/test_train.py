@@ -9,6 +9,9 @@ import re
 import pytest
 import torch
 
+from peft_bench.data.classification import TextClassificationDataModule
+from peft_bench.models import load_tokenizer
+from peft_bench.predictions import read_predictions
 from peft_bench.results import figures_digest
 from peft_bench.train import run
 from tests.helpers import TINY, compose, run_cli
@@ -139,6 +142,7 @@ def test_run_writes_exactly_its_files(minilm_run):
     assert len(best) == 1
     assert files == {
         "results.json",
+        "predictions.parquet",
         ".lock",
         "checkpoints/last.ckpt",
         best[0],
@@ -152,6 +156,19 @@ def test_run_writes_exactly_its_files(minilm_run):
     state = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
     assert state and all("lora_" in k or "modules_to_save" in k for k in state), list(state)[:5]
     assert minilm_run[1]["evaluated_checkpoint"] == best[0]
+
+
+def test_predictions_file_holds_every_test_answer_the_scores_are_of(minilm_run):
+    run_dir, results = minilm_run
+    record = results["predictions"]
+    assert record["examples"] == {"test": 60} and record["file"] == "predictions.parquet"
+    answers = read_predictions(run_dir, record)
+    assert list(answers["example"]) == list(range(60))  # every test row once, in the split's order
+    assert (answers["prediction"] == answers["label"]).mean() == pytest.approx(results["test_acc"])
+    cfg = compose(["model=minilm", "dataset=demo", "dataset.generator_size=600"], run_dir=run_dir)
+    dm = TextClassificationDataModule(cfg.dataset, load_tokenizer(cfg.model), cfg.cache_dir, seed=0)
+    dm.prepare_data()
+    assert list(answers["label"]) == list(dm.data["test"]["labels"])  # row `example` is that example
 
 
 def test_two_job_sweep_writes_two_results_and_hits_the_tokenization_cache(tmp_path):

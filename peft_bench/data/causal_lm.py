@@ -82,7 +82,10 @@ class CausalLMDataModule(BaseDataModule):
         for i, r in enumerate(rows):
             ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
             mask[i, : len(r["input_ids"])] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+        if "example" in rows[0]:  # a test block's row, for predictions.parquet
+            batch["example"] = torch.tensor([r["example"] for r in rows])
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         sampler = EpochSeededSampler(len(self.data["train"]), self.seed)
@@ -97,8 +100,11 @@ class CausalLMDataModule(BaseDataModule):
         return self._loader("test", self.cfg.eval_batch_size, sampler=self.eval_sampler(self.data["test"]))
 
     def _loader(self, split: str, batch_size: int, **kwargs) -> DataLoader:
+        ds = self.data[split].remove_columns("length")
+        if split == "test":  # each block's row travels with it, for predictions.parquet
+            ds = ds.add_column("example", list(range(len(ds))))
         return DataLoader(
-            self.data[split].remove_columns("length"),
+            ds,
             batch_size=batch_size,
             collate_fn=self.collate,
             num_workers=self.cfg.num_workers,

@@ -161,8 +161,11 @@ class TextClassificationDataModule(BaseDataModule):
         return loaders[0] if len(loaders) == 1 else loaders
 
     def _eval_loader(self, split: str) -> DataLoader:
+        ds = self.data[split]
+        if split.startswith("test"):  # each example's row travels with it, for predictions.parquet
+            ds = ds.add_column("example", list(range(len(ds))))
         # Longest first: similar lengths share a batch (little padding), and an OOM shows on batch one.
-        ds = self.data[split].sort("length", reverse=True)
+        ds = ds.sort("length", reverse=True)
         return self._loader(ds, self.cfg.eval_batch_size, sampler=self.eval_sampler(ds))
 
     def _loader(self, ds, batch_size: int, **kwargs) -> DataLoader:

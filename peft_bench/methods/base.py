@@ -8,6 +8,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
@@ -51,6 +52,9 @@ class BenchModule(L.LightningModule):
             else None
         )
         self.prediction_warnings: dict[str, str] = {}  # split -> a sentence, from its last evaluation
+        # per test split, what the model answered on each example of the last test pass (predictions.parquet)
+        self.test_examples: dict[str, dict[str, np.ndarray]] = {}
+        self._examples: dict[str, list[dict[str, torch.Tensor]]] = {}
         # Checkpoints hold the trainable weights only; the frozen base comes from `pretrained`.
         self.strict_loading = False
         self._finite: torch.Tensor | None = (
@@ -201,7 +205,7 @@ class BenchModule(L.LightningModule):
     # ------------------------------------------------------------------ steps
 
     def forward(self, batch: dict) -> torch.Tensor:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "example")}
         return self.model(**inputs).logits
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
@@ -247,10 +251,38 @@ class BenchModule(L.LightningModule):
             self.task.update_spread(self.spreads["val"], logits, batch["labels"])
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        logits = self(batch)
+        logits, split = self(batch), self.test_splits[dataloader_idx]
         self.update_metrics(self.test_metrics[dataloader_idx], logits, batch["labels"])
         if self.spreads is not None:
-            self.task.update_spread(self.spreads[self.test_splits[dataloader_idx]], logits, batch["labels"])
+            self.task.update_spread(self.spreads[split], logits, batch["labels"])
+        if "example" in batch:
+            columns = self.task.example_columns(logits.detach(), batch["labels"])
+            columns["example"] = batch["example"]
+            self._examples.setdefault(split, []).append({k: v.cpu() for k, v in columns.items()})
+
+    def on_test_epoch_start(self) -> None:
+        self._examples = {}
+
+    def gather_examples(self) -> dict[str, dict[str, np.ndarray]]:
+        """The test pass's per-example columns, every process's share (a DDP job's ranks each scored part
+        of a split), in example order."""
+        mine = {
+            split: {k: torch.cat([b[k] for b in batches]).numpy() for k in batches[0]}
+            for split, batches in self._examples.items()
+        }
+        self._examples = {}
+        parts = [mine]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, mine)
+        out = {}
+        for split in self.test_splits:
+            shares = [p[split] for p in parts if split in p]
+            if shares:
+                cols = {k: np.concatenate([s[k] for s in shares]) for k in shares[0]}
+                order = np.argsort(cols["example"], kind="stable")
+                out[split] = {k: v[order] for k, v in cols.items()}
+        return out
 
     def finish_split(self, split: str, metrics: MetricCollection, **log) -> None:
         """Log a split's figures (the task computes them) and say whether its predictions collapsed."""
@@ -266,6 +298,7 @@ class BenchModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         for split, metrics in zip(self.test_splits, self.test_metrics, strict=True):
             self.finish_split(split, metrics)
+        self.test_examples = self.gather_examples()
 
     # ------------------------------------------------------------------ checks at the boundaries
 

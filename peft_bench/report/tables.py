@@ -9,6 +9,14 @@ import math
 from dataclasses import dataclass, field
 from statistics import fmean
 
+from peft_bench.report.examples import (
+    BOOT_EXAMPLES,
+    ExamplePair,
+    example_pair,
+    example_verdicts,
+    setting_answers,
+    two_level_interval,
+)
 from peft_bench.report.runs import BASELINE, Setting, baseline_for, best, label_settings
 from peft_bench.report.significance import BOOT_RANKS, Pair, p_best, verdicts
 from peft_bench.report.stats import (
@@ -165,6 +173,7 @@ def seed_statistics(settings: list[Setting]) -> list[str]:
                 ", ".join(map(str, s.seeds)),
                 "-" if len(values) < 2 else fmt(values, spec),
                 "-" if len(values) < 2 else bounded_interval(values, *bounds).text(spec),
+                examples_interval(s, bounds),
                 vs,
             ]
         )
@@ -175,6 +184,7 @@ def seed_statistics(settings: list[Setting]) -> list[str]:
         "Seeds",
         f"Mean ± Std ({score})",
         "95% Interval",
+        "95% Interval, Seeds × Examples",
         "vs LoRA: Δ (paired t-test)",
     ]
     note = (
@@ -184,9 +194,37 @@ def seed_statistics(settings: list[Setting]) -> list[str]:
         f"vs LoRA: {score} minus that of the LoRA setting of the same model and rank (else the best LoRA "
         f"by validation), over the seeds both ran; two-sided paired t-test (scipy.stats.ttest_rel), "
         f"* where p < {ALPHA} (no variance: the same difference on every seed, so no t-test). With 3–5 "
-        "seeds only large, consistent differences reach significance."
+        "seeds only large, consistent differences reach significance. Seeds × examples: the same "
+        f"percentile interval with the test examples resampled too ({BOOT_EXAMPLES:,} draws, each of "
+        "the seeds and, for all of them together, of the examples: each run's predictions.parquet), so "
+        "it also holds the test set's sampling noise; one seed: over the examples alone (seed noise "
+        "unmeasured); - where a run has no usable predictions.parquet."
     )
     return ["", "### Seed statistics", "", note, "", *md_table(header, rows)]
+
+
+def examples_interval(s: Setting, bounds: tuple[float, float]) -> str:
+    """A setting's interval over seeds and test examples (its runs' answers), as the table prints it; a
+    run whose answers are refused is named under the pairs on one seed (example_pairs)."""
+    task = s.task
+    found, _ = setting_answers(s.runs, task)
+    if not found or len(found) < len(s.runs):
+        return "-"
+    if len(found) == 2:
+        return f"not informative (n={len(found)})"
+    b = two_level_interval(list(found.values()), task, bounds)
+    if b is None:
+        return "- (its seeds were scored on different test examples)"
+    return f"examples only: {b.text(task.spec)}" if b.n == 1 else b.text(task.spec)
+
+
+def refused_lines(refused: list[str]) -> list[str]:
+    if not refused:
+        return []
+    return [
+        "",
+        "Per-example answers not used (the run's figures are): " + "; ".join(sorted(set(refused))) + ".",
+    ]
 
 
 # --------------------------------------------------------------------------- pairwise verdicts
@@ -278,10 +316,95 @@ def pairwise_verdicts(settings: list[Setting], margin: float | None = None) -> l
     """Every pair of the dataset's settings that share two or more seeds, over those seeds: the mean
     difference and its bootstrap interval, the Holm-adjusted paired t-test, TOST against `margin` (None:
     default_margin), the verdict, the seeds an undecided pair needs; then each setting's P(best) and rank
-    interval. [] when no two settings share two seeds."""
+    interval; then the pairs that do not share two seeds, compared on one seed's test examples where their
+    runs kept them (example_pairs). [] when there is neither."""
+    margin = default_margin(settings) if margin is None else margin
+    return seed_pairs(settings, margin) + example_pairs(settings, margin)
+
+
+def one_seed_each(a: Setting, b: Setting, x: dict, y: dict) -> tuple[str, tuple] | None:
+    """The one run of each of two settings to compare example by example: of their one shared seed with
+    answers, or, sharing none, each one's only run; None otherwise (or when they share two seeds: the
+    seed-level pairs compare them). x, y: their {seed: answers}."""
+    shared = sorted(set(a.seeds) & set(b.seeds))
+    if len(shared) >= 2:
+        return None
+    if shared:
+        return (str(shared[0]), (x[shared[0]], y[shared[0]])) if shared[0] in x and shared[0] in y else None
+    if len(a.runs) == len(b.runs) == 1 and x and y:
+        (sa, ra), (sb, rb) = next(iter(x.items())), next(iter(y.items()))
+        return f"{sa} / {sb}", (ra, rb)
+    return None
+
+
+def example_pairs(settings: list[Setting], margin: float) -> list[str]:
+    """The pairs of settings that share fewer than two seeds, compared on one run each over the same test
+    examples (their predictions.parquet): Δ and its paired bootstrap interval over examples, McNemar's
+    exact test where the metric is accuracy (else the paired bootstrap's p), Holm over these pairs, and a
+    verdict; [] without such a pair."""
+    task = settings[0].task
+    bounds = metric_of(task.score).bounded or (-math.inf, math.inf)
+    found, refused, pairs, apart = [], [], [], []
+    for s in settings:
+        answers, why = setting_answers(s.runs, task)
+        found.append(answers)
+        refused += why
+    for i, a in enumerate(settings):
+        for j in range(i + 1, len(settings)):
+            b = settings[j]
+            chosen = one_seed_each(a, b, found[i], found[j])
+            if chosen is None:
+                continue
+            names, (seeds, answers) = (pair_name(a), pair_name(b)), chosen
+            if not answers[0].same_examples(answers[1]):
+                apart.append(f"{names[0]} and {names[1]}")
+                continue
+            pairs.append(example_pair(names, seeds, answers, task, bounds))
+    if not pairs and not apart:
+        return refused_lines(refused)
+    lines = ["", "### Pairs on one seed, example by example", "", example_note(task, margin, len(pairs)), ""]
+    if pairs:
+        pairs = example_verdicts(pairs, margin, task.higher_is_better)
+        header = ["A", "B", "Seed", "Examples", f"Δ A − B ({task.score_label})", "95% Interval"]
+        header += ["Test", "Holm p", "Verdict"]
+        lines += md_table(header, [example_row(p, task.spec) for p in pairs])
+    if apart:
+        lines += ["", f"Not compared, scored on different test examples: {'; '.join(apart)}."]
+    return lines + refused_lines(refused)
+
+
+def example_row(pair: ExamplePair, spec: str) -> list[str]:
+    return [
+        pair.a,
+        pair.b,
+        pair.seeds,
+        f"{pair.examples:,}",
+        f"{pair.delta:+{spec}}",
+        pair.interval.text("+" + spec),
+        f"{pair.test}: p={pair.p:.3g}",
+        f"{pair.p_holm:.3g}",
+        pair.verdict,
+    ]
+
+
+def example_note(task: Task, margin: float, tested: int) -> str:
+    return (
+        f"Pairs that do not share two seeds, compared on one run each (their shared seed; or, sharing none, "
+        f"each one's only run) over the same test examples, from the runs' predictions.parquet. Δ: A's "
+        f"{task.score_label} minus B's; 95% interval: paired bootstrap over the examples ({BOOT_EXAMPLES:,} "
+        "resamples, seeded). Test: where the metric is accuracy, the exact McNemar test on the examples "
+        "one run gets right and the other wrong (A only / B only); else the paired bootstrap's two-sided "
+        f"p. Holm p: adjusted over the {tested} pairs. Verdict: better or worse where Holm p < {ALPHA}; "
+        f"equivalent where the 90% bootstrap interval lies within ±{margin:{task.spec}} (`--margin`); else "
+        "undecided. One seed measures the test set's noise, not the seed's: a verdict here says these two "
+        "trained models differ on this test set, and needs more seeds to say the methods do."
+    )
+
+
+def seed_pairs(settings: list[Setting], margin: float) -> list[str]:
+    """The seed-level pairs' table and the P(best) table ([] when no two settings share two seeds)."""
     task = settings[0].task
     samples, diverged = seeded_figures(settings)
-    margin = default_margin(settings) if margin is None else margin
     bounds = metric_of(task.score).bounded or (-math.inf, math.inf)
     pairs = verdicts(samples, margin, task.higher_is_better, bounds)
     if not pairs:

@@ -166,6 +166,17 @@ class Task:
         """Feed one batch's logits and labels to the metrics."""
         raise NotImplementedError
 
+    def example_columns(self, logits, labels) -> dict:
+        """One test batch's columns of predictions.parquet, one value an example (tensors): the label and
+        what the model answered."""
+        raise NotImplementedError
+
+    def resampled(self, key: str, columns: dict, idx, num_labels: int | None):
+        """Metric `key` of a split's predictions.parquet columns (numpy), once per row of `idx` (resamples
+        × examples: the rows of each resample; arange(n)[None] for the split itself): an array, one
+        figure per resample, as the run's metrics compute it. KeyError for a metric it cannot compute."""
+        raise KeyError(key)
+
     def compute(self, metrics) -> dict:
         """The split's figures, from its collection."""
         return metrics.compute()

@@ -16,3 +16,22 @@ class CausalLMTask(Task):
 
     def update(self, metrics, logits, labels) -> None:
         metrics.update(logits[:, :-1].float(), labels[:, 1:])  # token t predicts token t+1
+
+    def resampled(self, key: str, columns: dict, idx, num_labels: int | None):
+        """Perplexity of each resample of blocks: exp(its NLL / its tokens)."""
+        import numpy as np
+
+        if key != "ppl":
+            raise KeyError(key)
+        return np.exp(columns["nll"][idx].sum(1) / np.maximum(columns["tokens"][idx].sum(1), 1))
+
+    def example_columns(self, logits, labels) -> dict:
+        """Per block: its summed next-token NLL and its predicted tokens (the split's perplexity is
+        exp(sum of nll / sum of tokens))."""
+        import torch.nn.functional as F
+
+        target = labels[:, 1:]
+        nll = F.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), target, ignore_index=-100, reduction="none"
+        )
+        return {"nll": nll.double().sum(-1), "tokens": (target != -100).sum(-1)}

@@ -83,7 +83,9 @@ class ClassificationTask(Task):
         kind = class_kind(num_labels)
         return MetricCollection(
             {
-                "acc": Accuracy(**kind),
+                # accuracy is the share right over every example (GLUE's MNLI accuracy), never a macro
+                # average of per-class recalls
+                "acc": Accuracy(**{**kind, "average": "micro"}) if num_labels > 2 else Accuracy(**kind),
                 "precision": Precision(**kind),
                 "recall": Recall(**kind),
                 "f1": F1Score(**kind),
@@ -93,6 +95,39 @@ class ClassificationTask(Task):
 
     def update(self, metrics, logits, labels) -> None:
         metrics.update(logits.argmax(-1), labels)
+
+    def example_columns(self, logits, labels) -> dict:
+        return {"label": labels, "prediction": logits.argmax(-1)}
+
+    def resampled(self, key: str, columns: dict, idx, num_labels: int | None):
+        """From each resample's confusion matrix: accuracy; precision, recall and F1 of class 1 (two
+        classes) or their macro average over the classes present in labels or predictions (torchmetrics'
+        macro); Matthews correlation (0 where undefined)."""
+        import numpy as np
+
+        k = num_labels or 2
+        code = columns["label"].astype(np.int64) * k + columns["prediction"].astype(np.int64)
+        rows = np.arange(len(idx))[:, None] * k * k
+        c = np.bincount((rows + code[idx]).ravel(), minlength=len(idx) * k * k).reshape(-1, k, k)
+        c = c.astype(np.float64)  # [resample, true, predicted]
+        total, tp = c.sum((1, 2)), np.diagonal(c, axis1=1, axis2=2)
+        true, pred = c.sum(2), c.sum(1)
+        ratio = lambda a, b: np.divide(a, b, out=np.zeros_like(a), where=b > 0)  # noqa: E731
+        if key == "acc":
+            return tp.sum(1) / total
+        if key == "mcc":
+            num = tp.sum(1) * total - (true * pred).sum(1)
+            den = np.sqrt((total**2 - (pred * pred).sum(1)) * (total**2 - (true * true).sum(1)))
+            return ratio(num, den)
+        per_class = {
+            "precision": ratio(tp, pred),
+            "recall": ratio(tp, true),
+            "f1": ratio(2 * tp, true + pred),
+        }[key]
+        if k == 2:
+            return per_class[:, 1]
+        present = (true + pred) > 0
+        return (per_class * present).sum(1) / np.maximum(present.sum(1), 1)
 
     def spread(self, num_labels: int | None):
         return predicted_classes(num_labels)

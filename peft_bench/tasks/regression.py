@@ -52,6 +52,26 @@ class RegressionTask(Task):
     def update(self, metrics, logits, labels) -> None:
         metrics.update(logits.squeeze(-1).float(), labels.float())
 
+    def example_columns(self, logits, labels) -> dict:
+        return {"label": labels.float(), "prediction": logits.squeeze(-1).float()}
+
+    def resampled(self, key: str, columns: dict, idx, num_labels: int | None):
+        """Pearson, Spearman (average ranks of ties, within each resample) and MSE of each resample; a
+        correlation of constant predictions is 0, as the run records it."""
+        import numpy as np
+        from scipy.stats import rankdata
+
+        p, y = columns["prediction"].astype(np.float64)[idx], columns["label"].astype(np.float64)[idx]
+        if key == "mse":
+            return ((p - y) ** 2).mean(1)
+        if key == "spearman":
+            p, y = rankdata(p, axis=1), rankdata(y, axis=1)
+        elif key != "pearson":
+            raise KeyError(key)
+        p, y = p - p.mean(1, keepdims=True), y - y.mean(1, keepdims=True)
+        den = np.sqrt((p * p).sum(1) * (y * y).sum(1))
+        return np.divide((p * y).sum(1), den, out=np.zeros(len(p)), where=den > 0)
+
     def compute(self, metrics) -> dict:
         import warnings
 
