@@ -26,6 +26,10 @@ NOT_ABOUT_THE_RUN = (
     ".*Experiment logs directory.*exists and is not empty.*",
     ".*The `srun` command is available.*",
     ".*when logging on epoch level in distributed setting.*",  # torchmetrics syncs val/test metrics
+    # Optuna, at each ask of a study with a heartbeat: tune's workers ask and tell themselves and beat
+    # in their own thread while a trial runs (tune/store.heartbeat)
+    ".*Heartbeat of storage is supposed to be used with Study.optimize.*",
+    ".*Argument ``heartbeat_interval`` is an experimental feature.*",
 )
 LIGHTNING_CHATTER = ("litlogger", "returned in `LightningModule.configure_callbacks` will override")
 # bitsandbytes' CPU backend, at import, on a CPU with AVX512-BF16 and without the optional `kernels`

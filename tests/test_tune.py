@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,6 +58,8 @@ def finished(ts) -> list:
 def test_two_methods_four_trials_two_seeds_then_the_report(tmp_path):
     out = tune(["method=lora,hira", *TINY_TUNE, "tune.trials=4", "tune.seeds=2", f"tune.dir={tmp_path}"])
     assert out.returncode == 0, out.stderr[-3000:]
+    # no library's Python warning reaches the user (Optuna's heartbeat notices, at each ask)
+    assert not re.search(r"\w+Warning: ", out.stderr), out.stderr[-3000:]
     for method in ("lora", "hira"):
         ts = trials(tmp_path, method)
         assert len(ts) == len(finished(ts)) == 4  # the equal budget, exactly
