@@ -435,6 +435,56 @@ class LMDatasetConfig(DatasetConfig):
         return out
 
 
+ANSWER_RULES = ("gsm8k", "last_number", "text")  # how a generation's answer is read (tasks/generation.py)
+
+
+@dataclass
+class InstructionDatasetConfig(DatasetConfig):
+    """Instruction tuning scored by what the model writes (GSM8K): a prompt and its response; the loss on
+    the response tokens only; test (and validation, with dataset.metric=em) generates greedily and
+    compares the answer read from the text with the gold one."""
+
+    _target_: str = "peft_bench.data.instruction.InstructionDataModule"
+    schema_name = "instruction_dataset_schema"
+    task: str = "generation"
+    text_field: str = "question"  # unused: the prompt_field is the text
+    prompt_field: str = "question"
+    response_field: str = "answer"
+    # the tokenizer's chat template (the prompt a user turn, the response the assistant's) where it has
+    # one; null: "auto", true: required, false: the plain template below
+    chat_template: bool | None = None
+    plain_template: str = "Question: {prompt}\nAnswer: "
+    max_length: int = 512  # tokens of prompt + response in training (longer ones are cut at the end)
+    max_prompt_length: int = 384  # tokens of a prompt when generating (longer ones keep their end)
+    max_new_tokens: int = 256  # greedy decoding stops here, at the end-of-sequence token or a stop string
+    stop_strings: list[str] = field(default_factory=list)
+    answer: str = "gsm8k"  # gsm8k: the number after ####, else the last number; last_number; text
+    max_val_examples: int | None = 200  # validation examples (generation is slow); null: all
+    max_test_examples: int | None = None  # test examples scored; null: all
+    eval_batch_size: int = 16
+    num_labels: int | None = None  # unused: the vocabulary is the output
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.prompt_field == self.response_field:
+            out.append(
+                f"dataset.prompt_field and dataset.response_field are both {self.prompt_field!r}: "
+                "name a different column for each"
+            )
+        if self.answer not in ANSWER_RULES:
+            out.append(f"dataset.answer={self.answer!r}: valid values are {list(ANSWER_RULES)}")
+        if "{prompt}" not in self.plain_template:
+            out.append(f"dataset.plain_template={self.plain_template!r}: must contain {{prompt}}")
+        for key in ("max_length", "max_prompt_length", "max_new_tokens"):
+            if getattr(self, key) < 1:
+                out.append(f"dataset.{key}={getattr(self, key)}: must be >= 1")
+        for key in ("max_val_examples", "max_test_examples"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                out.append(f"dataset.{key}={value}: must be >= 1, or null for all")
+        return out
+
+
 def data_file_paths(data_files: Any) -> list[str]:
     """Every path named by a `data_files` value (str, list, or split -> str/list mapping)."""
     if data_files is None:
@@ -677,6 +727,7 @@ SCHEMAS = [  # (group, name, schema): a group option's yaml names its schema fir
     ("method", "full_schema", FullConfig),
     ("dataset", "dataset_schema", ClassificationDatasetConfig),
     ("dataset", "lm_dataset_schema", LMDatasetConfig),
+    ("dataset", "instruction_dataset_schema", InstructionDatasetConfig),
     ("model", "model_schema", ModelConfig),
     ("trainer", "trainer_schema", TrainerConfig),
     ("logger", "none_schema", NoLoggerConfig),

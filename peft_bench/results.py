@@ -43,6 +43,7 @@ class DataInfo(TypedDict, total=False):
     overlap: dict[str, dict[str, int]]  # {split: {earlier split: examples whose normalised text both hold}}
     tokens: dict[str, int]  # language modelling: tokens per split
     block_size: int  # language modelling: tokens per packed block
+    chat_template: bool  # generation: whether prompts went through the tokenizer's chat template
     cache_key: str  # the tokenized-data cache entry (content, layout and recipe of the data, tokenizer)
     raw_fingerprint: str | None  # the raw data's content and file-to-split layout (None: the Hub)
     cache: str  # hit or miss

@@ -18,6 +18,11 @@ from peft_bench.config import DatasetConfig, MethodConfig, ModelConfig
 from peft_bench.errors import DivergedError
 from peft_bench.models import load_base, quantization_figures
 from peft_bench.tasks import task_for
+from peft_bench.tasks.generation import cut_at_stop, end_of_sequence
+
+# what an evaluation batch carries besides the model's inputs: the labels, the example's row, and for
+# generation the left-padded prompt and the gold answer
+EVALUATION_ONLY = frozenset({"labels", "example", "prompt_ids", "prompt_mask", "gold"})
 
 
 class BenchModule(L.LightningModule):
@@ -205,7 +210,7 @@ class BenchModule(L.LightningModule):
     # ------------------------------------------------------------------ steps
 
     def forward(self, batch: dict) -> torch.Tensor:
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "example")}
+        inputs = {k: v for k, v in batch.items() if k not in EVALUATION_ONLY}
         return self.model(**inputs).logits
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
@@ -241,24 +246,44 @@ class BenchModule(L.LightningModule):
         if self._finite is not None and (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
             self.check_finite()
 
-    def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.task.update(metrics, logits, labels)
-
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self(batch)
-        self.update_metrics(self.val_metrics, logits, batch["labels"])
+        logits, _ = self.task.evaluate(self, batch, self.val_metrics, "val")
         if self.spreads is not None:
             self.task.update_spread(self.spreads["val"], logits, batch["labels"])
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        logits, split = self(batch), self.test_splits[dataloader_idx]
-        self.update_metrics(self.test_metrics[dataloader_idx], logits, batch["labels"])
+        split = self.test_splits[dataloader_idx]
+        logits, columns = self.task.evaluate(self, batch, self.test_metrics[dataloader_idx], split)
         if self.spreads is not None:
             self.task.update_spread(self.spreads[split], logits, batch["labels"])
-        if "example" in batch:
-            columns = self.task.example_columns(logits.detach(), batch["labels"])
+        if columns is not None:
             columns["example"] = batch["example"]
-            self._examples.setdefault(split, []).append({k: v.cpu() for k, v in columns.items()})
+            self._examples.setdefault(split, []).append(
+                {
+                    k: v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+                    for k, v in columns.items()
+                }
+            )
+
+    @torch.no_grad()
+    def generate_texts(self, batch: dict, tokenizer, max_new_tokens: int, stops) -> list[str]:
+        """Greedy continuations of the batch's left-padded prompts (the KV cache on; each row stops at the
+        end-of-sequence token or a stop string), decoded and cut at the first stop string."""
+        prompts = batch["prompt_ids"]
+        out = self.model.generate(
+            input_ids=prompts,
+            attention_mask=batch["prompt_mask"],
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            use_cache=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=end_of_sequence(tokenizer),
+            stop_strings=list(stops) or None,
+            tokenizer=tokenizer if stops else None,
+        )
+        texts = tokenizer.batch_decode(out[:, prompts.shape[1] :], skip_special_tokens=True)
+        return [cut_at_stop(t, stops) for t in texts]
 
     def on_test_epoch_start(self) -> None:
         self._examples = {}
@@ -267,7 +292,7 @@ class BenchModule(L.LightningModule):
         """The test pass's per-example columns, every process's share (a DDP job's ranks each scored part
         of a split), in example order."""
         mine = {
-            split: {k: torch.cat([b[k] for b in batches]).numpy() for k in batches[0]}
+            split: {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
             for split, batches in self._examples.items()
         }
         self._examples = {}

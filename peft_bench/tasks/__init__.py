@@ -1,4 +1,5 @@
-"""The task kinds: classification (one text or a pair), regression and causal language modelling, one
+"""The task kinds: classification (one text or a pair), regression, causal language modelling and
+instruction tuning scored by generation, one
 object each (tasks/base.py says what a task owns). `task_for(dataset_config)` is the task a run is
 scored by; `task_of(results)` the task of a results.json record. Adding a task kind: docs/data.md."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 from peft_bench.tasks.base import METRICS, Metric, Task, column
 from peft_bench.tasks.causal_lm import CausalLMTask
 from peft_bench.tasks.classification import ClassificationTask
+from peft_bench.tasks.generation import GenerationTask
 from peft_bench.tasks.regression import RegressionTask
 
 CLASSIFICATION = ClassificationTask(
@@ -57,7 +59,23 @@ CAUSAL_LM = CausalLMTask(
     length_key="block_size",
     models_hint="a causal language model (gpt2, distilgpt2, smollm2, tiny_llama)",
 )
-TASKS = {t.name: t for t in (CLASSIFICATION, REGRESSION, CAUSAL_LM)}
+GENERATION = GenerationTask(
+    name="generation",
+    label="instruction tuning, scored by generation",
+    schema="instruction_dataset_schema",
+    datamodule="peft_bench.data.instruction.InstructionDataModule",
+    auto_class_name="AutoModelForCausalLM",
+    peft_task_type="CAUSAL_LM",
+    metric_keys=("em", "ppl"),
+    default_metric="em",
+    shown=("em", "ppl"),
+    has_classes=False,
+    spec=".4f",
+    trains_head=False,
+    length_key="max_length",
+    models_hint="a causal language model (gpt2, distilgpt2, smollm2, tiny_llama)",
+)
+TASKS = {t.name: t for t in (CLASSIFICATION, REGRESSION, CAUSAL_LM, GENERATION)}
 
 
 def get_task(name: str) -> Task:

@@ -31,6 +31,7 @@ METRICS = {
         Metric("spearman", "Spearman correlation", "Spearman", bounded=(-1.0, 1.0)),
         Metric("mse", "mean squared error", "MSE", higher_is_better=False, bounded=None),
         Metric("ppl", "perplexity", "PPL", higher_is_better=False, bounded=None),
+        Metric("em", "exact match", "EM"),
     )
 }
 
@@ -166,6 +167,20 @@ class Task:
         """Feed one batch's logits and labels to the metrics."""
         raise NotImplementedError
 
+    def evaluate(self, module, batch: dict, metrics, split: str):
+        """One evaluation batch of `split` (val, test, test_<name>): the model's output fed to the metrics.
+        Returns the logits (for the spread) and the batch's per-example columns where the batch carries
+        its examples' rows (test), else None."""
+        logits = module(batch)
+        self.update(metrics, logits, batch["labels"])
+        columns = self.example_columns(logits.detach(), batch["labels"]) if "example" in batch else None
+        return logits, columns
+
+    def correct(self, key: str, columns: dict):
+        """Per example, whether the answer was right, where metric `key` is the share right (McNemar
+        compares two runs on it); None for any other metric."""
+        return None
+
     def example_columns(self, logits, labels) -> dict:
         """One test batch's columns of predictions.parquet, one value an example (tensors): the label and
         what the model answered."""
@@ -233,3 +248,12 @@ def column(key: str) -> str:
     metric = METRICS.get(parts[-1])
     header = metric.header if metric else parts[-1].title()
     return " ".join([parts[0].title(), *parts[1:-1], header])
+
+
+def token_nll(logits, labels):
+    """Per sequence: the summed next-token NLL of its scored tokens (labels not -100), and their count."""
+    import torch.nn.functional as F
+
+    target = labels[:, 1:]
+    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, ignore_index=-100, reduction="none")
+    return nll.double().sum(-1), (target != -100).sum(-1)

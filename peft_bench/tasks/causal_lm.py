@@ -3,7 +3,7 @@ over every predicted token of a split."""
 
 from __future__ import annotations
 
-from peft_bench.tasks.base import Task
+from peft_bench.tasks.base import Task, token_nll
 
 
 class CausalLMTask(Task):
@@ -28,10 +28,5 @@ class CausalLMTask(Task):
     def example_columns(self, logits, labels) -> dict:
         """Per block: its summed next-token NLL and its predicted tokens (the split's perplexity is
         exp(sum of nll / sum of tokens))."""
-        import torch.nn.functional as F
-
-        target = labels[:, 1:]
-        nll = F.cross_entropy(
-            logits[:, :-1].float().transpose(1, 2), target, ignore_index=-100, reduction="none"
-        )
-        return {"nll": nll.double().sum(-1), "tokens": (target != -100).sum(-1)}
+        nll, tokens = token_nll(logits, labels)
+        return {"nll": nll, "tokens": tokens}

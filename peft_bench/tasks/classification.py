@@ -99,6 +99,9 @@ class ClassificationTask(Task):
     def example_columns(self, logits, labels) -> dict:
         return {"label": labels, "prediction": logits.argmax(-1)}
 
+    def correct(self, key: str, columns: dict):
+        return columns["prediction"] == columns["label"] if key == "acc" else None
+
     def resampled(self, key: str, columns: dict, idx, num_labels: int | None):
         """From each resample's confusion matrix: accuracy; precision, recall and F1 of class 1 (two
         classes) or their macro average over the classes present in labels or predictions (torchmetrics'

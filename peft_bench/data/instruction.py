@@ -1,0 +1,189 @@
+"""Instruction-tuning data (GSM8K): a prompt and its response per example, the prompt rendered by the
+tokenizer's chat template (a user turn, then the assistant's) or a plain template, the response ended
+with the end-of-sequence token; the loss on the response tokens only (prompt tokens labelled -100).
+Evaluation batches also carry the prompt alone, left-padded for batched generation, and the gold answer
+read from the response. Splits are carved from train as for classification, cached on disk."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from datasets import Dataset, DatasetDict
+from torch.utils.data import DataLoader
+
+from peft_bench.config import InstructionDatasetConfig
+from peft_bench.data.base import BaseDataModule, EpochSeededSampler, RawData, cache_key, check_text
+from peft_bench.data.classification import make_splits
+from peft_bench.errors import DataError
+from peft_bench.tasks.generation import end_of_sequence, extract_answer
+
+log = logging.getLogger(__name__)
+
+
+def uses_chat_template(tokenizer, cfg: InstructionDatasetConfig) -> bool:
+    """Whether prompts go through the tokenizer's chat template (dataset.chat_template: null where it has
+    one, true to require it, false for dataset.plain_template)."""
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if cfg.chat_template and not has:
+        raise DataError(
+            f"dataset.chat_template=true, but tokenizer {tokenizer.name_or_path!r} has no chat template: "
+            "set dataset.chat_template=null (use it where there is one) or false (dataset.plain_template)"
+        )
+    return has if cfg.chat_template is None else cfg.chat_template
+
+
+def render_prompt(tokenizer, cfg: InstructionDatasetConfig, prompt: str, chat: bool) -> list[int]:
+    """A prompt's token ids, ready for the response to follow (the assistant turn opened)."""
+    if chat:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    text = cfg.plain_template.replace("{prompt}", prompt)
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return bos + tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode(tokenizer, cfg: InstructionDatasetConfig, chat: bool, eos: int):
+    """The batched map that tokenizes examples: input_ids (prompt + response + eos, cut at max_length),
+    labels (-100 on the prompt), prompt_ids (its last max_prompt_length tokens), the gold answer."""
+
+    def run(batch: dict) -> dict:
+        out = {"input_ids": [], "labels": [], "prompt_ids": [], "gold": [], "length": []}
+        for prompt, response in zip(batch[cfg.prompt_field], batch[cfg.response_field], strict=True):
+            p = render_prompt(tokenizer, cfg, prompt, chat)
+            r = tokenizer(response, add_special_tokens=False)["input_ids"] + [eos]
+            ids = (p + r)[: cfg.max_length]
+            out["input_ids"].append(ids)
+            out["labels"].append(([-100] * len(p) + r)[: cfg.max_length])
+            out["prompt_ids"].append(p[-cfg.max_prompt_length :])
+            out["gold"].append(extract_answer(response, cfg.answer) or "")
+            out["length"].append(len(ids))
+        return out
+
+    return run
+
+
+class InstructionDataModule(BaseDataModule):
+    def __init__(self, dataset: InstructionDatasetConfig, tokenizer, cache_dir: str, seed: int):
+        super().__init__()
+        self.cfg, self.tokenizer, self.seed = dataset, tokenizer, seed
+        self.eos = end_of_sequence(tokenizer)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token
+        self.cache_root = Path(cache_dir) / "tokenized"
+        self.data: DatasetDict | None = None
+        self.info: dict = {}
+
+    def validate(self, ds: Dataset, where: str) -> tuple[Dataset, bool]:
+        p, r = self.cfg.prompt_field, self.cfg.response_field
+        columns = {p: check_text(ds, p, where, "prompt_field"), r: check_text(ds, r, where, "response_field")}
+        return Dataset.from_dict(columns), False
+
+    def prepare_data(self) -> None:
+        if self.data is not None:
+            return
+        raw = RawData(self.cfg, self.validate)
+        chat = uses_chat_template(self.tokenizer, self.cfg)
+        recipe = {
+            "task": "generation",
+            "fields": [self.cfg.prompt_field, self.cfg.response_field],
+            "chat": chat,
+            "template": None if chat else self.cfg.plain_template,
+            "lengths": [self.cfg.max_length, self.cfg.max_prompt_length],
+            "answer": self.cfg.answer,
+            "split": [self.cfg.val_fraction, self.cfg.test_fraction, self.cfg.split_seed],
+            "caps": [self.cfg.max_train_examples, self.cfg.max_val_examples, self.cfg.max_test_examples],
+        }
+
+        def build() -> tuple[DatasetDict, dict]:
+            splits, how = make_splits(raw.splits, self.cfg)
+            for split, cap in (
+                ("validation", self.cfg.max_val_examples),
+                ("test", self.cfg.max_test_examples),
+            ):
+                if cap is not None and cap < len(splits[split]):
+                    splits[split] = splits[split].select(range(cap))
+                    how[split] += f", its first {cap}"
+            fn = encode(self.tokenizer, self.cfg, chat, self.eos)
+            data = DatasetDict(
+                {
+                    name: ds.map(fn, batched=True, remove_columns=ds.column_names, desc=f"tokenize {name}")
+                    for name, ds in splits.items()
+                }
+            )
+            no_gold = [s for s in ("validation", "test") if "" in data[s]["gold"]]
+            if no_gold and self.cfg.answer != "text":
+                raise DataError(
+                    f"dataset {self.cfg.name}: some {no_gold[0]} responses hold no answer that "
+                    f"dataset.answer={self.cfg.answer} can read (no number): pick another rule"
+                )
+            return data, {
+                "splits": how,
+                "sizes": {k: len(v) for k, v in data.items()},
+                "chat_template": chat,
+            }
+
+        self.load_or_build(raw, cache_key(self.cfg.name, self.tokenizer, raw.fingerprint, recipe), build)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_data()
+
+    def collate(self, rows: list[dict]) -> dict:
+        """Right-padded input_ids / labels / attention_mask; an evaluation batch also has the prompts
+        left-padded (prompt_ids, prompt_mask: generation continues each from its last token), the gold
+        answers and the examples' rows."""
+        pad = self.tokenizer.pad_token_id
+        longest = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), longest), pad, dtype=torch.long)
+        labels = torch.full((len(rows), longest), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n], labels[i, :n], mask[i, :n] = (
+                torch.tensor(r["input_ids"]),
+                torch.tensor(r["labels"]),
+                1,
+            )
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if "prompt_ids" in rows[0]:
+            width = max(len(r["prompt_ids"]) for r in rows)
+            prompts = torch.full((len(rows), width), pad, dtype=torch.long)
+            prompt_mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, r in enumerate(rows):
+                n = len(r["prompt_ids"])
+                prompts[i, width - n :], prompt_mask[i, width - n :] = torch.tensor(r["prompt_ids"]), 1
+            batch.update(prompt_ids=prompts, prompt_mask=prompt_mask, gold=[r["gold"] for r in rows])
+        if "example" in rows[0]:
+            batch["example"] = torch.tensor([r["example"] for r in rows])
+        return batch
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.data["train"].select_columns(["input_ids", "labels"])
+        sampler = self.train_sampler(EpochSeededSampler(len(ds), self.seed), self.cfg.batch_size)
+        return self._loader(ds, self.per_process(self.cfg.batch_size), sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        ds = self.data[split].remove_columns("length")
+        if split == "test":  # each example's row travels with it, for predictions.parquet
+            ds = ds.add_column("example", list(range(len(ds))))
+        return self._loader(ds, self.cfg.eval_batch_size, sampler=self.eval_sampler(ds))
+
+    def _loader(self, ds, batch_size: int, **kwargs) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            collate_fn=self.collate,
+            num_workers=self.cfg.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            generator=self.generator(),
+            **kwargs,
+        )

@@ -1,0 +1,129 @@
+"""Instruction tuning scored by what the model writes (GSM8K): the loss on the response tokens only (the
+model's own next-token loss, prompt tokens masked), greedy generation at test (and at validation when the
+primary metric is exact match), the answer read from the text by a rule (GSM8K: the number after ####,
+else the last number), and exact match against the gold answer read the same way. The response's
+perplexity under teacher forcing is kept beside it (the fast validation metric: dataset.metric=ppl)."""
+
+from __future__ import annotations
+
+import re
+
+from peft_bench.tasks.base import Task, token_nll
+
+# a number as GSM8K writes one: an optional sign and $, digits with thousands commas, a decimal part
+NUMBER = re.compile(r"-?\$?\s?\d[\d,]*(?:\.\d+)?")
+FINAL = re.compile(r"#\s?#\s?#\s?#\s*(.*)")  # ####, or # # # # as some vocabularies decode it
+
+
+def normalise_number(text: str) -> str:
+    """`$1,000.` -> `1000`, `18.50` -> `18.5`, `-3.0` -> `-3`: one spelling per value."""
+    s = text.replace("$", "").replace(",", "").replace(" ", "").rstrip(".")
+    negative = s.startswith("-")
+    s = s.lstrip("-")
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    s = s.lstrip("0") or "0"
+    if s.startswith("."):
+        s = "0" + s
+    return f"-{s}" if negative and s != "0" else s
+
+
+def last_number(text: str) -> str | None:
+    found = NUMBER.findall(text)
+    return normalise_number(found[-1]) if found else None
+
+
+def extract_answer(text: str, rule: str) -> str | None:
+    """The answer a text gives, by `rule` (dataset.answer): `gsm8k`, the first number after `####`, else
+    the last number of the text; `last_number`; `text`, the whole text stripped. None: no answer (never
+    correct)."""
+    if rule == "text":
+        return text.strip() or None
+    if rule == "gsm8k":
+        final = FINAL.search(text)
+        if final:
+            number = NUMBER.search(final.group(1))
+            if number:
+                return normalise_number(number.group(0))
+    if rule in ("gsm8k", "last_number"):
+        return last_number(text)
+    raise ValueError(f"unknown answer rule {rule!r}")
+
+
+def cut_at_stop(text: str, stops) -> str:
+    """The text up to its first stop string (generate stops a batch's row at one, but keeps it)."""
+    cut = min((i for s in stops if (i := text.find(s)) >= 0), default=len(text))
+    return text[:cut]
+
+
+def end_of_sequence(tokenizer) -> int:
+    """The token a response ends with (and generation stops at): the tokenizer's end-of-sequence token,
+    else its separator (a BERT vocabulary, the tiny test models')."""
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if eos is None:
+        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no end-of-sequence or separator token")
+    return eos
+
+
+class GenerationTask(Task):
+    def metrics(self, num_labels: int | None):
+        from torchmetrics import MeanMetric, MetricCollection
+        from torchmetrics.text import Perplexity
+
+        return MetricCollection({"em": MeanMetric(), "ppl": Perplexity(ignore_index=-100)})
+
+    def update(self, metrics, logits, labels) -> None:
+        metrics["ppl"].update(logits[:, :-1].float(), labels[:, 1:])
+
+    def compute(self, metrics) -> dict:
+        """The figures of the metrics fed this pass (exact match only where it generated)."""
+        return {k: m.compute() for k, m in metrics.items() if m.update_count}
+
+    def generates(self, split: str) -> bool:
+        """Test always generates; validation only when exact match is the primary metric."""
+        return split != "val" or self.key == "em"
+
+    def evaluate(self, module, batch: dict, metrics, split: str):
+        """Teacher-forced response perplexity; then, where the split generates, greedy generations, their
+        answers and exact match. Returns the logits and the per-example columns (test)."""
+        import numpy as np
+        import torch
+
+        logits = module(batch)
+        self.update(metrics, logits, batch["labels"])
+        if not self.generates(split):
+            return logits, None
+        dm = module.trainer.datamodule
+        texts = module.generate_texts(batch, dm.tokenizer, dm.cfg.max_new_tokens, dm.cfg.stop_strings)
+        answers = [extract_answer(t, dm.cfg.answer) for t in texts]
+        correct = torch.tensor(
+            [a is not None and a == g for a, g in zip(answers, batch["gold"], strict=True)]
+        )
+        metrics["em"].update(correct.float().to(logits.device))
+        nll, tokens = token_nll(logits.detach(), batch["labels"])
+        columns = {
+            "correct": correct,
+            "answer": np.array([a if a is not None else "" for a in answers], dtype=object),
+            "gold": np.array(batch["gold"], dtype=object),
+            "generated": np.array(texts, dtype=object),
+            "nll": nll,
+            "tokens": tokens,
+        }
+        return logits, columns
+
+    def example_columns(self, logits, labels) -> dict:
+        nll, tokens = token_nll(logits, labels)
+        return {"nll": nll, "tokens": tokens}
+
+    def correct(self, key: str, columns: dict):
+        return columns["correct"].astype(bool) if key == "em" else None
+
+    def resampled(self, key: str, columns: dict, idx, num_labels: int | None):
+        """Exact match (the share correct) or the response perplexity of each resample of examples."""
+        import numpy as np
+
+        if key == "em":
+            return columns["correct"].astype(np.float64)[idx].mean(1)
+        if key == "ppl":
+            return np.exp(columns["nll"][idx].sum(1) / np.maximum(columns["tokens"][idx].sum(1), 1))
+        raise KeyError(key)

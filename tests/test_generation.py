@@ -1,0 +1,210 @@
+"""Instruction tuning scored by generation (dataset=gsm8k, task generation) on the tiny Llama and real
+GSM8K problems (../shared/data, read in place): prompt masking, answer extraction, exact match, batched
+left-padded generation against one prompt at a time, merged generation, and a run end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+
+from peft_bench.checks import check_config
+from peft_bench.data.instruction import InstructionDataModule
+from peft_bench.errors import ConfigError, DataError
+from peft_bench.models import load_tokenizer
+from peft_bench.predictions import read_predictions
+from peft_bench.tasks import TASKS
+from peft_bench.tasks.generation import extract_answer
+from peft_bench.train import run
+from tests.helpers import ROOT, assert_documented, compose
+
+GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+needs_gsm8k = pytest.mark.skipif(not GSM8K.is_file(), reason=f"real GSM8K problems not found at {GSM8K}")
+GENERATION = TASKS["generation"]
+
+
+def problems(tmp_path, n: int = 120):
+    rows = [json.loads(line) for line in GSM8K.read_text().splitlines()[:n]]
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path, rows
+
+
+def gen_args(path, *extra: str) -> list[str]:
+    return [
+        "model=tiny_llama",
+        "dataset=gsm8k",
+        f"dataset.data_files={{train:{path}}}",
+        "logger=none",
+        "dataset.max_val_examples=6",
+        "dataset.max_test_examples=6",
+        "dataset.max_new_tokens=12",
+        "dataset.eval_batch_size=4",
+        *extra,
+    ]
+
+
+def datamodule(cfg) -> InstructionDataModule:
+    r = OmegaConf.to_object(cfg)
+    dm = InstructionDataModule(r.dataset, load_tokenizer(r.model), r.cache_dir, seed=0)
+    dm.prepare_data()
+    return dm
+
+
+# --------------------------------------------------------------------------- the answer
+
+
+@pytest.mark.parametrize(
+    ("text", "rule", "answer"),
+    [
+        ("so she has 5 + 3 = 8 apples.\n#### 1,000", "gsm8k", "1000"),
+        ("so 8 apples. # # # # 8", "gsm8k", "8"),  # as a vocabulary that spaces punctuation writes it
+        ("The total is $18.", "gsm8k", "18"),  # no ####: the last number; the full stop is no decimal
+        ("It dropped by 7 degrees, to -4 degrees.", "gsm8k", "-4"),
+        ("#### -12.50", "gsm8k", "-12.5"),
+        ("#### 3.0 apples", "gsm8k", "3"),
+        ("#### 0.75", "gsm8k", "0.75"),
+        ("first 12, then #### 40 and 7 more", "gsm8k", "40"),  # the number after ####, not the last
+        ("#### no number here, but 9 later", "gsm8k", "9"),  # #### without a number: the last number
+        ("I cannot tell.", "gsm8k", None),
+        ("about 007 of them", "last_number", "7"),
+        ("  Paris \n", "text", "Paris"),
+    ],
+)
+def test_the_answer_is_read_from_tricky_texts(text, rule, answer):
+    assert extract_answer(text, rule) == answer
+
+
+def test_exact_match_on_a_fixed_set_of_answers():
+    texts = ["... #### 72", "she earns $10.", "#### 5", "no idea", "#### 1,200.00"]
+    gold = ["72", "10", "6", "4", "1200"]
+    correct = np.array([extract_answer(t, "gsm8k") == g for t, g in zip(texts, gold, strict=True)])
+    assert list(correct) == [True, True, False, False, True]
+    columns = {"correct": correct}
+    assert GENERATION.resampled("em", columns, np.arange(5)[None], None)[0] == pytest.approx(3 / 5)
+
+
+# --------------------------------------------------------------------------- the data
+
+
+@needs_gsm8k
+def test_the_loss_is_on_the_response_tokens_only(tmp_path):
+    path, rows = problems(tmp_path)
+    dm = datamodule(compose(gen_args(path), tmp_path))
+    tok, train = dm.tokenizer, dm.data["train"]
+    assert dm.info["chat_template"] is False  # the tiny Llama's BERT vocabulary has no chat template
+    for i in range(5):
+        ids, labels, prompt = train[i]["input_ids"], train[i]["labels"], train[i]["prompt_ids"]
+        n = len(prompt)
+        assert ids[:n] == prompt and labels[:n] == [-100] * n  # the prompt: in the input, not in the loss
+        assert labels[n:] == ids[n:] and ids[-1] == dm.eos  # the response and its end: in the loss
+        question = tok.decode(prompt, skip_special_tokens=True)
+        answer = tok.decode(ids[n:], skip_special_tokens=True)
+        assert question.startswith("question :") and question.endswith("answer :")
+        assert answer.endswith(f"# # # # {train[i]['gold']}")  # BERT's vocabulary spaces punctuation out
+    # the gold answers of the held-out problems, read from their responses (the number after ####)
+    golds = {extract_answer(r["answer"], "gsm8k") for r in rows}
+    assert len(dm.data["test"]) == 6 and set(dm.data["test"]["gold"]) <= golds
+
+
+@needs_gsm8k
+def test_a_batch_pads_prompts_on_the_left_and_the_training_text_on_the_right(tmp_path):
+    path, _ = problems(tmp_path)
+    dm = datamodule(compose(gen_args(path), tmp_path))
+    rows = [dm.data["test"][i] for i in range(3)]
+    batch = dm.collate(rows)
+    pad = dm.tokenizer.pad_token_id
+    for i, r in enumerate(rows):
+        n, p = len(r["input_ids"]), len(r["prompt_ids"])
+        assert batch["input_ids"][i, :n].tolist() == r["input_ids"] and batch["attention_mask"][i].sum() == n
+        assert batch["prompt_ids"][i, -p:].tolist() == r["prompt_ids"]  # right-aligned: generation goes on
+        assert (batch["prompt_ids"][i, :-p] == pad).all() and batch["prompt_mask"][i].sum() == p
+    assert batch["gold"] == [r["gold"] for r in rows]
+
+
+def test_bad_generation_settings_are_refused_before_any_work(tmp_path):
+    bad = [
+        "model=tiny_llama",
+        "dataset=gsm8k",
+        "dataset.answer=first_word",
+        "dataset.response_field=question",
+        "dataset.max_new_tokens=0",
+        "dataset.plain_template=no placeholder",
+    ]
+    with pytest.raises(ConfigError) as e:
+        check_config(compose(bad, tmp_path))
+    said = str(e.value)
+    for part in (
+        "dataset.answer='first_word': valid values are ['gsm8k', 'last_number', 'text']",
+        "dataset.prompt_field and dataset.response_field are both 'question'",
+        "dataset.max_new_tokens=0: must be >= 1",
+        "must contain {prompt}",
+    ):
+        assert part in said, said
+
+
+@needs_gsm8k
+def test_a_required_chat_template_the_tokenizer_lacks_is_one_sentence(tmp_path):
+    path, _ = problems(tmp_path)
+    with pytest.raises(DataError, match="has no chat template: set dataset.chat_template=null"):
+        datamodule(compose(gen_args(path, "dataset.chat_template=true"), tmp_path))
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def lora_module(cfg):
+    r = OmegaConf.to_object(cfg)
+    torch.manual_seed(0)
+    module = get_class(r.method._target_)(method=r.method, model=r.model, dataset=r.dataset).eval()
+    with torch.no_grad():  # a LoRA update that changes the outputs (B starts at zero)
+        for name, p in module.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    return module
+
+
+@needs_gsm8k
+def test_batched_left_padded_generation_is_one_prompt_at_a_time_and_merged_is_unmerged(tmp_path):
+    path, _ = problems(tmp_path)
+    cfg = compose(gen_args(path), tmp_path)
+    dm, module = datamodule(cfg), lora_module(cfg)
+    rows = [dm.data["test"][i] for i in range(4)]
+    assert len({len(r["prompt_ids"]) for r in rows}) > 1  # prompts of different lengths: real padding
+    args = (dm.tokenizer, 12, [])
+    batched = module.generate_texts(dm.collate(rows), *args)
+    alone = [module.generate_texts(dm.collate([r]), *args)[0] for r in rows]
+    assert batched == alone and all(batched)
+    with module.merged():
+        assert module.generate_texts(dm.collate(rows), *args) == batched
+
+
+# --------------------------------------------------------------------------- a run
+
+
+@needs_gsm8k
+def test_a_lora_run_scores_test_by_generation_and_keeps_every_answer(tmp_path):
+    path, _ = problems(tmp_path)
+    cfg = compose(gen_args(path, "trainer=fast", "trainer.limit_train_batches=4"), tmp_path / "run")
+    r = run(cfg)
+    assert r["status"] == "completed", r.get("error")
+    assert_documented(r)
+    assert {"val_em", "val_ppl", "test_em", "test_ppl", "merged_test_em"} <= set(r)
+    answers = read_predictions(tmp_path / "run", r["predictions"])
+    assert len(answers["example"]) == 6 and r["predictions"]["examples"] == {"test": 6}
+    assert answers["correct"].mean() == pytest.approx(r["test_em"])
+    assert all(isinstance(t, str) for t in answers["generated"]) and set(answers["gold"]) != {""}
+    again = np.exp(answers["nll"].sum() / answers["tokens"].sum())  # teacher-forced response perplexity
+    assert again == pytest.approx(r["test_ppl"], rel=1e-4)
+    # the fast validation: response perplexity, no generation during training
+    fast = run(
+        compose(
+            gen_args(path, "trainer=fast", "trainer.limit_train_batches=4", "dataset.metric=ppl"),
+            tmp_path / "fast",
+        )
+    )
+    assert "val_em" not in fast and "val_ppl" in fast and "test_em" in fast
