@@ -1,7 +1,7 @@
 """What the per-example test answers (each run's predictions.parquet) add to the report: two runs compared
-on the same test examples (exact McNemar where the primary metric is accuracy, else a paired bootstrap
-over examples), which is what a single-seed sweep can say; and an interval that resamples test examples
-within the seeds as well as the seeds (a two-level bootstrap). A run's answers are used only when they
+on the same test examples (exact McNemar where the primary metric is a share right: accuracy, exact
+match; else a paired bootstrap over examples), which is what a single-seed sweep can say; and an interval
+that resamples test examples within the seeds as well as the seeds (a two-level bootstrap). A run's answers are used only when they
 are the file it wrote (its digest) and give back its recorded test figure; else the report says why."""
 
 from __future__ import annotations
@@ -34,13 +34,11 @@ class Answers:
 
     def same_examples(self, other: Answers) -> bool:
         """Whether the two runs were scored on the same examples: the same rows, with the same labels."""
-        mine, theirs = self.columns, other.columns
+        if len(self.examples) != len(other.examples) or not (self.examples == other.examples).all():
+            return False
+        key = next((k for k in ("label", "gold", "tokens") if k in self.columns), None)
         return (
-            len(self.examples) == len(other.examples)
-            and bool((self.examples == other.examples).all())
-            and bool(
-                (mine.get("label", mine.get("tokens")) == theirs.get("label", theirs.get("tokens"))).all()
-            )
+            key is not None and key in other.columns and bool((self.columns[key] == other.columns[key]).all())
         )
 
 
@@ -114,8 +112,8 @@ def example_pair(
     width = bounds[1] - bounds[0]
     lo, hi = percentile(boot, 0.95, -width, width)
     inner = percentile(boot, 1 - 2 * ALPHA, -width, width)
-    if key == "acc":
-        right = [(x.columns["prediction"] == x.columns["label"]) for x in (a, b)]
+    right = [task.correct(key, x.columns) for x in (a, b)]
+    if right[0] is not None:  # a share of examples right (accuracy, exact match): McNemar on them
         m: McNemar = mcnemar(right[0].tolist(), right[1].tolist())
         test, p = f"McNemar ({m.only_a} / {m.only_b})", m.p
     else:  # two-sided: twice the smaller share of resampled differences on either side of 0
