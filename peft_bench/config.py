@@ -459,6 +459,12 @@ class InstructionDatasetConfig(DatasetConfig):
     max_new_tokens: int = 256  # greedy decoding stops here, at the end-of-sequence token or a stop string
     stop_strings: list[str] = field(default_factory=list)
     answer: str = "gsm8k"  # gsm8k: the number after ####, else the last number; last_number; text
+    # forgetting: the loss on a reference text before and after fine-tuning (its rise is what the model
+    # lost); the text: local files (a text field), else WikiText-2's validation split from the Hub
+    forgetting_data_files: Any = None
+    forgetting_text_field: str = "text"
+    forgetting_tokens: int = 16384  # tokens of it scored (0: no forgetting measured)
+    forgetting_block_size: int = 256
     max_val_examples: int | None = 200  # validation examples (generation is slow); null: all
     max_test_examples: int | None = None  # test examples scored; null: all
     eval_batch_size: int = 16
@@ -475,7 +481,12 @@ class InstructionDatasetConfig(DatasetConfig):
             out.append(f"dataset.answer={self.answer!r}: valid values are {list(ANSWER_RULES)}")
         if "{prompt}" not in self.plain_template:
             out.append(f"dataset.plain_template={self.plain_template!r}: must contain {{prompt}}")
-        for key in ("max_length", "max_prompt_length", "max_new_tokens"):
+        for path in data_file_paths(self.forgetting_data_files):
+            if not Path(path).is_file():
+                out.append(f"dataset.forgetting_data_files: no such file: {path}")
+        if self.forgetting_tokens < 0:
+            out.append(f"dataset.forgetting_tokens={self.forgetting_tokens}: must be >= 0 (0: not measured)")
+        for key in ("max_length", "max_prompt_length", "max_new_tokens", "forgetting_block_size"):
             if getattr(self, key) < 1:
                 out.append(f"dataset.{key}={getattr(self, key)}: must be >= 1")
         for key in ("max_val_examples", "max_test_examples"):

@@ -24,6 +24,14 @@ RESULTS_FILE = "results.json"
 # read it; nested sections are typed below. `total=False`: a failed run has only what it got to.
 
 
+class ForgettingInfo(TypedDict):  # generation: the loss on a reference text before and after training
+    loss_before: float  # nats per token
+    loss_after: float
+    rise: float  # loss_after - loss_before: what fine-tuning made the model forget
+    tokens: int
+    source: str
+
+
 class PredictionsInfo(TypedDict):  # predictions.parquet, beside results.json
     file: str
     sha256: str
@@ -120,6 +128,7 @@ RunResult = TypedDict(
         "before_training": Scores,  # eval_before_training=true: the un-tuned model
         "before_pruning": dict,  # one-shot pruning: scores and sparsity figures before it
         "evaluated_checkpoint": str,
+        "forgetting": ForgettingInfo,
         "predictions": PredictionsInfo,  # the per-example test answers (predictions.parquet)
         # training
         "optimizer_steps": int,

@@ -406,6 +406,7 @@ def evaluate_trained(at: Attempt, datamodule, best: ModelCheckpoint | None, resu
         results["before_pruning"] = {**before, **changed_from}
         results.update(evaluate(trainer, module, datamodule, None, stats, test=run_cfg.test))
     results["warnings"] += list(module.prediction_warnings.values())  # of the evaluation the figures are of
+    results.update(module.probe_results())  # of the weights the figures are of (forgetting)
     if module.test_examples and trainer.is_global_zero:  # the examples of the test pass the figures are of
         results["predictions"] = write_predictions(at.run_dir, module.test_examples)
     if module.can_merge() and run_cfg.test:

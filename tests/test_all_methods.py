@@ -19,8 +19,22 @@ from peft_bench.train import run
 from tests.helpers import CONF_DIR, ROOT, compose
 
 METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
-DATA = {  # offline, generated text for both tasks
+GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext2" / "validation.jsonl"
+DATA = {  # offline: generated text, or real problems read in place (../shared/data)
     "tiny": ["model=tiny", "dataset=demo"],
+    "gsm8k": [  # instruction tuning scored by generation, on the tiny Llama
+        "model=tiny_llama",
+        "dataset=gsm8k",
+        f"dataset.data_files={{train:{GSM8K}}}",
+        "dataset.max_train_examples=200",
+        "dataset.max_val_examples=4",
+        "dataset.max_test_examples=4",
+        "dataset.max_new_tokens=4",
+        f"dataset.forgetting_data_files={WIKITEXT}",
+        "dataset.forgetting_tokens=256",
+        "dataset.forgetting_block_size=64",
+    ],
     "tiny_llama": [
         "model=tiny_llama",
         "dataset=wikitext2",
@@ -74,6 +88,8 @@ def fresh_base(cfg):
 @pytest.mark.parametrize("model", list(DATA))
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_trains_resumes_exports_and_reloads(method, model, tmp_path):
+    if model == "gsm8k" and not (GSM8K.is_file() and WIKITEXT.is_file()):
+        pytest.skip(f"real GSM8K problems or WikiText-2 not found under {GSM8K.parent.parent}")
     args = [*DATA[model], *SHORT, f"method={method}", *extra_for(method)]
     cfg = compose(args, tmp_path)
     try:

@@ -23,7 +23,11 @@ from peft_bench.train import run
 from tests.helpers import ROOT, assert_documented, compose
 
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
-needs_gsm8k = pytest.mark.skipif(not GSM8K.is_file(), reason=f"real GSM8K problems not found at {GSM8K}")
+WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext2" / "validation.jsonl"  # the forgetting probe's text
+needs_gsm8k = pytest.mark.skipif(
+    not (GSM8K.is_file() and WIKITEXT.is_file()),
+    reason=f"real GSM8K problems or WikiText-2 not at {GSM8K.parent.parent}",
+)
 GENERATION = TASKS["generation"]
 
 
@@ -44,6 +48,9 @@ def gen_args(path, *extra: str) -> list[str]:
         "dataset.max_test_examples=6",
         "dataset.max_new_tokens=12",
         "dataset.eval_batch_size=4",
+        f"dataset.forgetting_data_files={WIKITEXT}",
+        "dataset.forgetting_tokens=512",
+        "dataset.forgetting_block_size=64",
         *extra,
     ]
 
@@ -186,6 +193,26 @@ def test_batched_left_padded_generation_is_one_prompt_at_a_time_and_merged_is_un
 # --------------------------------------------------------------------------- a run
 
 
+def reference_loss(cfg, text_file) -> float:
+    """The untrained model's mean next-token loss on the first 512 tokens of the text, in blocks of 64,
+    by hand: the model as a run builds it (its seed), each block's loss as transformers computes it."""
+    import lightning as L
+
+    r = OmegaConf.to_object(cfg)
+    L.seed_everything(r.seed, verbose=False)
+    module = get_class(r.method._target_)(method=r.method, model=r.model, dataset=r.dataset).eval()
+    tok = load_tokenizer(r.model)
+    ids = []
+    for line in text_file.read_text().splitlines():
+        ids += tok(json.loads(line)["text"], add_special_tokens=False)["input_ids"]
+        if len(ids) >= 512:
+            break
+    blocks = torch.tensor(ids[:512]).view(8, 64)
+    with torch.no_grad():
+        losses = [float(module.model(input_ids=b[None], labels=b[None]).loss) for b in blocks]
+    return sum(losses) / len(losses)  # every block scores 63 tokens: the mean of the means
+
+
 @needs_gsm8k
 def test_a_lora_run_scores_test_by_generation_and_keeps_every_answer(tmp_path):
     path, _ = problems(tmp_path)
@@ -200,6 +227,11 @@ def test_a_lora_run_scores_test_by_generation_and_keeps_every_answer(tmp_path):
     assert all(isinstance(t, str) for t in answers["generated"]) and set(answers["gold"]) != {""}
     again = np.exp(answers["nll"].sum() / answers["tokens"].sum())  # teacher-forced response perplexity
     assert again == pytest.approx(r["test_ppl"], rel=1e-4)
+    # forgetting: the reference text's loss before and after (512 tokens: 8 blocks of 64)
+    f = r["forgetting"]
+    assert f["tokens"] == 8 * 63 and f["rise"] == pytest.approx(f["loss_after"] - f["loss_before"])
+    assert f["loss_before"] == pytest.approx(reference_loss(cfg, WIKITEXT), rel=1e-4)  # the untrained model
+    assert f["loss_after"] != f["loss_before"] and str(WIKITEXT) in f["source"]
     # the fast validation: response perplexity, no generation during training
     fast = run(
         compose(

@@ -13,10 +13,10 @@ import torch
 from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
 
-from peft_bench.config import InstructionDatasetConfig
+from peft_bench.config import InstructionDatasetConfig, LMDatasetConfig
 from peft_bench.data.base import BaseDataModule, EpochSeededSampler, RawData, cache_key, check_text
 from peft_bench.data.classification import make_splits
-from peft_bench.errors import DataError
+from peft_bench.errors import DataError, PeftBenchError
 from peft_bench.tasks.generation import end_of_sequence, extract_answer
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,52 @@ def encode(tokenizer, cfg: InstructionDatasetConfig, chat: bool, eos: int):
     return run
 
 
+WIKITEXT2 = ("Salesforce/wikitext", "wikitext-2-raw-v1")  # the default reference text (dataset=wikitext2's)
+
+
+def read_reference(cfg: InstructionDatasetConfig, tokenizer) -> tuple[torch.Tensor, str]:
+    """The forgetting probe's blocks: dataset.forgetting_data_files (their train split), else WikiText-2's
+    validation split from the Hub, tokenized text by text until forgetting_tokens tokens are read."""
+    field = cfg.forgetting_text_field
+    ref = LMDatasetConfig(
+        name=f"{cfg.name}-forgetting",
+        hub_id=WIKITEXT2[0],
+        hub_config=WIKITEXT2[1],
+        data_files=cfg.forgetting_data_files,
+        text_field=field,
+    )
+
+    def validate(ds: Dataset, where: str) -> tuple[Dataset, bool]:
+        return Dataset.from_dict({field: check_text(ds, field, where, "forgetting_text_field")}), False
+
+    try:
+        raw = RawData(ref, validate)
+        splits = raw.splits
+    except PeftBenchError as e:
+        raise DataError(
+            f"the forgetting probe's text ({e}): give one (dataset.forgetting_data_files=<file>), or "
+            "measure no forgetting (dataset.forgetting_tokens=0)"
+        ) from None
+    ds = (
+        splits["validation"]
+        if cfg.forgetting_data_files is None and "validation" in splits
+        else splits["train"]
+    )
+    ids: list[int] = []
+    for text in ds[field]:
+        ids += tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) >= cfg.forgetting_tokens:
+            break
+    size = cfg.forgetting_block_size
+    n = min(len(ids), cfg.forgetting_tokens) // size * size
+    if n == 0:
+        raise DataError(
+            f"the forgetting probe's text ({raw.source}) has {len(ids)} tokens, fewer than one block of "
+            f"dataset.forgetting_block_size={size}"
+        )
+    return torch.tensor(ids[:n]).view(-1, size), raw.source
+
+
 class InstructionDataModule(BaseDataModule):
     def __init__(self, dataset: InstructionDatasetConfig, tokenizer, cache_dir: str, seed: int):
         super().__init__()
@@ -76,6 +122,7 @@ class InstructionDataModule(BaseDataModule):
         self.cache_root = Path(cache_dir) / "tokenized"
         self.data: DatasetDict | None = None
         self.info: dict = {}
+        self._reference: tuple[torch.Tensor, str] | None = None
 
     def validate(self, ds: Dataset, where: str) -> tuple[Dataset, bool]:
         p, r = self.cfg.prompt_field, self.cfg.response_field
@@ -130,6 +177,13 @@ class InstructionDataModule(BaseDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
+
+    def reference_blocks(self) -> tuple[torch.Tensor, str]:
+        """The forgetting probe's text as blocks of token ids (its first dataset.forgetting_tokens tokens,
+        whole blocks of dataset.forgetting_block_size), and where the text came from."""
+        if self._reference is None:
+            self._reference = read_reference(self.cfg, self.tokenizer)
+        return self._reference
 
     def collate(self, rows: list[dict]) -> dict:
         """Right-padded input_ids / labels / attention_mask; an evaluation batch also has the prompts

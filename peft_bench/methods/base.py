@@ -57,6 +57,7 @@ class BenchModule(L.LightningModule):
             else None
         )
         self.prediction_warnings: dict[str, str] = {}  # split -> a sentence, from its last evaluation
+        self.probe_before: dict | None = None  # the task's probe before training (kept in checkpoints)
         # per test split, what the model answered on each example of the last test pass (predictions.parquet)
         self.test_examples: dict[str, dict[str, np.ndarray]] = {}
         self._examples: dict[str, list[dict[str, torch.Tensor]]] = {}
@@ -194,6 +195,7 @@ class BenchModule(L.LightningModule):
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if k in trainable or not k.startswith("model.")
         }
+        checkpoint["probe_before"] = self.probe_before  # a resumed run's "before" is the untrained model's
         # RNG streams (dropout), so a resumed run continues exactly as an uninterrupted one would
         checkpoint["rng"] = {
             "torch": torch.get_rng_state(),
@@ -201,6 +203,7 @@ class BenchModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.probe_before = checkpoint.get("probe_before", self.probe_before)
         rng = checkpoint.get("rng")
         if rng is not None and self.trainer.state.fn == "fit":  # resuming training, not evaluating
             torch.set_rng_state(rng["torch"])
@@ -326,6 +329,16 @@ class BenchModule(L.LightningModule):
         self.test_examples = self.gather_examples()
 
     # ------------------------------------------------------------------ checks at the boundaries
+
+    def on_fit_start(self) -> None:
+        if self.probe_before is None and self.global_step == 0:  # a fresh start (a resume restored it)
+            self.probe_before = self.task.probe(self, self.trainer.datamodule)
+
+    def probe_results(self) -> dict:
+        """The task's probe of the trained model against its value before training (forgetting)."""
+        if self.probe_before is None:
+            return {}
+        return self.task.probe_results(self.probe_before, self.task.probe(self, self.trainer.datamodule))
 
     def on_validation_epoch_start(self) -> None:
         self.check_finite()  # before validation picks a checkpoint to keep

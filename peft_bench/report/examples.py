@@ -1,8 +1,9 @@
 """What the per-example test answers (each run's predictions.parquet) add to the report: two runs compared
 on the same test examples (exact McNemar where the primary metric is a share right: accuracy, exact
 match; else a paired bootstrap over examples), which is what a single-seed sweep can say; and an interval
-that resamples test examples within the seeds as well as the seeds (a two-level bootstrap). A run's answers are used only when they
-are the file it wrote (its digest) and give back its recorded test figure; else the report says why."""
+that resamples test examples within the seeds as well as the seeds (a two-level bootstrap). A run's
+answers are used only when they are the file it wrote (its digest) and give back its recorded test
+figure; else the report says why."""
 
 from __future__ import annotations
 

@@ -176,6 +176,15 @@ class Task:
         columns = self.example_columns(logits.detach(), batch["labels"]) if "example" in batch else None
         return logits, columns
 
+    def probe(self, module, datamodule) -> dict | None:
+        """A figure of the model taken before training and again once trained (generation: the loss on a
+        reference text, whose rise is forgetting); None for a task without one."""
+        return None
+
+    def probe_results(self, before: dict, after: dict) -> dict:
+        """results.json's keys from the probe before and after training."""
+        return {}
+
     def correct(self, key: str, columns: dict):
         """Per example, whether the answer was right, where metric `key` is the share right (McNemar
         compares two runs on it); None for any other metric."""

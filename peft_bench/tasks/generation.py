@@ -111,6 +111,35 @@ class GenerationTask(Task):
         }
         return logits, columns
 
+    def probe(self, module, datamodule) -> dict | None:
+        """The mean next-token loss (nats per token) on the reference text's blocks, in eval mode."""
+        import torch
+
+        if not datamodule.cfg.forgetting_tokens:
+            return None
+        blocks, source = datamodule.reference_blocks()
+        was_training, total, count = module.training, 0.0, 0
+        module.eval()
+        with torch.no_grad():
+            for chunk in blocks.split(datamodule.cfg.eval_batch_size):
+                chunk = chunk.to(module.device)
+                logits = module({"input_ids": chunk, "attention_mask": torch.ones_like(chunk)})
+                nll, tokens = token_nll(logits, chunk)
+                total, count = total + float(nll.sum()), count + int(tokens.sum())
+        module.train(was_training)
+        return {"loss": total / count, "tokens": count, "source": source}
+
+    def probe_results(self, before: dict, after: dict) -> dict:
+        return {
+            "forgetting": {
+                "loss_before": before["loss"],
+                "loss_after": after["loss"],
+                "rise": after["loss"] - before["loss"],
+                "tokens": after["tokens"],
+                "source": after["source"],
+            }
+        }
+
     def example_columns(self, logits, labels) -> dict:
         nll, tokens = token_nll(logits, labels)
         return {"nll": nll, "tokens": tokens}
