@@ -152,6 +152,7 @@ RunResult = TypedDict(
         # inference and memory
         "inference_latency_ms_per_example": float,
         "inference_latency_merged_ms_per_example": float,
+        "generation_tokens_per_s": float,
         "inference_batch_size": int,
         "precision": str,
         "device": str,

@@ -407,6 +407,7 @@ def evaluate_trained(at: Attempt, datamodule, best: ModelCheckpoint | None, resu
         results.update(evaluate(trainer, module, datamodule, None, stats, test=run_cfg.test))
     results["warnings"] += list(module.prediction_warnings.values())  # of the evaluation the figures are of
     results.update(module.probe_results())  # of the weights the figures are of (forgetting)
+    results.update(module.evaluation_figures())  # of the test pass the figures are of (not the merged one)
     if module.test_examples and trainer.is_global_zero:  # the examples of the test pass the figures are of
         results["predictions"] = write_predictions(at.run_dir, module.test_examples)
     if module.can_merge() and run_cfg.test:

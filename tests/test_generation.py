@@ -17,8 +17,9 @@ from peft_bench.data.instruction import InstructionDataModule
 from peft_bench.errors import ConfigError, DataError
 from peft_bench.models import load_tokenizer
 from peft_bench.predictions import read_predictions
+from peft_bench.report import write_report
 from peft_bench.tasks import TASKS
-from peft_bench.tasks.generation import extract_answer
+from peft_bench.tasks.generation import extract_answer, generated_tokens
 from peft_bench.train import run
 from tests.helpers import ROOT, assert_documented, compose
 
@@ -84,6 +85,14 @@ def datamodule(cfg) -> InstructionDataModule:
 )
 def test_the_answer_is_read_from_tricky_texts(text, rule, answer):
     assert extract_answer(text, rule) == answer
+
+
+def test_generated_tokens_stop_at_each_rows_end_of_sequence():
+    eos, pad = 2, 0
+    new = torch.tensor([[5, 6, 2, 2, 2], [5, 6, 7, 8, 9], [2, 0, 0, 0, 0], [5, 0, 0, 0, 0]])
+    # 3 (with its eos), 5 (no eos: all), 1 (the eos alone), 1 (stopped by a stop string, then padding)
+    assert generated_tokens(new, eos, pad) == 3 + 5 + 1 + 1
+    assert generated_tokens(new, eos, eos) == 3 + 5 + 1 + 5  # pad = eos: a padded row reads as generated
 
 
 def test_exact_match_on_a_fixed_set_of_answers():
@@ -232,6 +241,7 @@ def test_a_lora_run_scores_test_by_generation_and_keeps_every_answer(tmp_path):
     assert f["tokens"] == 8 * 63 and f["rise"] == pytest.approx(f["loss_after"] - f["loss_before"])
     assert f["loss_before"] == pytest.approx(reference_loss(cfg, WIKITEXT), rel=1e-4)  # the untrained model
     assert f["loss_after"] != f["loss_before"] and str(WIKITEXT) in f["source"]
+    assert r["generation_tokens_per_s"] > 0
     # the fast validation: response perplexity, no generation during training
     fast = run(
         compose(
@@ -240,3 +250,10 @@ def test_a_lora_run_scores_test_by_generation_and_keeps_every_answer(tmp_path):
         )
     )
     assert "val_em" not in fast and "val_ppl" in fast and "test_em" in fast
+    # the report: exact match, its forgetting and generation speed; exact match against forgetting
+    out = write_report([tmp_path / "run"], tmp_path / "report")["out"]
+    md = (out / "report.md").read_text()
+    assert "Task: instruction tuning, scored by generation" in md
+    assert "| Forgetting (loss rise) | Generation (tokens/s) |" in md
+    assert f"| {f['rise']:.4f} | {r['generation_tokens_per_s']:.1f} |" in md  # the method comparison's row
+    assert (out / "gsm8k_score_vs_forgetting.png").is_file()

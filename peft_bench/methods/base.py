@@ -4,6 +4,7 @@ trains (timing, throughput and latency live in callbacks/run_stats.py)."""
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from peft_bench.config import DatasetConfig, MethodConfig, ModelConfig
 from peft_bench.errors import DivergedError
 from peft_bench.models import load_base, quantization_figures
 from peft_bench.tasks import task_for
-from peft_bench.tasks.generation import cut_at_stop, end_of_sequence
+from peft_bench.tasks.generation import cut_at_stop, end_of_sequence, generated_tokens
 
 # what an evaluation batch carries besides the model's inputs: the labels, the example's row, and for
 # generation the left-padded prompt and the gold answer
@@ -58,6 +59,7 @@ class BenchModule(L.LightningModule):
         )
         self.prediction_warnings: dict[str, str] = {}  # split -> a sentence, from its last evaluation
         self.probe_before: dict | None = None  # the task's probe before training (kept in checkpoints)
+        self.generated = {"tokens": 0, "seconds": 0.0}  # the last test pass's generation, where it generates
         # per test split, what the model answered on each example of the last test pass (predictions.parquet)
         self.test_examples: dict[str, dict[str, np.ndarray]] = {}
         self._examples: dict[str, list[dict[str, torch.Tensor]]] = {}
@@ -272,7 +274,9 @@ class BenchModule(L.LightningModule):
     def generate_texts(self, batch: dict, tokenizer, max_new_tokens: int, stops) -> list[str]:
         """Greedy continuations of the batch's left-padded prompts (the KV cache on; each row stops at the
         end-of-sequence token or a stop string), decoded and cut at the first stop string."""
-        prompts = batch["prompt_ids"]
+        prompts, started = batch["prompt_ids"], time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
         out = self.model.generate(
             input_ids=prompts,
             attention_mask=batch["prompt_mask"],
@@ -285,11 +289,21 @@ class BenchModule(L.LightningModule):
             stop_strings=list(stops) or None,
             tokenizer=tokenizer if stops else None,
         )
-        texts = tokenizer.batch_decode(out[:, prompts.shape[1] :], skip_special_tokens=True)
+        new = out[:, prompts.shape[1] :]
+        self.generated["tokens"] += generated_tokens(new, end_of_sequence(tokenizer), tokenizer.pad_token_id)
+        self.generated["seconds"] += time.perf_counter() - started
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
         return [cut_at_stop(t, stops) for t in texts]
+
+    def evaluation_figures(self) -> dict:
+        """Figures of the last test pass beyond the metrics: generation throughput (tokens/s), where it
+        generated."""
+        g = self.generated
+        return {"generation_tokens_per_s": g["tokens"] / g["seconds"]} if g["seconds"] > 0 else {}
 
     def on_test_epoch_start(self) -> None:
         self._examples = {}
+        self.generated = {"tokens": 0, "seconds": 0.0}
 
     def gather_examples(self) -> dict[str, dict[str, np.ndarray]]:
         """The test pass's per-example columns, every process's share (a DDP job's ranks each scored part

@@ -7,9 +7,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import fmean
 from typing import TYPE_CHECKING
 
-from peft_bench.report.runs import Setting, baseline_for, read_curves
+from peft_bench.report.runs import Setting, baseline_for, nested_values, read_curves
 from peft_bench.report.stats import interval
 from peft_bench.tasks import Task
 
@@ -69,8 +70,38 @@ def plots(dataset: str, settings: list[Setting], chosen: list[Setting], out: Pat
     sparsity_vs_rank(figures, settings)
     time_memory(figures, chosen)
     qlora_vs_lora(figures, settings)
+    score_vs_forgetting(figures, chosen)
     training_curves(figures, settings)
     return figures.written
+
+
+def score_vs_forgetting(figures: Figures, chosen: list[Setting]) -> None:
+    """Generation: each method's best setting, its test score against its forgetting (the rise of the
+    reference text's loss), ± the seeds' std; nothing where no run measured forgetting."""
+    points = [(s, nested_values(s, "forgetting.rise"), s.values(s.score)) for s in chosen]
+    points = [(s, x, y) for s, x, y in points if x and y]
+    if not points:
+        return
+    fig, ax = pyplot().subplots(figsize=(6, 4.5))
+    for s, x, y in points:
+        sx, sy = ((interval(v) or (0, 0))[1] for v in (x, y))
+        ax.errorbar(
+            fmean(x),
+            fmean(y),
+            xerr=sx or None,
+            yerr=sy or None,
+            fmt=figures.markers[s.method],
+            color=figures.colors[s.method],
+            label=s.method,
+            capsize=3,
+        )
+    ax.axvline(0, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("forgetting: rise of the reference text's loss (nats/token)")
+    ax.set_ylabel(s.task.score_label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{figures.dataset}: what each method gained against what it forgot")
+    figures.save(fig, "score_vs_forgetting")
 
 
 def pareto_front(points: list[tuple[float, float]], task: Task) -> list[tuple[float, float]]:

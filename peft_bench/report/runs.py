@@ -273,3 +273,15 @@ def read_curves(run_dir: Path, val_key: str) -> dict[str, list[tuple[float, floa
     v = out[val_key]  # the evaluation after fit repeats the last validation a step later
     out[val_key] = [p for i, p in enumerate(v) if i == 0 or p[0] - v[i - 1][0] > 1]
     return out
+
+
+def nested_values(s: Setting, path: str) -> list[float]:
+    """A setting's figures at a dotted results.json key (forgetting.rise), over its runs that have it."""
+    out = []
+    for r in s.runs:
+        v = r
+        for part in path.split("."):
+            v = v.get(part) if isinstance(v, dict) else None
+        if isinstance(v, int | float):
+            out.append(float(v))
+    return out

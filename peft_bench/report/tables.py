@@ -17,7 +17,7 @@ from peft_bench.report.examples import (
     setting_answers,
     two_level_interval,
 )
-from peft_bench.report.runs import BASELINE, Setting, baseline_for, best, label_settings
+from peft_bench.report.runs import BASELINE, Setting, baseline_for, best, label_settings, nested_values
 from peft_bench.report.significance import BOOT_RANKS, Pair, p_best, verdicts
 from peft_bench.report.stats import (
     ALPHA,
@@ -124,6 +124,7 @@ def method_comparison(settings: list[Setting]) -> tuple[list[str], list[Setting]
         "Merged Latency",
         "Sparsity (<1e-3)",
         "Test Before → After Pruning",
+        *[h for h, _, _ in task.figures],
     ]
     rows = []
     for s in chosen:
@@ -142,6 +143,7 @@ def method_comparison(settings: list[Setting]) -> tuple[list[str], list[Setting]
                 fmt(s.values("inference_latency_merged_ms_per_example"), ".3f"),
                 fmt(s.values("sparsity_below_1e-3"), ".3f"),
                 pruning_change(s),
+                *[fmt(nested_values(s, key), spec) for _, key, spec in task.figures],
             ]
         )
     return md_table(header, rows), chosen

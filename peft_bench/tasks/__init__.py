@@ -74,6 +74,10 @@ GENERATION = GenerationTask(
     trains_head=False,
     length_key="max_length",
     models_hint="a causal language model (gpt2, distilgpt2, smollm2, tiny_llama)",
+    figures=(
+        ("Forgetting (loss rise)", "forgetting.rise", ".4f"),
+        ("Generation (tokens/s)", "generation_tokens_per_s", ".1f"),
+    ),
 )
 TASKS = {t.name: t for t in (CLASSIFICATION, REGRESSION, CAUSAL_LM, GENERATION)}
 

@@ -52,6 +52,9 @@ class Task:
     trains_head: bool  # a new task head, trained in full beside the adapters
     length_key: str  # the dataset key that caps a sequence's tokens
     models_hint: str  # the model options that have this head
+    # the method comparison's columns of this task beyond its metrics: (header, results.json key, dotted
+    # for a nested one, number format)
+    figures: tuple[tuple[str, str, str], ...] = field(default=())
     # bound to a dataset config by task_for: its primary metric and its extra test splits
     primary: str | None = None
     extra_tests: tuple[str, ...] = field(default=())

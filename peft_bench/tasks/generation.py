@@ -56,6 +56,16 @@ def cut_at_stop(text: str, stops) -> str:
     return text[:cut]
 
 
+def generated_tokens(new, eos: int, pad: int | None) -> int:
+    """The tokens a batch's rows generated: each row's up to and including its first end-of-sequence
+    token (what follows is padding), none of its padding where it stopped otherwise."""
+    ended = (new == eos).long().cumsum(1)
+    kept = (ended == 0) | ((ended == 1) & (new == eos))  # before the first eos, and the eos itself
+    if pad is not None and pad != eos:
+        kept &= new != pad
+    return int(kept.sum())
+
+
 def end_of_sequence(tokenizer) -> int:
     """The token a response ends with (and generation stops at): the tokenizer's end-of-sequence token,
     else its separator (a BERT vocabulary, the tiny test models')."""
