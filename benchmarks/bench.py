@@ -24,6 +24,8 @@ Cases:
    score of the pruned against the unpruned search (python -m peft_bench.tune, same TPE seed);
  9 sweep pre-check: seconds per job of the check of a 200-job sweep (rank x seed) before its first job,
    against Hydra composing every job whole (the reference);
+ 11 generation: the generation task's scoring loop (collate, greedy decoding with the KV cache, decoding,
+   stop strings) against transformers' generate called bare on the same prompts, batch and model;
  10 pairs: a text-pair job's (MRPC's sentence pairs, tokenized as pairs) examples/s against a single-text
    job on the same examples with the same tokens (each pair joined around the separator token);
  7 how cost grows: examples/s and peak memory of each method against rank (1..32) and sequence length
@@ -537,6 +539,86 @@ class Bench:
             flush=True,
         )
 
+    # ------------------------------------------------------------------ 11: generation
+
+    def generation(self) -> None:
+        """The generation task's scoring loop (our collate: left-padded prompts; module.generate_texts:
+        greedy decoding with the KV cache, then decoding and the stop-string cut) against transformers'
+        generate called bare on the same prompt tensors, batch and model (LoRA on SmolLM2-135M-Instruct;
+        --short: the tiny Llama), alternated; tokens/s of each, each row's tokens up to its end."""
+        from hydra.utils import get_class
+        from omegaconf import OmegaConf
+
+        from peft_bench.data.instruction import InstructionDataModule
+        from peft_bench.models import load_tokenizer
+        from peft_bench.tasks.generation import end_of_sequence, generated_tokens
+
+        gsm8k = self.data / "gsm8k" / "train.jsonl"
+        if not gsm8k.is_file():
+            print(f"bench: generation skipped: no GSM8K problems at {gsm8k} (give --data)", flush=True)
+            return
+        n, batch, new = (8, 4, 16) if self.short else (32, 16, 64)
+        args = [
+            "model=tiny_llama" if self.short else "model=smollm2",
+            "dataset=gsm8k",
+            f"dataset.data_files={{train:'{gsm8k}'}}",
+            f"dataset.max_test_examples={n}",
+            "dataset.max_train_examples=100",
+            f"dataset.eval_batch_size={batch}",
+            f"dataset.max_new_tokens={new}",
+        ]
+        r = OmegaConf.to_object(compose_job(args, str(self.run_dir())))
+        tok = load_tokenizer(r.model)
+        dm = InstructionDataModule(r.dataset, tok, r.cache_dir, seed=0)
+        dm.prepare_data()
+        module = get_class(r.method._target_)(method=r.method, model=r.model, dataset=r.dataset).eval()
+        batches = [
+            dm.collate([dm.data["test"][i] for i in range(j, min(n, j + batch))]) for j in range(0, n, batch)
+        ]
+        eos, pad = end_of_sequence(tok), tok.pad_token_id
+
+        def ours() -> tuple[int, float]:
+            module.generated = {"tokens": 0, "seconds": 0.0}
+            start = time.perf_counter()
+            for b in batches:
+                module.generate_texts(b, tok, new, [])
+            return module.generated["tokens"], time.perf_counter() - start
+
+        def bare() -> tuple[int, float]:
+            tokens, start = 0, time.perf_counter()
+            with torch.no_grad():
+                for b in batches:
+                    out = module.model.generate(
+                        input_ids=b["prompt_ids"],
+                        attention_mask=b["prompt_mask"],
+                        max_new_tokens=new,
+                        do_sample=False,
+                        pad_token_id=pad,
+                        eos_token_id=eos,
+                    )
+                    tokens += generated_tokens(out[:, b["prompt_ids"].shape[1] :], eos, pad)
+            return tokens, time.perf_counter() - start
+
+        ours()  # warm-up: first-call allocations
+        rates = {"ours": [], "bare": []}
+        for _ in range(self.reps):
+            for name, fn in (("ours", ours), ("bare", bare)):
+                tokens, seconds = fn()
+                rates[name].append(tokens / seconds)
+        ratios = [a / b for a, b in zip(rates["ours"], rates["bare"], strict=True)]
+        self.figures["generation"] = {
+            "model": r.model.name,
+            "prompts": n,
+            "batch": batch,
+            "max_new_tokens": new,
+            "ours_tokens_per_s": rates["ours"],
+            "bare_tokens_per_s": rates["bare"],
+            "ratios": ratios,
+            "median_ratio": statistics.median(ratios),
+            "target": 0.9,
+        }
+        print(f"bench: generation {statistics.median(ratios):.3f} tokens/s ours / bare generate", flush=True)
+
     # ------------------------------------------------------------------ 9: the sweep's pre-check
 
     def precheck(self) -> None:
@@ -664,6 +746,7 @@ class Bench:
         "tune_pruner",
         "precheck",
         "pairs",
+        "generation",
     )
 
     def run_all(self, cases: list[str] | None = None) -> dict:
@@ -1003,6 +1086,19 @@ def markdown(f: dict, notes: str = "") -> str:
                 f"{statistics.median(pc['pair_examples_per_s']):.1f}, single "
                 f"{statistics.median(pc['single_examples_per_s']):.1f} examples/s "
                 f"(ratios {fmt_list(pc['ratios'])})",
+            ]
+        ]
+    if "generation" in f:
+        g = f["generation"]
+        rows += [
+            [
+                f"11 generation ({g['model']}): our scoring loop / bare transformers generate, tokens/s",
+                f"{g['median_ratio']:.3f}",
+                f"≥ {g['target']}",
+                ok(g["median_ratio"], g["target"]),
+                f"{g['prompts']} GSM8K prompts, batch {g['batch']}, up to {g['max_new_tokens']} new tokens, "
+                f"greedy; ours {fmt_list(g['ours_tokens_per_s'])} against {fmt_list(g['bare_tokens_per_s'])} "
+                "tokens/s",
             ]
         ]
     lines += [
