@@ -234,6 +234,20 @@ _UNREADABLE: dict[str, tuple[float, PeftBenchError]] = {}  # key -> (when, why):
 UNREADABLE_KEPT_S = 60.0
 
 
+# encoder architectures transformers gives a causal-LM head (BertLMHeadModel, ...): unless configured as
+# a decoder, their attention sees the tokens they are to predict, and the perplexity says nothing
+ENCODERS = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "megatron-bert"})
+
+
+def bidirectional_lm(config, task) -> bool:
+    """Whether a next-token task would run on an encoder that attends to the future (not a decoder)."""
+    return (
+        task.auto_class_name == "AutoModelForCausalLM"
+        and config.model_type in ENCODERS
+        and not getattr(config, "is_decoder", False)
+    )
+
+
 def model_facts(run: RunConfig) -> ModelFacts:
     """The model's facts, built once per process from its config on the meta device; PeftBenchError if
     its config cannot be read. A failure is kept for a minute only: the 200 jobs of one pre-check ask
@@ -249,6 +263,8 @@ def model_facts(run: RunConfig) -> ModelFacts:
             _UNREADABLE[key] = (time.monotonic(), e)
             raise
         try:
+            if bidirectional_lm(config, task):
+                raise ValueError("an encoder as a causal LM")
             kinds, bias, shapes = adaptable_modules(config, task)
             names, conv1d = list(kinds), [n for n, is_conv1d in kinds.items() if is_conv1d]
         except ValueError:  # transformers: no such head for this architecture

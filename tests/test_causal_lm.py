@@ -78,6 +78,9 @@ def test_perplexity_is_token_weighted_over_the_split_and_matches_the_logits():
 def test_a_classification_model_is_refused_for_a_language_modelling_dataset():
     with pytest.raises(ConfigError, match="model=tiny has no causal language modelling head.*tiny_llama"):
         check_config(compose(["model=tiny", "dataset=wikitext2", f"dataset.data_files={WIKITEXT}"]))
+    # MiniLM (BERT): transformers has a BertLMHeadModel, but an encoder's attention sees the next token
+    with pytest.raises(ConfigError, match="model=minilm has no causal language modelling head"):
+        check_config(compose(["model=minilm", "dataset=wikitext2", f"dataset.data_files={WIKITEXT}"]))
 
 
 def test_smollm2_missing_names_the_prepare_command(tmp_path, monkeypatch):

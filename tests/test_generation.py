@@ -163,6 +163,13 @@ def test_bad_generation_settings_are_refused_before_any_work(tmp_path):
         assert part in said, said
 
 
+def test_an_encoder_is_refused_as_a_generator():  # BERT's LM head would see the tokens it predicts
+    with pytest.raises(
+        ConfigError, match="model=minilm has no instruction tuning, scored by generation head"
+    ):
+        check_config(compose(["model=minilm", "dataset=gsm8k"]))
+
+
 @needs_gsm8k
 def test_a_required_chat_template_the_tokenizer_lacks_is_one_sentence(tmp_path):
     path, _ = problems(tmp_path)
