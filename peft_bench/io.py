@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -241,3 +242,12 @@ def process_alive(record: dict) -> bool | None:
         return True
     except (psutil.NoSuchProcess, ValueError, TypeError):
         return False
+
+
+def file_digest(path) -> str:
+    """The SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

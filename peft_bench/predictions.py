@@ -8,7 +8,6 @@ SHA-256, so a file swapped or edited after the run is refused by the report rath
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +15,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from peft_bench.io import atomic_path
+from peft_bench.io import atomic_path, file_digest
 
 PREDICTIONS_FILE = "predictions.parquet"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_predictions(run_dir: Path, splits: dict[str, dict[str, np.ndarray]]) -> dict:
@@ -47,7 +38,7 @@ def write_predictions(run_dir: Path, splits: dict[str, dict[str, np.ndarray]]) -
         pq.write_table(table, tmp, compression="zstd")
     return {
         "file": PREDICTIONS_FILE,
-        "sha256": file_sha256(path),
+        "sha256": file_digest(path),
         "examples": {split: len(cols["example"]) for split, cols in splits.items()},
     }
 
@@ -61,7 +52,7 @@ def read_predictions(run_dir: Path, record: dict | None, split: str = "test") ->
     path = Path(run_dir) / record.get("file", PREDICTIONS_FILE)
     if not path.is_file():
         raise ValueError(f"{path} is missing")
-    if file_sha256(path) != record["sha256"]:
+    if file_digest(path) != record["sha256"]:
         raise ValueError(f"{path} is not the file the run wrote (its SHA-256 differs from results.json's)")
     table = pq.read_table(path)
     rows = table.filter(pc.equal(table["split"], split))

@@ -60,7 +60,7 @@ def test_perplexity_is_token_weighted_over_the_split_and_matches_the_logits():
     with torch.no_grad():
         for b in batches:
             logits = module(b)
-            module.update_metrics(module.val_metrics, logits, b["labels"])
+            module.task.update(module.val_metrics, logits, b["labels"])
             target = b["labels"][:, 1:]
             batch_nll = torch.nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]).double(),

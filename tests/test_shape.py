@@ -67,7 +67,7 @@ LOCAL_IMPORTS: dict[str, tuple[int, str]] = {
     "report": (3, "matplotlib, wandb: slow or optional; a table-only report needs neither"),
     "sweep_summary": (3, "hydra's compose and parser, torch: only when a sweep is checked or summarised"),
     "tasks": (
-        22,
+        28,
         "torch and torchmetrics (numpy, scipy for the report's resampled figures): config imports tasks, "
         "so a leaf stays light for --help, the report and the config checks",
     ),

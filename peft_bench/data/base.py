@@ -24,10 +24,11 @@ import torch
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 from filelock import FileLock
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader
 
 from peft_bench.data.demo import build_demo
 from peft_bench.errors import DataError, PeftBenchError, prepare_command
-from peft_bench.io import atomic_write, set_aside
+from peft_bench.io import atomic_write, file_digest, set_aside
 
 log = logging.getLogger("peft_bench")
 
@@ -78,14 +79,6 @@ def files_by_split(data_files) -> tuple[str, dict[str, list[str]]]:
             k: [v] if isinstance(v, str) else [str(p) for p in v] for k, v in data_files.items()
         }
     return "list", {"train": [str(p) for p in data_files]}
-
-
-def file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_file(path: str) -> Dataset:
@@ -638,3 +631,16 @@ class BaseDataModule(L.LightningDataModule):
 
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed)
+
+    def loader(self, ds, batch_size: int, **kwargs) -> DataLoader:
+        """A DataLoader of `ds` with this module's collate, workers and generator (kwargs: its sampler)."""
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            collate_fn=self.collate,
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            generator=self.generator(),
+            **kwargs,
+        )

@@ -103,15 +103,7 @@ class CausalLMDataModule(BaseDataModule):
         ds = self.data[split].remove_columns("length")
         if split == "test":  # each block's row travels with it, for predictions.parquet
             ds = ds.add_column("example", list(range(len(ds))))
-        return DataLoader(
-            ds,
-            batch_size=batch_size,
-            collate_fn=self.collate,
-            num_workers=self.cfg.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            generator=self.generator(),
-            **kwargs,
-        )
+        return self.loader(ds, batch_size, **kwargs)
 
 
 def split_lm(raw: DatasetDict, cfg: LMDatasetConfig) -> tuple[DatasetDict, dict[str, str]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
@@ -169,16 +168,7 @@ class TextClassificationDataModule(BaseDataModule):
         return self._loader(ds, self.cfg.eval_batch_size, sampler=self.eval_sampler(ds))
 
     def _loader(self, ds, batch_size: int, **kwargs) -> DataLoader:
-        return DataLoader(
-            ds.remove_columns("length"),
-            batch_size=batch_size,
-            collate_fn=self.collate,
-            num_workers=self.cfg.num_workers,
-            persistent_workers=self.cfg.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            generator=self.generator(),
-            **kwargs,
-        )
+        return self.loader(ds.remove_columns("length"), batch_size, **kwargs)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -217,7 +217,7 @@ class InstructionDataModule(BaseDataModule):
     def train_dataloader(self) -> DataLoader:
         ds = self.data["train"].select_columns(["input_ids", "labels"])
         sampler = self.train_sampler(EpochSeededSampler(len(ds), self.seed), self.cfg.batch_size)
-        return self._loader(ds, self.per_process(self.cfg.batch_size), sampler=sampler)
+        return self.loader(ds, self.per_process(self.cfg.batch_size), sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")
@@ -229,15 +229,4 @@ class InstructionDataModule(BaseDataModule):
         ds = self.data[split].remove_columns("length")
         if split == "test":  # each example's row travels with it, for predictions.parquet
             ds = ds.add_column("example", list(range(len(ds))))
-        return self._loader(ds, self.cfg.eval_batch_size, sampler=self.eval_sampler(ds))
-
-    def _loader(self, ds, batch_size: int, **kwargs) -> DataLoader:
-        return DataLoader(
-            ds,
-            batch_size=batch_size,
-            collate_fn=self.collate,
-            num_workers=self.cfg.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            generator=self.generator(),
-            **kwargs,
-        )
+        return self.loader(ds, self.cfg.eval_batch_size, sampler=self.eval_sampler(ds))
