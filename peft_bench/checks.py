@@ -225,6 +225,7 @@ class ModelFacts:
     bias_params: int  # parameters in bias terms
     position_limit: int | None  # the longest input its position embeddings take
     shapes: dict[str, tuple[int, int]]  # (in, out) features of each adaptable module
+    encoder: bool = False  # an encoder asked to predict the next token (refused: it sees the future)
 
 
 _FACTS: dict[str, ModelFacts] = {}  # per model and task: a sweep's jobs share one meta-device build
@@ -262,8 +263,9 @@ def model_facts(run: RunConfig) -> ModelFacts:
         except PeftBenchError as e:
             _UNREADABLE[key] = (time.monotonic(), e)
             raise
+        encoder = bidirectional_lm(config, task)
         try:
-            if bidirectional_lm(config, task):
+            if encoder:
                 raise ValueError("an encoder as a causal LM")
             kinds, bias, shapes = adaptable_modules(config, task)
             names, conv1d = list(kinds), [n for n, is_conv1d in kinds.items() if is_conv1d]
@@ -272,7 +274,7 @@ def model_facts(run: RunConfig) -> ModelFacts:
         limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         if limit is not None and config.model_type in ("roberta", "xlm-roberta", "camembert"):
             limit -= 2  # positions start after the padding index
-        _FACTS[key] = ModelFacts(names, conv1d, bias, limit, shapes)
+        _FACTS[key] = ModelFacts(names, conv1d, bias, limit, shapes, encoder)
     return _FACTS[key]
 
 
@@ -300,6 +302,30 @@ def rank_problems(run: RunConfig, module: type, facts: ModelFacts, targets: list
     ]
 
 
+def length_problems(run: RunConfig, task, limit: int | None) -> list[str]:
+    """The dataset's lengths against the model's positions: the task's length key; for generation also
+    a prompt with its new tokens, and the forgetting probe's blocks."""
+    if limit is None:
+        return []
+    d, name, out = run.dataset, run.model.name, []
+    key = task.length_key
+    if getattr(d, key) > limit:
+        out.append(
+            f"dataset.{key}={getattr(d, key)}: model {name} takes at most {limit} positions; give <= {limit}"
+        )
+    if hasattr(d, "max_new_tokens") and d.max_prompt_length + d.max_new_tokens > limit:
+        out.append(
+            f"dataset.max_prompt_length + dataset.max_new_tokens = {d.max_prompt_length} + "
+            f"{d.max_new_tokens}: model {name} takes at most {limit} positions; give a sum <= {limit}"
+        )
+    if getattr(d, "forgetting_tokens", 0) and d.forgetting_block_size > limit:
+        out.append(
+            f"dataset.forgetting_block_size={d.forgetting_block_size}: model {name} takes at most {limit} "
+            f"positions; give <= {limit}"
+        )
+    return out
+
+
 def module_problems(run: RunConfig) -> list[str]:
     task = task_for(run.dataset)
     try:
@@ -308,8 +334,9 @@ def module_problems(run: RunConfig) -> list[str]:
         return [str(e)]
     names = facts.linear_names
     if names is None:
+        why = " (an encoder: its attention would see the tokens it predicts)" if facts.encoder else ""
         return [
-            f"model={run.model.name} has no {task.label} head for dataset={run.dataset.name}: "
+            f"model={run.model.name} has no {task.label} head for dataset={run.dataset.name}{why}: "
             f"use {task.models_hint}"
         ]
     leaf = sorted({n.rsplit(".", 1)[-1] for n in names})
@@ -326,13 +353,7 @@ def module_problems(run: RunConfig) -> list[str]:
     module = get_class(run.method._target_)
     out += module.config_problems(run.method, run.model, conv1d, facts.bias_params)
     out += rank_problems(run, module, facts, targets)
-    limit, key = facts.position_limit, task.length_key
-    length = getattr(run.dataset, key)
-    if limit is not None and length > limit:
-        out.append(
-            f"dataset.{key}={length}: model {run.model.name} takes at most {limit} positions; "
-            f"give dataset.{key}<={limit}"
-        )
+    out += length_problems(run, task, facts.position_limit)
     layers = getattr(run.method, "layers", None) or []
     if not isinstance(layers, list) or not all(isinstance(i, int) for i in layers):
         return out + [

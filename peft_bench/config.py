@@ -477,6 +477,11 @@ class InstructionDatasetConfig(DatasetConfig):
                 f"dataset.prompt_field and dataset.response_field are both {self.prompt_field!r}: "
                 "name a different column for each"
             )
+        if self.extra_test_splits:
+            out.append(
+                f"dataset.extra_test_splits={list(self.extra_test_splits)}: the generation task scores one "
+                "test split; give another test set as dataset.data_files.test, in a run of its own"
+            )
         if self.answer not in ANSWER_RULES:
             out.append(f"dataset.answer={self.answer!r}: valid values are {list(ANSWER_RULES)}")
         if "{prompt}" not in self.plain_template:

@@ -80,6 +80,7 @@ def datamodule(cfg) -> InstructionDataModule:
         ("#### no number here, but 9 later", "gsm8k", "9"),  # #### without a number: the last number
         ("I cannot tell.", "gsm8k", None),
         ("about 007 of them", "last_number", "7"),
+        ("she has 10 - 5", "last_number", "5"),  # a subtraction, not a negative number
         ("  Paris \n", "text", "Paris"),
     ],
 )
@@ -128,6 +129,17 @@ def test_the_loss_is_on_the_response_tokens_only(tmp_path):
 
 
 @needs_gsm8k
+def test_a_prompt_that_fills_max_length_is_dropped_and_said_and_all_of_them_is_an_error(tmp_path):
+    path, _ = problems(tmp_path)
+    dm = datamodule(compose(gen_args(path, "dataset.max_length=60"), tmp_path))  # some prompts fill 60
+    notes = [n for n in dm.info["notes"] if "leaving no response token" in n]
+    assert notes and notes[0].startswith("train: ")
+    assert all(any(x != -100 for x in labels) for labels in dm.data["train"]["labels"])
+    with pytest.raises(DataError, match="every train prompt fills dataset.max_length=8 tokens"):
+        datamodule(compose(gen_args(path, "dataset.max_length=8"), tmp_path))
+
+
+@needs_gsm8k
 def test_a_batch_pads_prompts_on_the_left_and_the_training_text_on_the_right(tmp_path):
     path, _ = problems(tmp_path)
     dm = datamodule(compose(gen_args(path), tmp_path))
@@ -150,6 +162,8 @@ def test_bad_generation_settings_are_refused_before_any_work(tmp_path):
         "dataset.response_field=question",
         "dataset.max_new_tokens=0",
         "dataset.plain_template=no placeholder",
+        "dataset.extra_test_splits=[official]",
+        "dataset.max_prompt_length=600",  # past the tiny Llama's 512 positions
     ]
     with pytest.raises(ConfigError) as e:
         check_config(compose(bad, tmp_path))
@@ -159,6 +173,8 @@ def test_bad_generation_settings_are_refused_before_any_work(tmp_path):
         "dataset.prompt_field and dataset.response_field are both 'question'",
         "dataset.max_new_tokens=0: must be >= 1",
         "must contain {prompt}",
+        "the generation task scores one test split",
+        "dataset.max_prompt_length + dataset.max_new_tokens = 600 + 0",
     ):
         assert part in said, said
 

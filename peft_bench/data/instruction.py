@@ -112,6 +112,29 @@ def read_reference(cfg: InstructionDatasetConfig, tokenizer) -> tuple[torch.Tens
     return torch.tensor(ids[:n]).view(-1, size), raw.source
 
 
+def drop_unscored(data: DatasetDict, cfg: InstructionDatasetConfig) -> list[str]:
+    """Drop (in place) the examples whose prompt leaves no response token within dataset.max_length (no
+    loss to learn from, a NaN one for a batch of them); a note for each split that lost some, DataError
+    where a split loses all."""
+    notes = []
+    for name in list(data):
+        scored = [any(x != -100 for x in labels) for labels in data[name]["labels"]]
+        lost = scored.count(False)
+        if not lost:
+            continue
+        if lost == len(scored):
+            raise DataError(
+                f"dataset {cfg.name}: every {name} prompt fills dataset.max_length={cfg.max_length} tokens, "
+                "leaving no response to score: raise dataset.max_length"
+            )
+        data[name] = data[name].select([i for i, ok in enumerate(scored) if ok])
+        notes.append(
+            f"{name}: {lost} of {len(scored)} examples dropped: their prompt fills dataset.max_length="
+            f"{cfg.max_length} tokens, leaving no response token"
+        )
+    return notes
+
+
 class InstructionDataModule(BaseDataModule):
     def __init__(self, dataset: InstructionDatasetConfig, tokenizer, cache_dir: str, seed: int):
         super().__init__()
@@ -161,6 +184,7 @@ class InstructionDataModule(BaseDataModule):
                     for name, ds in splits.items()
                 }
             )
+            notes = drop_unscored(data, self.cfg)
             no_gold = [s for s in ("validation", "test") if "" in data[s]["gold"]]
             if no_gold and self.cfg.answer != "text":
                 raise DataError(
@@ -171,9 +195,12 @@ class InstructionDataModule(BaseDataModule):
                 "splits": how,
                 "sizes": {k: len(v) for k, v in data.items()},
                 "chat_template": chat,
+                "notes": notes,
             }
 
         self.load_or_build(raw, cache_key(self.cfg.name, self.tokenizer, raw.fingerprint, recipe), build)
+        if self.cfg.forgetting_tokens:  # before the weights load: a missing text is said up front
+            self.reference_blocks()
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()

@@ -274,9 +274,10 @@ class BenchModule(L.LightningModule):
     def generate_texts(self, batch: dict, tokenizer, max_new_tokens: int, stops) -> list[str]:
         """Greedy continuations of the batch's left-padded prompts (the KV cache on; each row stops at the
         end-of-sequence token or a stop string), decoded and cut at the first stop string."""
-        prompts, started = batch["prompt_ids"], time.perf_counter()
+        prompts = batch["prompt_ids"]
         if self.device.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize()  # the batch's forward is queued: not generation time
+        started = time.perf_counter()
         out = self.model.generate(
             input_ids=prompts,
             attention_mask=batch["prompt_mask"],
@@ -284,11 +285,15 @@ class BenchModule(L.LightningModule):
             do_sample=False,
             num_beams=1,
             use_cache=True,
+            repetition_penalty=1.0,  # greedy as such, whatever the model's generation_config says
+            no_repeat_ngram_size=0,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=end_of_sequence(tokenizer),
             stop_strings=list(stops) or None,
             tokenizer=tokenizer if stops else None,
         )
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
         new = out[:, prompts.shape[1] :]
         self.generated["tokens"] += generated_tokens(new, end_of_sequence(tokenizer), tokenizer.pad_token_id)
         self.generated["seconds"] += time.perf_counter() - started

@@ -269,3 +269,10 @@ def token_nll(logits, labels):
     target = labels[:, 1:]
     nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, ignore_index=-100, reduction="none")
     return nll.double().sum(-1), (target != -100).sum(-1)
+
+
+def resampled_ppl(columns: dict, idx):
+    """Perplexity of each resample of sequences: exp(its summed NLL / its scored tokens)."""
+    import numpy as np
+
+    return np.exp(columns["nll"][idx].sum(1) / np.maximum(columns["tokens"][idx].sum(1), 1))

@@ -3,7 +3,7 @@ over every predicted token of a split."""
 
 from __future__ import annotations
 
-from peft_bench.tasks.base import Task, token_nll
+from peft_bench.tasks.base import Task, resampled_ppl, token_nll
 
 
 class CausalLMTask(Task):
@@ -19,11 +19,9 @@ class CausalLMTask(Task):
 
     def resampled(self, key: str, columns: dict, idx, num_labels: int | None):
         """Perplexity of each resample of blocks: exp(its NLL / its tokens)."""
-        import numpy as np
-
         if key != "ppl":
             raise KeyError(key)
-        return np.exp(columns["nll"][idx].sum(1) / np.maximum(columns["tokens"][idx].sum(1), 1))
+        return resampled_ppl(columns, idx)
 
     def example_columns(self, logits, labels) -> dict:
         """Per block: its summed next-token NLL and its predicted tokens (the split's perplexity is

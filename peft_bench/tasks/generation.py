@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 
-from peft_bench.tasks.base import Task, token_nll
+from peft_bench.tasks.base import Task, resampled_ppl, token_nll
 
 # a number as GSM8K writes one: an optional sign and $, digits with thousands commas, a decimal part
-NUMBER = re.compile(r"-?\$?\s?\d[\d,]*(?:\.\d+)?")
+NUMBER = re.compile(r"(?<![\w.])-?\$?\d[\d,]*(?:\.\d+)?")  # "10 - 5" reads 10 and 5, not -5
 FINAL = re.compile(r"#\s?#\s?#\s?#\s*(.*)")  # ####, or # # # # as some vocabularies decode it
 
 
@@ -86,8 +86,10 @@ class GenerationTask(Task):
         metrics["ppl"].update(logits[:, :-1].float(), labels[:, 1:])
 
     def compute(self, metrics) -> dict:
-        """The figures of the metrics fed this pass (exact match only where it generated)."""
-        return {k: m.compute() for k, m in metrics.items() if m.update_count}
+        """The split's figures: exact match only where the split generates (decided alike on every
+        process: each joins the same metric syncs), the response perplexity always."""
+        split = metrics.prefix.rstrip("/") if metrics.prefix else "test"
+        return {k: m.compute() for k, m in metrics.items() if k != "em" or self.generates(split)}
 
     def generates(self, split: str) -> bool:
         """Test always generates; validation only when exact match is the primary metric."""
@@ -150,10 +152,6 @@ class GenerationTask(Task):
             }
         }
 
-    def example_columns(self, logits, labels) -> dict:
-        nll, tokens = token_nll(logits, labels)
-        return {"nll": nll, "tokens": tokens}
-
     def correct(self, key: str, columns: dict):
         return columns["correct"].astype(bool) if key == "em" else None
 
@@ -164,5 +162,5 @@ class GenerationTask(Task):
         if key == "em":
             return columns["correct"].astype(np.float64)[idx].mean(1)
         if key == "ppl":
-            return np.exp(columns["nll"][idx].sum(1) / np.maximum(columns["tokens"][idx].sum(1), 1))
+            return resampled_ppl(columns, idx)
         raise KeyError(key)
