@@ -169,6 +169,12 @@ def test_different_test_examples_are_not_compared(tmp_path):
     run_folder(root, "hira", "hira", 42, flips(201, set(range(20))))  # one example more: another test set
     lines = pairs_section((write_report([root], tmp_path / "r")["out"] / "report.md").read_text())
     assert "Not compared, scored on different test examples: lora rank=8 and hira rank=8." in lines
+    # the same rows and labels, but another raw data (its fingerprint): not the same examples either
+    other = tmp_path / "other"
+    run_folder(other, "lora", "lora", 42, flips(200, set(range(20))), data={"raw_fingerprint": "a"})
+    run_folder(other, "hira", "hira", 42, flips(200, set(range(30))), data={"raw_fingerprint": "b"})
+    lines = pairs_section((write_report([other], tmp_path / "r2")["out"] / "report.md").read_text())
+    assert "Not compared, scored on different test examples: lora rank=8 and hira rank=8." in lines
 
 
 def test_the_interval_over_seeds_and_examples_stays_in_range_and_holds_both_noises():

@@ -28,6 +28,9 @@ class Answers:
 
     columns: dict[str, np.ndarray]
     num_labels: int | None
+    # the data the run was scored on: its raw data's fingerprint, and for packed blocks (no label of
+    # their own) the tokenized data's cache key, which the tokenizer and the block size are part of
+    source: tuple = ()
 
     @property
     def examples(self) -> np.ndarray:
@@ -35,6 +38,8 @@ class Answers:
 
     def same_examples(self, other: Answers) -> bool:
         """Whether the two runs were scored on the same examples: the same rows, with the same labels."""
+        if self.source != other.source:
+            return False
         if len(self.examples) != len(other.examples) or not (self.examples == other.examples).all():
             return False
         key = next((k for k in ("label", "gold", "tokens") if k in self.columns), None)
@@ -51,7 +56,11 @@ def answers_of(run: dict, task: Task) -> tuple[Answers | None, str | None]:
     except (ValueError, OSError) as e:
         return None, str(e)
     num_labels = (run.get("config", {}).get("dataset") or {}).get("num_labels")
-    answers = Answers(columns, num_labels)
+    data = run.get("data") or {}
+    blocks = "label" not in columns and "gold" not in columns
+    answers = Answers(
+        columns, num_labels, (data.get("raw_fingerprint"), data.get("cache_key") if blocks else None)
+    )
     recorded = run.get(task.score)
     if not isinstance(recorded, int | float):
         return None, f"no {task.score} in its results.json"
