@@ -88,8 +88,9 @@ class GenerationTask(Task):
     def compute(self, metrics) -> dict:
         """The split's figures: exact match only where the split generates (decided alike on every
         process: each joins the same metric syncs), the response perplexity always."""
-        split = metrics.prefix.rstrip("/") if metrics.prefix else "test"
-        return {k: m.compute() for k, m in metrics.items() if k != "em" or self.generates(split)}
+        prefix = metrics.prefix or ""  # the collection's keys carry it: val/em, test/ppl
+        generated = self.generates(prefix.rstrip("/") or "test")
+        return {k: m.compute() for k, m in metrics.items() if k.removeprefix(prefix) != "em" or generated}
 
     def generates(self, split: str) -> bool:
         """Test always generates; validation only when exact match is the primary metric."""
