@@ -30,8 +30,12 @@ def test_every_option_composes_into_the_typed_schema(group, option):
     run = OmegaConf.to_object(cfg)
     assert isinstance(run, RunConfig)
     assert getattr(run, group) is not None
-    lm = (group == "model" and option in LM_MODELS) or (group == "dataset" and option == "wikitext2")
+    lm = (group == "model" and option in LM_MODELS) or (
+        group == "dataset" and option in ("wikitext2", "gsm8k")
+    )
     base = ["dataset=wikitext2", f"dataset.data_files={WIKITEXT}"] if lm else []
+    if option == "gsm8k":  # 384 prompt + 256 new tokens: more than the tiny Llama's 512 positions
+        base.append("dataset.max_prompt_length=256")
     if group != "model":
         base.append("model=tiny_llama" if lm else "model=tiny")
     if group != "model" or option in OFFLINE_MODELS:

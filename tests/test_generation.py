@@ -132,7 +132,7 @@ def test_the_loss_is_on_the_response_tokens_only(tmp_path):
 def test_a_prompt_that_fills_max_length_is_dropped_and_said_and_all_of_them_is_an_error(tmp_path):
     path, _ = problems(tmp_path)
     dm = datamodule(compose(gen_args(path, "dataset.max_length=60"), tmp_path))  # some prompts fill 60
-    notes = [n for n in dm.info["notes"] if "leaving no response token" in n]
+    notes = [n for n in dm.info["warnings"] if "leaving no response token" in n]
     assert notes and notes[0].startswith("train: ")
     assert all(any(x != -100 for x in labels) for labels in dm.data["train"]["labels"])
     with pytest.raises(DataError, match="every train prompt fills dataset.max_length=8 tokens"):

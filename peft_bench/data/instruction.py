@@ -114,8 +114,8 @@ def read_reference(cfg: InstructionDatasetConfig, tokenizer) -> tuple[torch.Tens
 
 def drop_unscored(data: DatasetDict, cfg: InstructionDatasetConfig) -> list[str]:
     """Drop (in place) the examples whose prompt leaves no response token within dataset.max_length (no
-    loss to learn from, a NaN one for a batch of them); a note for each split that lost some, DataError
-    where a split loses all."""
+    loss to learn from, a NaN one for a batch of them); a warning for each split that lost some,
+    DataError where a split loses all."""
     notes = []
     for name in list(data):
         scored = [any(x != -100 for x in labels) for labels in data[name]["labels"]]
@@ -184,7 +184,7 @@ class InstructionDataModule(BaseDataModule):
                     for name, ds in splits.items()
                 }
             )
-            notes = drop_unscored(data, self.cfg)
+            dropped = drop_unscored(data, self.cfg)
             no_gold = [s for s in ("validation", "test") if "" in data[s]["gold"]]
             if no_gold and self.cfg.answer != "text":
                 raise DataError(
@@ -195,10 +195,12 @@ class InstructionDataModule(BaseDataModule):
                 "splits": how,
                 "sizes": {k: len(v) for k, v in data.items()},
                 "chat_template": chat,
-                "notes": notes,
+                "warnings": dropped,
             }
 
         self.load_or_build(raw, cache_key(self.cfg.name, self.tokenizer, raw.fingerprint, recipe), build)
+        for warning in self.info.get("warnings", []):
+            log.warning("data: %s", warning)
         if self.cfg.forgetting_tokens:  # before the weights load: a missing text is said up front
             self.reference_blocks()
 
