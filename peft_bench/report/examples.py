@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from peft_bench.predictions import read_predictions
+from peft_bench.predictions import PREDICTIONS_FILE, read_predictions
 from peft_bench.report.stats import ALPHA, Bounded, McNemar, holm, mcnemar
 from peft_bench.tasks import Task
 
@@ -48,9 +48,25 @@ class Answers:
         )
 
 
+# (the file, its mtime and size, its recorded SHA-256, the score) -> answers_of's answer: a report
+# reads, hashes and checks each file once, though the seed statistics and the pairs both ask for it
+_READ: dict[tuple, tuple[Answers | None, str | None]] = {}
+
+
 def answers_of(run: dict, task: Task) -> tuple[Answers | None, str | None]:
     """A run's test answers, or None and why not: no file (a run older than them), a file that is not the
     one it wrote, or answers that do not give back its recorded figure."""
+    record = run.get("predictions") or {}
+    path = Path(run.get("_dir", "")) / record.get("file", PREDICTIONS_FILE)
+    stat = path.stat() if path.is_file() else None  # a file changed since it was read is read again
+    seen = (stat.st_mtime_ns, stat.st_size) if stat else None
+    key = (str(path), seen, record.get("sha256"), task.score, run.get(task.score))
+    if key not in _READ:
+        _READ[key] = read_answers(run, task)
+    return _READ[key]
+
+
+def read_answers(run: dict, task: Task) -> tuple[Answers | None, str | None]:
     try:
         columns = read_predictions(Path(run["_dir"]), run.get("predictions"))
     except (ValueError, OSError) as e:
