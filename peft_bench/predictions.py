@@ -4,11 +4,15 @@ resample test examples as well as seeds. One row per example of each labelled te
 (test, test_<name>), `example` (its row in the split as the run's data made it: the same for every run
 of the same data and split_seed), and the task's columns (label and prediction; a language model's
 summed negative log-likelihood and token count per block). Written atomically; results.json holds its
-SHA-256, so a file swapped or edited after the run is refused by the report rather than compared."""
+SHA-256, so a file swapped or edited after the run is refused by the report rather than compared.
+Where the answers are text (generation), the same rows are also written as predictions.jsonl, one JSON
+object per line, for reading (`head -3 predictions.jsonl`); the report reads the parquet only."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +22,7 @@ import pyarrow.parquet as pq
 from peft_bench.io import atomic_path, file_digest
 
 PREDICTIONS_FILE = "predictions.parquet"
+READABLE_FILE = "predictions.jsonl"
 
 
 def write_predictions(run_dir: Path, splits: dict[str, dict[str, np.ndarray]]) -> dict:
@@ -36,11 +41,18 @@ def write_predictions(run_dir: Path, splits: dict[str, dict[str, np.ndarray]]) -
     path = Path(run_dir) / PREDICTIONS_FILE
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-    return {
+    record = {
         "file": PREDICTIONS_FILE,
         "sha256": file_digest(path),
         "examples": {split: len(cols["example"]) for split, cols in splits.items()},
     }
+    if any(pa.types.is_string(t) or pa.types.is_large_string(t) for t in table.schema.types[1:]):
+        readable = Path(run_dir) / READABLE_FILE
+        with atomic_path(readable) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for row in table.to_pylist():
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        record["readable"] = READABLE_FILE
+    return record
 
 
 def read_predictions(run_dir: Path, record: dict | None, split: str = "test") -> dict[str, np.ndarray]:

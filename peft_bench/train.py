@@ -50,7 +50,7 @@ from peft_bench.io import AtomicCheckpointIO, RunLock, filesystem_refusal, proce
 from peft_bench.ledger import record_job_failure
 from peft_bench.measure import peak_memory, reset_peak_memory
 from peft_bench.models import load_tokenizer
-from peft_bench.predictions import PREDICTIONS_FILE, write_predictions
+from peft_bench.predictions import PREDICTIONS_FILE, READABLE_FILE, write_predictions
 from peft_bench.ranks import begin_attempt, job_rank, slurm_tasks, tell_ranks, wait_for_rank_zero
 from peft_bench.resolvers import KEY_ROLES
 from peft_bench.results import RESULTS_FILE, environment, flatten, read_results, write_results
@@ -60,7 +60,7 @@ log = logging.getLogger("peft_bench")
 
 # What a run writes besides results.json: removed when a run starts over (skip_completed=false on a
 # completed run, resume=false), so a redo is a clean slate and never writes last-v1.ckpt beside last.ckpt.
-RUN_OUTPUTS = ("checkpoints", "csv", "adapter", "merged", PREDICTIONS_FILE)
+RUN_OUTPUTS = ("checkpoints", "csv", "adapter", "merged", PREDICTIONS_FILE, READABLE_FILE)
 
 
 class RunStatus(str, Enum):

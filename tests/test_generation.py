@@ -257,6 +257,17 @@ def test_a_lora_run_scores_test_by_generation_and_keeps_every_answer(tmp_path):
     assert len(answers["example"]) == 6 and r["predictions"]["examples"] == {"test": 6}
     assert answers["correct"].mean() == pytest.approx(r["test_em"])
     assert all(isinstance(t, str) for t in answers["generated"]) and set(answers["gold"]) != {""}
+    # what the model was shown, as tokenized: the question of the problem the row names
+    data = datamodule(cfg)
+    shown = [data.tokenizer.decode(data.data["test"][int(i)]["prompt_ids"]) for i in answers["example"]]
+    assert list(answers["prompt"]) == shown and shown[0].lower().startswith("question")  # the plain template
+    # the same rows, readable: one JSON object per line, in the parquet's order
+    lines = (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
+    assert r["predictions"]["readable"] == "predictions.jsonl" and len(lines) == 6
+    rows = sorted((json.loads(line) for line in lines), key=lambda row: row["example"])
+    assert set(rows[0]) == {"split", "example", "prompt", "generated", "answer", "gold", "correct", "nll", "tokens"}
+    assert [row["generated"] for row in rows] == list(answers["generated"])
+    assert [row["correct"] for row in rows] == answers["correct"].tolist()
     again = np.exp(answers["nll"].sum() / answers["tokens"].sum())  # teacher-forced response perplexity
     assert again == pytest.approx(r["test_ppl"], rel=1e-4)
     # forgetting: the reference text's loss before and after (512 tokens: 8 blocks of 64)
@@ -280,3 +291,39 @@ def test_a_lora_run_scores_test_by_generation_and_keeps_every_answer(tmp_path):
     assert "| Forgetting (loss rise) | Generation (tokens/s) |" in md
     assert f"| {f['rise']:.4f} | {r['generation_tokens_per_s']:.1f} |" in md  # the method comparison's row
     assert (out / "gsm8k_score_vs_forgetting.png").is_file()
+
+
+@needs_gsm8k
+@pytest.mark.slow  # 2 trials and 1 final run of the tiny Llama on 120 real problems, in a subprocess: ~40 s
+def test_a_study_tunes_lora_on_generation_by_validation_exact_match(tmp_path):
+    import subprocess
+    import sys
+
+    path, _ = problems(tmp_path)
+    args = [
+        "method=lora",
+        *gen_args(path, "trainer.max_epochs=1", "trainer.limit_train_batches=4"),
+        "tune.trials=2",
+        "tune.seeds=1",
+        "tune.defaults=false",
+        f"tune.dir={tmp_path / 't'}",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "peft_bench.tune", *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = tmp_path / "t"
+    trial_runs = sorted(p.parent for p in (study / "trials").rglob("results.json"))
+    assert len(trial_runs) == 2
+    trial_em = [json.loads((p / "results.json").read_text())["val_em"] for p in trial_runs]
+    final = json.loads((study / "final" / "lora" / "best-s1" / "results.json").read_text())
+    assert final["status"] == "completed" and final["dataset"] == "gsm8k" and "test_em" in final
+    assert final["forgetting"]["rise"] == pytest.approx(
+        final["forgetting"]["loss_after"] - final["forgetting"]["loss_before"]
+    )
+    report = (study / "report" / "report.md").read_text()
+    assert "## Tuned comparison" in report and "val exact match" in report
+    best = max(trial_em)  # the final run is the trial with the best validation exact match
+    assert final["lr"] == pytest.approx(
+        next(json.loads((p / "results.json").read_text())["lr"] for p, em in zip(trial_runs, trial_em) if em == best)
+    ) or trial_em.count(best) > 1

@@ -114,7 +114,11 @@ class GenerationTask(Task):
         )
         metrics["em"].update(correct.float().to(logits.device))
         nll, tokens = token_nll(logits.detach(), batch["labels"])
+        prompts = [  # what the model was shown: the prompt as tokenized (chat template and all), unpadded
+            dm.tokenizer.decode(ids[mask.bool()]) for ids, mask in zip(batch["prompt_ids"], batch["prompt_mask"])
+        ]
         columns = {
+            "prompt": np.array(prompts, dtype=object),
             "correct": correct,
             "answer": np.array([a if a is not None else "" for a in answers], dtype=object),
             "gold": np.array(batch["gold"], dtype=object),
