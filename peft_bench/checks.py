@@ -352,6 +352,7 @@ def module_problems(run: RunConfig) -> list[str]:
     conv1d = [n for n in facts.conv1d_names if any(n == t or n.endswith("." + t) for t in targets)]
     module = get_class(run.method._target_)
     out += module.config_problems(run.method, run.model, conv1d, facts.bias_params)
+    out += module.trial_problems(run, facts, task)
     out += rank_problems(run, module, facts, targets)
     out += length_problems(run, task, facts.position_limit)
     layers = getattr(run.method, "layers", None) or []

@@ -255,6 +255,38 @@ class IA3Config(MethodConfig):
 
 
 @dataclass
+class PeftByNameConfig(MethodConfig):
+    """Any PEFT method by its PeftType (methods/peft_by_name.py): `method=peft method.peft_type=OFT
+    method.config={oft_block_size: 16}`. The config class is PEFT's own for the type; method.config holds
+    its fields by name (checked against the class before anything loads)."""
+
+    name: str = "${peft_name:${.peft_type}}"  # the type in lower case (oft, boft, ...), unless set
+    peft_type: str = MISSING  # a peft.PeftType name: OFT, BOFT, HRA, FOURIERFT, PROMPT_TUNING, ...
+    # fields of PEFT's config class for the type, by name; typed Any: OmegaConf cannot merge
+    # `method.config={...}` from the command line into an Optional[Dict] that is None
+    config: Any = None
+    # the config field the top-level rank sets (r; num_virtual_tokens for prompt methods); null: the
+    # method has no rank, and method.r is null (a sweep over rank is then refused as repeated runs)
+    rank_field: str | None = "r"
+    r: Any = "${rank_if:${rank},${.rank_field}}"  # type: ignore[assignment]
+    # module names (suffixes) adapted where the type takes target_modules; method.config.target_modules
+    # (e.g. LayerNorm names for LN tuning) replaces them
+    target_modules: list[str] = "${model.target_modules}"  # type: ignore[assignment]
+    layers: Any = None  # layer indices (the type's layers_to_transform), None = all
+    export_merged: bool = False
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.config is not None and not isinstance(self.config, dict):
+            out.append(f"method.config={self.config!r}: give the PEFT config's fields as a mapping, e.g. {{r: 8}}")
+        if self.r is not None and (not isinstance(self.r, int) or self.r < 1):
+            out.append(f"method.r={self.r}: the rank (rank=, or method.r=) must be an integer >= 1")
+        if not self.target_modules:
+            out.append("method.target_modules is empty: name at least one module to adapt")
+        return out
+
+
+@dataclass
 class BitFitConfig(MethodConfig):
     """BitFit (Ben Zaken et al., 2022): only the bias terms train (and the task head)."""
 
@@ -739,6 +771,7 @@ SCHEMAS = [  # (group, name, schema): a group option's yaml names its schema fir
     ("method", "miss_schema", MiSSConfig),
     ("method", "shira_schema", SHiRAConfig),
     ("method", "ia3_schema", IA3Config),
+    ("method", "peft_schema", PeftByNameConfig),
     ("method", "bitfit_schema", BitFitConfig),
     ("method", "full_schema", FullConfig),
     ("dataset", "dataset_schema", ClassificationDatasetConfig),

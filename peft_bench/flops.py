@@ -37,7 +37,7 @@ class LinearCost:
     """FLOPs per row (token or sequence) of one matmul layer in a training step, forward + backward."""
 
     name: str
-    per: str  # "token" or "sequence"
+    per: str  # "token", "sequence", or "step" (P-tuning's prompt encoder: not counted, it does not grow with the batch)
     flops_per_row: int
 
 
@@ -79,12 +79,18 @@ def probe_linear_costs(
         module = modules[name]
         i, o = _shape(module)
         trains = module.weight.requires_grad
-        per = "token" if rows == batch_size * seq_len else "sequence" if rows == batch_size else None
-        if per is None:
+        cost = 2 * i * o * (1 + int(input_grad) + int(trains))
+        extra = rows // batch_size - seq_len  # prompt tuning's virtual tokens: the same number per sequence
+        if rows == batch_size * seq_len or rows == batch_size:
+            costs.append(LinearCost(name, "token" if rows > batch_size else "sequence", cost))
+        elif rows % batch_size == 0 and extra > 0:
+            costs += [LinearCost(name, "token", cost), LinearCost(name, "sequence", extra * cost)]
+        elif name.startswith("prompt_encoder."):  # P-tuning's encoder: once per step on the virtual tokens
+            costs.append(LinearCost(name, "step", rows * cost))
+        else:
             raise ValueError(
                 f"{name}: saw {rows} rows for a probe of {batch_size}x{seq_len}: neither tokens nor sequences"
             )
-        costs.append(LinearCost(name, per, 2 * i * o * (1 + int(input_grad) + int(trains))))
     return costs
 
 

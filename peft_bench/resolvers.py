@@ -168,6 +168,16 @@ def rank_part(r) -> str:
     return "" if r is None else f"-r{r}"
 
 
+def rank_if(rank, field):
+    """method=peft's rank: the top-level rank where the method has a rank field, else None."""
+    return rank if field not in (None, "", "null", "None") else None
+
+
+def peft_name(peft_type) -> str:
+    """A PEFT type's name as a method name: OFT -> oft."""
+    return str(peft_type).lower()
+
+
 def register_resolvers() -> None:
     for name, fn in (
         ("rank_part", rank_part),
@@ -177,6 +187,8 @@ def register_resolvers() -> None:
         ("job_key", job_key),
         ("default_cache", default_cache),
         ("groups_help", groups_help),
+        ("rank_if", rank_if),
+        ("peft_name", peft_name),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

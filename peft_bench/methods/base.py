@@ -106,6 +106,12 @@ class BenchModule(L.LightningModule):
             )
         return out
 
+    @classmethod
+    def trial_problems(cls, run, facts, task) -> list[str]:
+        """What this method cannot do with this model, found by trying it before the weights load (a
+        method whose abilities are not declared: method=peft); `facts`: checks.ModelFacts."""
+        return []
+
     def head_modules(self) -> list[str]:
         """A classification head is new and trained in full; a language model's head is pretrained."""
         return list(self.model_cfg.head_modules) if self.task.trains_head else []
