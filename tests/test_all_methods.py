@@ -15,10 +15,12 @@ from omegaconf import OmegaConf
 
 from peft_bench.checks import check_config
 from peft_bench.errors import ConfigError
+from peft_bench.methods.base import BenchModule
 from peft_bench.train import run
 from tests.helpers import CONF_DIR, ROOT, compose
 
-METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
+# every option but `peft`, which names no type of its own (tests/test_peft_types.py runs each type by name)
+METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml") if p.stem != "peft")
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext2" / "validation.jsonl"
 DATA = {  # offline: generated text, or real problems read in place (../shared/data)
@@ -140,8 +142,10 @@ def module_class(method: str):
 @pytest.mark.parametrize("method", METHODS)
 def test_what_a_method_declares_it_can_do_is_what_it_does(method):
     """supports_4bit: a 4-bit base is refused up front, or it builds and trains (a backward pass);
-    supports_conv1d: GPT-2's Conv1D projections likewise."""
+    supports_conv1d: GPT-2's Conv1D projections likewise. A method=peft option declares nothing: what it
+    accepts after trying (methods/peft_by_name.py) must build and train, and what it refuses says why."""
     cls = module_class(method)
+    tried = cls.trial_problems.__func__ is not BenchModule.trial_problems.__func__
     cases = [
         (["model=tiny", "dataset=demo", "model.quantization=nf4"], cls.supports_4bit, "4-bit base"),
         (["model=tiny_gpt2", *DATA["tiny_llama"][1:]], cls.supports_conv1d, "Conv1D"),
@@ -157,6 +161,9 @@ def test_what_a_method_declares_it_can_do_is_what_it_does(method):
         except ConfigError as e:
             if method in ("pissa", "olora", "bitfit"):  # refused for a reason of their own, said up front
                 assert re.search("PiSSA|OLoRA|bias terms", str(e)), str(e)
+                continue
+            if tried:  # refused after trying: the reason is PEFT's, named
+                assert re.search("cannot (train on a 4-bit base|adapt)", str(e)), str(e)
                 continue
             raise
         L.seed_everything(0, verbose=False)
@@ -183,13 +190,19 @@ def test_the_methods_table_in_the_docs_is_what_the_methods_are():
     for method in METHODS:
         cfg = compose(["model=minilm", "dataset=sst2", f"method={method}"])
         run_cfg = OmegaConf.to_object(cfg)
+        four_bit = accepted(["model=tiny", "dataset=demo", "model.quantization=nf4", f"method={method}"])
+        conv1d = accepted(["model=tiny_gpt2", *DATA["tiny_llama"][1:], f"method={method}"])
+        if not accepted(["model=minilm", "dataset=sst2", f"method={method}"]):  # prefix tuning: decoders only
+            rows[method] = ("-", "-", "yes" if four_bit else "no", "yes" if conv1d else "no", f"{run_cfg.method.lr:g}")
+            continue
         cls = get_class(run_cfg.method._target_)
         L.seed_everything(0, verbose=False)
         module = cls(method=run_cfg.method, model=run_cfg.model, dataset=run_cfg.dataset, total_steps=100)
         trainable, _ = module.parameter_counts()
-        merge = "n/a" if not cls.mergeable else "yes" if module.can_merge() else "no (4-bit base)"
-        four_bit = accepted(["model=tiny", "dataset=demo", "model.quantization=nf4", f"method={method}"])
-        conv1d = accepted(["model=tiny_gpt2", *DATA["tiny_llama"][1:], f"method={method}"])
+        if not cls.mergeable or getattr(module, "prompt_learning", False):  # nothing to merge
+            merge = "n/a"
+        else:
+            merge = "yes" if module.can_merge() else "no (4-bit base)" if module.model_cfg.quantization else "no"
         rows[method] = (
             f"{trainable:,}",
             merge,

@@ -204,15 +204,25 @@ def _conv1d(fan_in: int, fan_out: int) -> nn.Module:
 def _linear4bit(fan_in: int, fan_out: int) -> nn.Module:
     import bitsandbytes as bnb
 
-    return bnb.nn.Linear4bit(fan_in, fan_out, quant_type="nf4")
+    layer = bnb.nn.Linear4bit(fan_in, fan_out, quant_type="nf4", compute_dtype=torch.float32)
+    return layer.to("cpu")  # bitsandbytes quantizes the weight when it is moved to a device
 
 
 def _refusal(cfg_json: str, make, fan_in: int, fan_out: int) -> str | None:
-    """None if PEFT adapts the layer `make` builds; else its reason, in one line."""
+    """None if the method trains on the layer `make` builds (PEFT wraps it, a forward and a backward
+    reach the adapter's weights); else the reason, in one line. Wrapping alone is not enough: a method
+    without a 4-bit layer of its own wraps bitsandbytes' Linear4bit as a plain Linear and fails on its
+    packed weight."""
     try:
-        _inject(cfg_json, make(fan_in, fan_out))
+        model = _inject(cfg_json, make(fan_in, fan_out)).get_base_model()
+        _trained(model)
+        # a batch of sequences, needing a gradient as it does inside a network
+        x = torch.randn(2, 3, fan_in, generator=torch.Generator().manual_seed(2)).requires_grad_()
+        model(x).float().sum().backward()
+        if not any(p.grad is not None for p in model.parameters() if p.requires_grad):
+            return "no adapter weight receives a gradient"
         return None
-    except Exception as e:  # PEFT says "Target module ... is not supported" in several ways
+    except Exception as e:  # PEFT refuses a layer type in several ways (ValueError, TypeError, ...)
         return str(e).splitlines()[0][:200] or type(e).__name__
 
 
@@ -308,7 +318,7 @@ class PeftByNameModule(AdapterModule):
         }
         config = self.peft_config(backbone.config)
         model = get_peft_model(backbone, config)
-        prompt = isinstance(config, PromptLearningConfig)
+        self.prompt_learning = prompt = isinstance(config, PromptLearningConfig)
         targets = getattr(config, "target_modules", None)
         shapes = adapted_shapes(linear, sorted(targets) if isinstance(targets, list | set) else [])
         smallest = min(shapes, key=lambda s: min(s[:2])) if shapes else None
