@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import shutil
 import time
 import typing
@@ -17,6 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
 from peft_bench.config import CONF_DIR, SEED_MAX, RunConfig
 from peft_bench.errors import ConfigError, PeftBenchError
@@ -42,7 +44,14 @@ def check_config(cfg: DictConfig) -> RunConfig:
 
     Touches no data and no weights: the target-module check builds the model on the meta device
     from its config alone."""
-    run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]  # raises on missing values
+    try:
+        run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except (MissingMandatoryValue, InterpolationToMissingValueError) as e:  # a ??? left unset
+        key = re.search(r"Missing mandatory value: ?([\w.]+)", str(e))
+        name = key.group(1) if key else getattr(e, "full_key", "") or "a value"
+        raise ConfigError(
+            [f"{name} is not set (the config leaves it ???): give it, e.g. {name}=..."]
+        ) from None
     problems = [
         *run.method.problems(),
         *run.dataset.problems(),

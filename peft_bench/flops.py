@@ -37,7 +37,8 @@ class LinearCost:
     """FLOPs per row (token or sequence) of one matmul layer in a training step, forward + backward."""
 
     name: str
-    per: str  # "token", "sequence", or "step" (P-tuning's prompt encoder: not counted, it does not grow with the batch)
+    # "token", "sequence", or "step" (P-tuning's prompt encoder: not counted, it does not grow with the batch)
+    per: str
     flops_per_row: int
 
 

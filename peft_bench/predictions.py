@@ -10,9 +10,8 @@ object per line, for reading (`head -3 predictions.jsonl`); the report reads the
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa

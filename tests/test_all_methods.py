@@ -193,7 +193,13 @@ def test_the_methods_table_in_the_docs_is_what_the_methods_are():
         four_bit = accepted(["model=tiny", "dataset=demo", "model.quantization=nf4", f"method={method}"])
         conv1d = accepted(["model=tiny_gpt2", *DATA["tiny_llama"][1:], f"method={method}"])
         if not accepted(["model=minilm", "dataset=sst2", f"method={method}"]):  # prefix tuning: decoders only
-            rows[method] = ("-", "-", "yes" if four_bit else "no", "yes" if conv1d else "no", f"{run_cfg.method.lr:g}")
+            rows[method] = (
+                "-",
+                "-",
+                "yes" if four_bit else "no",
+                "yes" if conv1d else "no",
+                f"{run_cfg.method.lr:g}",
+            )
             continue
         cls = get_class(run_cfg.method._target_)
         L.seed_everything(0, verbose=False)
@@ -202,7 +208,9 @@ def test_the_methods_table_in_the_docs_is_what_the_methods_are():
         if not cls.mergeable or getattr(module, "prompt_learning", False):  # nothing to merge
             merge = "n/a"
         else:
-            merge = "yes" if module.can_merge() else "no (4-bit base)" if module.model_cfg.quantization else "no"
+            merge = (
+                "yes" if module.can_merge() else "no (4-bit base)" if module.model_cfg.quantization else "no"
+            )
         rows[method] = (
             f"{trainable:,}",
             merge,

@@ -265,7 +265,17 @@ def test_a_lora_run_scores_test_by_generation_and_keeps_every_answer(tmp_path):
     lines = (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
     assert r["predictions"]["readable"] == "predictions.jsonl" and len(lines) == 6
     rows = sorted((json.loads(line) for line in lines), key=lambda row: row["example"])
-    assert set(rows[0]) == {"split", "example", "prompt", "generated", "answer", "gold", "correct", "nll", "tokens"}
+    assert set(rows[0]) == {
+        "split",
+        "example",
+        "prompt",
+        "generated",
+        "answer",
+        "gold",
+        "correct",
+        "nll",
+        "tokens",
+    }
     assert [row["generated"] for row in rows] == list(answers["generated"])
     assert [row["correct"] for row in rows] == answers["correct"].tolist()
     again = np.exp(answers["nll"].sum() / answers["tokens"].sum())  # teacher-forced response perplexity
@@ -309,7 +319,11 @@ def test_a_study_tunes_lora_on_generation_by_validation_exact_match(tmp_path):
         f"tune.dir={tmp_path / 't'}",
     ]
     out = subprocess.run(
-        [sys.executable, "-m", "peft_bench.tune", *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "peft_bench.tune", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     study = tmp_path / "t"
@@ -323,7 +337,9 @@ def test_a_study_tunes_lora_on_generation_by_validation_exact_match(tmp_path):
     )
     report = (study / "report" / "report.md").read_text()
     assert "## Tuned comparison" in report and "val exact match" in report
-    best = max(trial_em)  # the final run is the trial with the best validation exact match
-    assert final["lr"] == pytest.approx(
-        next(json.loads((p / "results.json").read_text())["lr"] for p, em in zip(trial_runs, trial_em) if em == best)
-    ) or trial_em.count(best) > 1
+    # the final run trains with the lr of a trial with the best validation exact match
+    lrs = {
+        json.loads((p / "results.json").read_text())["config"]["method"]["lr"]: em
+        for p, em in zip(trial_runs, trial_em, strict=True)
+    }
+    assert lrs[final["config"]["method"]["lr"]] == max(trial_em)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-from peft import PeftConfig, PeftType, get_peft_model, inject_adapter_in_model
+from peft import PeftConfig, PeftType, PromptLearningConfig, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-from peft import PromptLearningConfig
 from torch import nn
 
 from peft_bench.config import PeftByNameConfig
@@ -46,9 +46,13 @@ def config_class(peft_type: str) -> type[PeftConfig]:
         kind = PeftType(str(peft_type).upper())
     except ValueError:
         valid = sorted(t.value for t in PeftType if t.value not in NOT_APPLICABLE)
-        raise ValueError(f"method.peft_type={peft_type!r} is not a PEFT type; valid types are {valid}") from None
+        raise ValueError(
+            f"method.peft_type={peft_type!r} is not a PEFT type; valid types are {valid}"
+        ) from None
     if kind.value in NOT_APPLICABLE:
-        raise ValueError(f"method.peft_type={kind.value} is not applicable here: {NOT_APPLICABLE[kind.value]}")
+        raise ValueError(
+            f"method.peft_type={kind.value} is not applicable here: {NOT_APPLICABLE[kind.value]}"
+        )
     return PEFT_TYPE_TO_CONFIG_MAPPING[kind]
 
 
@@ -231,15 +235,15 @@ _META: dict[tuple[str, str], str | None] = {}  # (config, model) -> the problem:
 
 def meta_build_problem(cfg_json: str, model_key: str, make_model) -> str | None:
     """PEFT's own checks of the adapter on the model's architecture (targets, shapes, a decoder-only
-    method on an encoder), built and run forward on the meta device: None, or its reason. A failure of the meta device
-    itself (an SVD at init) says nothing of the method and is not reported."""
+    method on an encoder), built and run forward on the meta device: None, or its reason. A failure of
+    the meta device itself (an SVD at init) says nothing of the method and is not reported."""
     key = (cfg_json, model_key)
     if key not in _META:
         problem = None
         with torch.device("meta"):
             try:
                 model = get_peft_model(make_model(), build_config(json.loads(cfg_json)))
-                ids = torch.ones((2, 8), dtype=torch.long)  # a forward too: prefix tuning checks its model there
+                ids = torch.ones((2, 8), dtype=torch.long)  # a forward too: prefix tuning checks there
                 model(input_ids=ids, attention_mask=torch.ones_like(ids))
             except NotImplementedError:
                 pass
@@ -281,8 +285,8 @@ class PeftByNameModule(AdapterModule):
         problem = meta_build_problem(cfg, repr((run.model, run.dataset.num_labels, task.name)), make_model)
         if problem is not None:
             return [f"method={m.name} ({kind}) cannot adapt model {run.model.name}: {problem}"]
-        targets = list(getattr(config, "target_modules", None) or [])
-        shapes = adapted_shapes(facts.shapes, targets)
+        targets = getattr(config, "target_modules", None)
+        shapes = [facts.shapes[n] for n in targeted(facts.shapes, targets)]
         if not shapes:
             return []
         try:
@@ -292,11 +296,11 @@ class PeftByNameModule(AdapterModule):
         out = []
         if run.model.quantization is not None and caps.four_bit:
             out.append(
-                f"method={m.name} cannot train on a 4-bit base (model.quantization={run.model.quantization}): "
-                f"PEFT has no bitsandbytes layer for {kind} ({caps.four_bit}); set model.quantization=null"
+                f"method={m.name} cannot train on a 4-bit base (model.quantization="
+                f"{run.model.quantization}): PEFT has no bitsandbytes layer for {kind} ({caps.four_bit}); "
+                "set model.quantization=null"
             )
-        conv1d = adapted_shapes({n: (0, 0) for n in facts.conv1d_names}, targets)
-        if conv1d and caps.conv1d:
+        if targeted(facts.conv1d_names, targets) and caps.conv1d:
             out.append(
                 f"method={m.name} cannot adapt {run.model.name}'s Conv1D layers (GPT-2 style): PEFT has no "
                 f"Conv1D layer for {kind} ({caps.conv1d}); use a Llama-style model"
@@ -319,8 +323,7 @@ class PeftByNameModule(AdapterModule):
         config = self.peft_config(backbone.config)
         model = get_peft_model(backbone, config)
         self.prompt_learning = prompt = isinstance(config, PromptLearningConfig)
-        targets = getattr(config, "target_modules", None)
-        shapes = adapted_shapes(linear, sorted(targets) if isinstance(targets, list | set) else [])
+        shapes = [linear[n] for n in targeted(linear, getattr(config, "target_modules", None))]
         smallest = min(shapes, key=lambda s: min(s[:2])) if shapes else None
         try:
             self.mergeable = bool(shapes) and capabilities(self.config_json, *smallest, prompt).mergeable
@@ -336,6 +339,11 @@ class PeftByNameModule(AdapterModule):
         return logits[:, -n:] if logits.dim() == 3 and logits.shape[1] > n else logits
 
 
-def adapted_shapes(shapes: dict[str, tuple], targets: list[str]) -> list[tuple]:
-    """The (in, out) shapes of the modules the targets name (a name, or a suffix after a dot)."""
-    return [s for n, s in shapes.items() if any(n == t or n.endswith("." + t) for t in targets)]
+def targeted(names, targets) -> list[str]:
+    """The module names PEFT's target_modules select: a module name, or a suffix after a dot, of each in
+    a list; a string is a regular expression the whole name must match (PEFT's rules)."""
+    if not targets:
+        return []
+    if isinstance(targets, str):
+        return [n for n in names if re.fullmatch(targets, n)]
+    return [n for n in names if any(n == t or n.endswith("." + t) for t in targets)]

@@ -115,7 +115,8 @@ class GenerationTask(Task):
         metrics["em"].update(correct.float().to(logits.device))
         nll, tokens = token_nll(logits.detach(), batch["labels"])
         prompts = [  # what the model was shown: the prompt as tokenized (chat template and all), unpadded
-            dm.tokenizer.decode(ids[mask.bool()]) for ids, mask in zip(batch["prompt_ids"], batch["prompt_mask"])
+            dm.tokenizer.decode(ids[mask.bool()])
+            for ids, mask in zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)
         ]
         columns = {
             "prompt": np.array(prompts, dtype=object),
