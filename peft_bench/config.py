@@ -277,10 +277,6 @@ class PeftByNameConfig(MethodConfig):
 
     def problems(self) -> list[str]:
         out = super().problems()
-        if self.config is not None and not isinstance(self.config, dict):
-            out.append(
-                f"method.config={self.config!r}: give the PEFT config's fields as a mapping, e.g. {{r: 8}}"
-            )
         if self.r is not None and (not isinstance(self.r, int) or self.r < 1):
             out.append(f"method.r={self.r}: the rank (rank=, or method.r=) must be an integer >= 1")
         if not self.target_modules:

@@ -37,8 +37,7 @@ class LinearCost:
     """FLOPs per row (token or sequence) of one matmul layer in a training step, forward + backward."""
 
     name: str
-    # "token", "sequence", or "step" (P-tuning's prompt encoder: not counted, it does not grow with the batch)
-    per: str
+    per: str  # "token", "sequence", or "step" (a fixed count per step: not in TrainFlops)
     flops_per_row: int
 
 
@@ -48,11 +47,9 @@ def _shape(module: nn.Module) -> tuple[int, int]:
     return module.in_features, module.out_features
 
 
-def probe_linear_costs(
-    model: nn.Module, batch_size: int = 2, seq_len: int = 8, vocab: int = 100
-) -> list[LinearCost]:
-    """Run one forward in training mode on a probe batch and record, for every Linear, how many rows
-    it saw (tokens or sequences), whether its input needed a gradient and whether its weight trains."""
+def _rows_seen(model: nn.Module, batch_size: int, seq_len: int, vocab: int) -> dict[str, tuple[int, bool]]:
+    """{Linear's name: (rows of its input, whether its input needed a gradient)} of one forward in
+    training mode on a random batch."""
     seen: dict[str, tuple[int, bool]] = {}
     hooks = []
     for name, module in model.named_modules():
@@ -74,6 +71,19 @@ def probe_linear_costs(
         model.train(was_training)
         for h in hooks:
             h.remove()
+    return seen
+
+
+def probe_linear_costs(
+    model: nn.Module, batch_size: int = 2, seq_len: int = 8, vocab: int = 100
+) -> list[LinearCost]:
+    """Run a forward in training mode on probe batches of two sizes and record, for every Linear, how
+    its rows grow with the batch: a row per token, per sequence, per token plus a fixed number per
+    sequence (prompt tuning's virtual tokens), or a fixed number per step (P-tuning's prompt encoder,
+    LLaMA-Adapter's prompt projections: not counted, they do not grow with the batch); whether its input
+    needed a gradient and whether its weight trains."""
+    seen = _rows_seen(model, batch_size, seq_len, vocab)
+    more = _rows_seen(model, batch_size + 1, seq_len, vocab)
     costs = []
     modules = dict(model.named_modules())
     for name, (rows, input_grad) in seen.items():
@@ -81,16 +91,27 @@ def probe_linear_costs(
         i, o = _shape(module)
         trains = module.weight.requires_grad
         cost = 2 * i * o * (1 + int(input_grad) + int(trains))
-        extra = rows // batch_size - seq_len  # prompt tuning's virtual tokens: the same number per sequence
-        if rows == batch_size * seq_len or rows == batch_size:
-            costs.append(LinearCost(name, "token" if rows > batch_size else "sequence", cost))
-        elif rows % batch_size == 0 and extra > 0:
-            costs += [LinearCost(name, "token", cost), LinearCost(name, "sequence", extra * cost)]
-        elif name.startswith("prompt_encoder."):  # P-tuning's encoder: once per step on the virtual tokens
+        per_sequence = more.get(name, (rows, input_grad))[0] - rows  # the rows one more sequence adds
+        if per_sequence == 0:
             costs.append(LinearCost(name, "step", rows * cost))
+        elif rows != batch_size * per_sequence:
+            raise ValueError(
+                f"{name}: saw {rows} rows for a probe of {batch_size}x{seq_len} and {per_sequence} more for "
+                "one more sequence: neither tokens, sequences nor a fixed count"
+            )
+        elif per_sequence == 1:
+            costs.append(LinearCost(name, "sequence", cost))
+        elif per_sequence == seq_len:
+            costs.append(LinearCost(name, "token", cost))
+        elif per_sequence > seq_len:  # virtual tokens: the same number before every sequence
+            costs += [
+                LinearCost(name, "token", cost),
+                LinearCost(name, "sequence", (per_sequence - seq_len) * cost),
+            ]
         else:
             raise ValueError(
-                f"{name}: saw {rows} rows for a probe of {batch_size}x{seq_len}: neither tokens nor sequences"
+                f"{name}: saw {per_sequence} rows per sequence of {seq_len} tokens: neither tokens nor "
+                "sequences"
             )
     return costs
 

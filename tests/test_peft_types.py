@@ -146,7 +146,7 @@ BY_NAME = {
     "ROAD": "{group_size: 32}",
     "WAVEFT": "{n_frequency: 1000}",
     "IA3": "{feedforward_modules: []}",
-    "ADAPTION_PROMPT": "{adapter_len: 4, adapter_layers: 1}",
+    "ADAPTION_PROMPT": "{adapter_len: 4, adapter_layers: 1, target_modules: self_attn}",
     "ADALORA": "{}",
 }
 PROMPT = {"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING"}

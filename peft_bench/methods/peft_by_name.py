@@ -62,6 +62,10 @@ def peft_kwargs(m: PeftByNameConfig, task_type: str, head: list[str], total_step
     method.rank_field). ValueError, saying which, for a key the class does not have."""
     cls = config_class(m.peft_type)
     fields = {f.name for f in dataclasses.fields(cls)}
+    if m.config is not None and not isinstance(m.config, dict):
+        raise ValueError(
+            f"method.config={m.config!r}: give the PEFT config's fields as a mapping, e.g. {{r: 8}}"
+        )
     given = dict(m.config or {})
     unknown = sorted(set(given) - fields)
     if unknown:
