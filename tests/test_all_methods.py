@@ -92,6 +92,8 @@ def fresh_base(cfg):
 def test_every_method_trains_resumes_exports_and_reloads(method, model, tmp_path):
     if model == "gsm8k" and not (GSM8K.is_file() and WIKITEXT.is_file()):
         pytest.skip(f"real GSM8K problems or WikiText-2 not found under {GSM8K.parent.parent}")
+    if (method, model) == ("prefix_tuning", "gsm8k"):  # its generate parts from its forward (PEFT 0.21.2)
+        pytest.skip("prefix tuning is not scored by generation: tests/test_peft_types.py checks the refusal")
     args = [*DATA[model], *SHORT, f"method={method}", *extra_for(method)]
     cfg = compose(args, tmp_path)
     try:

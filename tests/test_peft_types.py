@@ -199,3 +199,38 @@ def test_every_type_runs_by_name_and_merges_where_it_says(kind, model, tmp_path)
             with module.merged():
                 torch.testing.assert_close(module(batch), expected, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(module(batch), expected, atol=1e-5, rtol=1e-5)  # and unmerged again
+
+
+GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext2" / "validation.jsonl"
+
+
+@pytest.mark.skipif(not (GSM8K.is_file() and WIKITEXT.is_file()), reason=f"real GSM8K not at {GSM8K}")
+@pytest.mark.slow  # three short runs of the tiny Llama on GSM8K: ~40 s
+def test_generation_is_the_models_own_or_not_scored(tmp_path):
+    """With PEFT 0.21.2 and transformers 5, generate with cached virtual tokens (prompt tuning) parts
+    from the model's own forward, and prefix tuning's generate does with or without the cache. Virtual-
+    token methods generate without the cache, which agrees; prefix tuning is refused by the check that
+    every generation pass starts with, in one sentence. If PEFT mends prefix tuning, this test says so."""
+    from peft_bench.errors import PeftBenchError
+
+    args = [
+        "model=tiny_llama",
+        "dataset=gsm8k",
+        f"dataset.data_files={{train:{GSM8K}}}",
+        "dataset.max_train_examples=40",
+        "dataset.max_val_examples=4",
+        "dataset.max_test_examples=4",
+        "dataset.max_new_tokens=8",
+        f"dataset.forgetting_data_files={WIKITEXT}",
+        "dataset.forgetting_tokens=256",
+        "dataset.forgetting_block_size=64",
+        "logger=none",
+        "trainer=fast",
+        "trainer.limit_train_batches=2",
+    ]
+    for method in ("prompt_tuning", "p_tuning"):
+        out = run(compose([*args, f"method={method}"], tmp_path / method))
+        assert out["status"] == "completed" and "test_em" in out, out.get("error")
+    with pytest.raises(PeftBenchError, match="parts from the model's own forward at new token"):
+        run(compose([*args, "method=prefix_tuning"], tmp_path / "prefix"))

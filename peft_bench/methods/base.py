@@ -16,7 +16,7 @@ from torchmetrics import MetricCollection
 from transformers import get_linear_schedule_with_warmup
 
 from peft_bench.config import DatasetConfig, MethodConfig, ModelConfig
-from peft_bench.errors import DivergedError
+from peft_bench.errors import DivergedError, PeftBenchError
 from peft_bench.models import load_base, quantization_figures
 from peft_bench.tasks import task_for
 from peft_bench.tasks.generation import cut_at_stop, end_of_sequence, generated_tokens
@@ -60,6 +60,7 @@ class BenchModule(L.LightningModule):
         self.prediction_warnings: dict[str, str] = {}  # split -> a sentence, from its last evaluation
         self.probe_before: dict | None = None  # the task's probe before training (kept in checkpoints)
         self.generated = {"tokens": 0, "seconds": 0.0}  # the last test pass's generation, where it generates
+        self.generation_checked = False  # check_generation ran in this pass
         # per test split, what the model answered on each example of the last test pass (predictions.parquet)
         self.test_examples: dict[str, dict[str, np.ndarray]] = {}
         self._examples: dict[str, list[dict[str, torch.Tensor]]] = {}
@@ -276,11 +277,48 @@ class BenchModule(L.LightningModule):
                 }
             )
 
+    use_kv_cache = True  # greedy generation with the KV cache (a method whose cached path is wrong: off)
+
+    @torch.no_grad()
+    def check_generation(self, prompt: torch.Tensor, tokenizer, steps: int = 4) -> None:
+        """Greedy generation must continue a prompt as the model's own forward (the one training and the
+        response perplexity use) would: the first `steps` tokens of transformers' generate, with this
+        method's settings, against the forward's argmax after each, ties allowed (1e-4). PeftBenchError,
+        saying where they part, if not: the generations would not be the trained model's."""
+        out = self.model.generate(
+            input_ids=prompt[None],
+            attention_mask=torch.ones_like(prompt)[None],
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            num_beams=1,
+            use_cache=self.use_kv_cache,
+            repetition_penalty=1.0,
+            pad_token_id=tokenizer.pad_token_id,
+        )[0, len(prompt) :]
+        for i in range(len(out)):
+            seq = torch.cat([prompt, out[:i]])[None]
+            logits = self.model(input_ids=seq, attention_mask=torch.ones_like(seq)).logits[0, -1].float()
+            gap = float(logits.max() - logits[out[i]])
+            if gap > 1e-4:
+                raise PeftBenchError(
+                    f"method={self.method_cfg.name}: greedy generation (transformers' generate with "
+                    f"{type(self.model).__name__}) parts from the model's own forward at new token {i + 1} "
+                    f"(it picked token {int(out[i])}, {gap:.4f} below the forward's best, token "
+                    f"{int(logits.argmax())}): its generations would not be the trained model's, so exact "
+                    "match is not scored; use a causal_lm task (teacher-forced perplexity) for this method"
+                )
+
     @torch.no_grad()
     def generate_texts(self, batch: dict, tokenizer, max_new_tokens: int, stops) -> list[str]:
-        """Greedy continuations of the batch's left-padded prompts (the KV cache on; each row stops at the
-        end-of-sequence token or a stop string), decoded and cut at the first stop string."""
+        """Greedy continuations of the batch's left-padded prompts (the KV cache on, unless the method
+        turns it off; each row stops at the end-of-sequence token or a stop string), decoded and cut at
+        the first stop string. The first call of a pass checks generation against the forward."""
         prompts = batch["prompt_ids"]
+        if not self.generation_checked:
+            first = prompts[0][batch["prompt_mask"][0].bool()]
+            self.check_generation(first, tokenizer)
+            self.generation_checked = True
         if self.device.type == "cuda":
             torch.cuda.synchronize()  # the batch's forward is queued: not generation time
         started = time.perf_counter()
@@ -290,7 +328,7 @@ class BenchModule(L.LightningModule):
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
-            use_cache=True,
+            use_cache=self.use_kv_cache,
             repetition_penalty=1.0,  # greedy as such, whatever the model's generation_config says
             no_repeat_ngram_size=0,
             pad_token_id=tokenizer.pad_token_id,
@@ -315,6 +353,7 @@ class BenchModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._examples = {}
         self.generated = {"tokens": 0, "seconds": 0.0}
+        self.generation_checked = False
 
     def gather_examples(self) -> dict[str, dict[str, np.ndarray]]:
         """The test pass's per-example columns, every process's share (a DDP job's ranks each scored part

@@ -327,6 +327,9 @@ class PeftByNameModule(AdapterModule):
         config = self.peft_config(backbone.config)
         model = get_peft_model(backbone, config)
         self.prompt_learning = prompt = isinstance(config, PromptLearningConfig)
+        # transformers' generate with cached virtual tokens parts from the forward (prompt tuning, measured
+        # by check_generation): virtual-token methods generate without the KV cache
+        self.use_kv_cache = not prompt
         shapes = [linear[n] for n in targeted(linear, getattr(config, "target_modules", None))]
         smallest = min(shapes, key=lambda s: min(s[:2])) if shapes else None
         try:
