@@ -86,9 +86,18 @@ def fresh_base(cfg):
     return load_base(run_cfg.model, get_task(run_cfg.dataset.task), run_cfg.dataset.num_labels)[0]
 
 
-@pytest.mark.slow  # 2 short runs and a reload per method and model: ~3 min together
-@pytest.mark.parametrize("model", list(DATA))
-@pytest.mark.parametrize("method", METHODS)
+def by_name_weight_adapter(method: str) -> bool:
+    """A method=peft option that changes weights (not virtual tokens): it generates through the path
+    LoRA's gsm8k case covers, so generation adds nothing for it here (the tiny Llama case trains it)."""
+    cfg = OmegaConf.load(CONF_DIR / "method" / f"{method}.yaml")
+    return "peft_schema" in list(cfg.get("defaults", [])) and cfg.get("rank_field") != "num_virtual_tokens"
+
+
+CASES = [(m, d) for m in METHODS for d in DATA if not (d == "gsm8k" and by_name_weight_adapter(m))]
+
+
+@pytest.mark.slow  # 2 short runs and a reload per method and model: ~10 min together
+@pytest.mark.parametrize(("method", "model"), CASES)
 def test_every_method_trains_resumes_exports_and_reloads(method, model, tmp_path):
     if model == "gsm8k" and not (GSM8K.is_file() and WIKITEXT.is_file()):
         pytest.skip(f"real GSM8K problems or WikiText-2 not found under {GSM8K.parent.parent}")
