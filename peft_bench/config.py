@@ -279,6 +279,11 @@ class PeftByNameConfig(MethodConfig):
         out = super().problems()
         if self.r is not None and (not isinstance(self.r, int) or self.r < 1):
             out.append(f"method.r={self.r}: the rank (rank=, or method.r=) must be an integer >= 1")
+        if self.r is not None and self.rank_field is None:
+            out.append(
+                f"method.r={self.r}: method.rank_field is null (the method has no rank): leave method.r "
+                "unset, or name the field the rank sets in method.rank_field"
+            )
         if not self.target_modules:
             out.append("method.target_modules is empty: name at least one module to adapt")
         return out

@@ -57,7 +57,8 @@ def _rows_seen(model: nn.Module, batch_size: int, seq_len: int, vocab: int) -> d
 
             def hook(mod, args, _out, name=name):
                 x = args[0]
-                seen[name] = (x.numel() // _shape(mod)[0], bool(x.requires_grad))
+                rows, grad = seen.get(name, (0, False))  # a module called twice (LLaMA-Adapter): both calls
+                seen[name] = (rows + x.numel() // _shape(mod)[0], grad or bool(x.requires_grad))
 
             hooks.append(module.register_forward_hook(hook))
     device = next(model.parameters()).device
@@ -77,13 +78,14 @@ def _rows_seen(model: nn.Module, batch_size: int, seq_len: int, vocab: int) -> d
 def probe_linear_costs(
     model: nn.Module, batch_size: int = 2, seq_len: int = 8, vocab: int = 100
 ) -> list[LinearCost]:
-    """Run a forward in training mode on probe batches of two sizes and record, for every Linear, how
-    its rows grow with the batch: a row per token, per sequence, per token plus a fixed number per
-    sequence (prompt tuning's virtual tokens), or a fixed number per step (P-tuning's prompt encoder,
-    LLaMA-Adapter's prompt projections: not counted, they do not grow with the batch); whether its input
-    needed a gradient and whether its weight trains."""
+    """Run a forward in training mode on probe batches of three shapes, (B, S), (B+1, S) and (B, S+1),
+    and fit each Linear's rows as t·B·S + s·B + c: t rows per token, s per sequence (a pooled head's 1;
+    the virtual tokens of prompt tuning, or of prefix tuning's projection), c per step (P-tuning's prompt
+    encoder, LLaMA-Adapter's prompt projections: not counted, they do not grow with the batch); with
+    whether its input needed a gradient and whether its weight trains."""
     seen = _rows_seen(model, batch_size, seq_len, vocab)
-    more = _rows_seen(model, batch_size + 1, seq_len, vocab)
+    wider = _rows_seen(model, batch_size + 1, seq_len, vocab)
+    longer = _rows_seen(model, batch_size, seq_len + 1, vocab)
     costs = []
     modules = dict(model.named_modules())
     for name, (rows, input_grad) in seen.items():
@@ -91,28 +93,23 @@ def probe_linear_costs(
         i, o = _shape(module)
         trains = module.weight.requires_grad
         cost = 2 * i * o * (1 + int(input_grad) + int(trains))
-        per_sequence = more.get(name, (rows, input_grad))[0] - rows  # the rows one more sequence adds
-        if per_sequence == 0:
-            costs.append(LinearCost(name, "step", rows * cost))
-        elif rows != batch_size * per_sequence:
+        per_sequence = wider.get(name, (rows,))[0] - rows  # t·S + s
+        extra_token = longer.get(name, (rows,))[0] - rows  # t·B
+        t, rest = divmod(extra_token, batch_size)
+        s = per_sequence - t * seq_len
+        c = rows - batch_size * per_sequence
+        if rest or t < 0 or s < 0 or c < 0:
             raise ValueError(
-                f"{name}: saw {rows} rows for a probe of {batch_size}x{seq_len} and {per_sequence} more for "
-                "one more sequence: neither tokens, sequences nor a fixed count"
+                f"{name}: its rows ({rows} for a probe of {batch_size}x{seq_len}, {per_sequence} more for a "
+                f"sequence more, {extra_token} for a token more) are neither per token, per sequence nor "
+                "per step"
             )
-        elif per_sequence == 1:
-            costs.append(LinearCost(name, "sequence", cost))
-        elif per_sequence == seq_len:
-            costs.append(LinearCost(name, "token", cost))
-        elif per_sequence > seq_len:  # virtual tokens: the same number before every sequence
-            costs += [
-                LinearCost(name, "token", cost),
-                LinearCost(name, "sequence", (per_sequence - seq_len) * cost),
-            ]
-        else:
-            raise ValueError(
-                f"{name}: saw {per_sequence} rows per sequence of {seq_len} tokens: neither tokens nor "
-                "sequences"
-            )
+        if t:
+            costs.append(LinearCost(name, "token", t * cost))
+        if s:
+            costs.append(LinearCost(name, "sequence", s * cost))
+        if c:
+            costs.append(LinearCost(name, "step", c * cost))
     return costs
 
 

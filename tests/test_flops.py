@@ -85,3 +85,34 @@ def test_gemm_peak_is_measured_once_per_machine_with_a_cache_file(tmp_path, monk
         flops.torch, "randn", lambda *a, **k: (_ for _ in ()).throw(AssertionError("measured"))
     )
     assert gemm_peak("cpu", n=128, cache_file=cache) == first
+
+
+def test_rows_per_token_per_sequence_and_per_step_are_told_apart():
+    """A Linear called on every token and again on a fixed prompt (LLaMA-Adapter), one on a fixed number
+    of rows per sequence (prefix tuning's projection of 4 virtual tokens), one on the prompt alone
+    (P-tuning's encoder): each counted by how its rows grow with the batch and the sequence."""
+    from torch import nn
+
+    from peft_bench.flops import probe_linear_costs
+
+    class Toy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(100, 8)
+            self.proj, self.prefix, self.encoder = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+            self.prompt = nn.Parameter(torch.zeros(3, 8))
+
+        def forward(self, input_ids, attention_mask=None):
+            x = self.embed(input_ids)
+            b = x.shape[0]
+            virtual = self.prefix(self.prompt[None, :1].expand(b, 4, 8))  # 4 rows per sequence
+            return self.proj(x).sum() + self.proj(self.encoder(self.prompt)).sum() + virtual.sum()
+
+    costs = {(c.name, c.per): c.flops_per_row for c in probe_linear_costs(Toy())}
+    per_row = 2 * 8 * 8 * 3  # forward, input gradient, weight gradient
+    assert costs == {
+        ("proj", "token"): per_row,
+        ("proj", "step"): 3 * per_row,  # its second call, on the 3 prompt rows
+        ("prefix", "sequence"): 4 * per_row,
+        ("encoder", "step"): 3 * per_row,  # the 3 prompt rows (a parameter: its input needs a gradient)
+    }

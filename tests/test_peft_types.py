@@ -118,6 +118,18 @@ def test_bad_settings_of_a_type_by_name_are_one_sentence_before_anything_loads()
     assert "give the PEFT config's fields as a mapping" in p
     p = problem_of("method.peft_type=LN_TUNING", "method.rank_field=null", "method.layers=[0]")
     assert p == "method.layers: LNTuningConfig adapts every layer; set method.layers=null"
+    p = problem_of("method.peft_type=HRA", "method.config={r: 16}")  # the rank would overwrite it
+    assert p.startswith("method.config.r: the rank sets it")
+    p = problem_of("method.peft_type=BOFT", "method.rank_field=null", "method.r=16")  # would name runs -r16
+    assert p.startswith("method.r=16: method.rank_field is null")
+    p = problem_of("method.peft_type=ADALORA")  # its budget needs the allocator calls of its option
+    assert p.startswith("method.peft_type=ADALORA does not run by name: use method=adalora")
+    p = problem_of("method.peft_type=HRA", "method.layers=3")
+    assert p.startswith("method.layers=3: give a list of layer indices")
+    p = problem_of(
+        "method.peft_type=PROMPT_TUNING", "method.rank_field=num_virtual_tokens", "method.layers=[0]"
+    )
+    assert p == "method.layers: PromptTuningConfig adds virtual tokens, no layer; set method.layers=null"
     with pytest.raises(ConfigError, match="cannot adapt model tiny: Model does not support past key values"):
         check_config(compose([*TINY, "method=prefix_tuning"]))  # an encoder: no KV cache to prefix
     assert problem_of("method.peft_type=HRA", "method.lr=???") == (
@@ -234,3 +246,19 @@ def test_generation_is_the_models_own_or_not_scored(tmp_path):
         assert out["status"] == "completed" and "test_em" in out, out.get("error")
     with pytest.raises(PeftBenchError, match="parts from the model's own forward at new token"):
         run(compose([*args, "method=prefix_tuning"], tmp_path / "prefix"))
+
+
+def test_trying_a_method_leaves_the_runs_random_stream_alone():
+    """The capability trial runs inside the run's build (after its seed is set): a run that tried the
+    method and one that found the answer cached must draw the same random numbers."""
+    import json
+
+    from peft_bench.methods.peft_by_name import capabilities
+
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    cfg = json.dumps({"_type": "HRA", "task_type": "SEQ_CLS", "target_modules": ["x"], "r": 2})
+    caps = capabilities(cfg, 16, 24, True, False)  # first call: the trial runs
+    assert caps.mergeable and "Conv1D" in caps.conv1d  # HRA merges, and PEFT has no Conv1D layer for it
+    torch.testing.assert_close(torch.rand(3), expected)

@@ -36,6 +36,12 @@ NOT_APPLICABLE = {
     "attribute 'view')",
 }
 
+# types that need more than PEFT's config to run right, so only as an option of their own
+ONLY_AS_OPTION = {
+    "ADALORA": "use method=adalora: its rank budget is moved by allocator calls during training (and "
+    "its rank is target_r), which the option makes",
+}
+
 # fields of a PEFT config that peft_bench sets itself (method.config may not set them)
 OWN_FIELDS = ("task_type", "peft_type", "modules_to_save", "inference_mode", "base_model_name_or_path")
 
@@ -53,6 +59,8 @@ def config_class(peft_type: str) -> type[PeftConfig]:
         raise ValueError(
             f"method.peft_type={kind.value} is not applicable here: {NOT_APPLICABLE[kind.value]}"
         )
+    if kind.value in ONLY_AS_OPTION:
+        raise ValueError(f"method.peft_type={kind.value} does not run by name: {ONLY_AS_OPTION[kind.value]}")
     return PEFT_TYPE_TO_CONFIG_MAPPING[kind]
 
 
@@ -74,16 +82,27 @@ def peft_kwargs(m: PeftByNameConfig, task_type: str, head: list[str], total_step
     own = sorted(set(given) & set(OWN_FIELDS))
     if own:
         raise ValueError(f"method.config: {own} are set by peft_bench (the task's head and type), not here")
+    if m.rank_field is not None and m.rank_field in given:
+        raise ValueError(
+            f"method.config.{m.rank_field}: the rank sets it (rank=, or method.r=); give it there, or "
+            "method.rank_field=null to set it in method.config"
+        )
     out = {"task_type": task_type, **given}
     if "modules_to_save" in fields and head:
         out["modules_to_save"] = head
+    # a method.layers that is not a list of indices is checks.module_problems' to say
+    layers = m.layers if isinstance(m.layers, list) and all(isinstance(i, int) for i in m.layers) else None
+    if issubclass(cls, PromptLearningConfig) and layers:
+        raise ValueError(
+            f"method.layers: {cls.__name__} adds virtual tokens, no layer; set method.layers=null"
+        )
     if not issubclass(cls, PromptLearningConfig):
         if "target_modules" in fields and "target_modules" not in given:
             out["target_modules"] = list(m.target_modules)
-        if m.layers:
+        if layers:
             if "layers_to_transform" not in fields:
                 raise ValueError(f"method.layers: {cls.__name__} adapts every layer; set method.layers=null")
-            out["layers_to_transform"] = list(m.layers)
+            out["layers_to_transform"] = layers
     if m.rank_field is not None:
         if m.rank_field not in fields:
             raise ValueError(
@@ -173,8 +192,17 @@ def _trained(model: nn.Module) -> None:
                 p.add_(0.02 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
 
 
-@lru_cache(maxsize=256)
 def capabilities(cfg_json: str, fan_in: int, fan_out: int, bias: bool, prompt_learning: bool) -> Capabilities:
+    """_capabilities on a forked RNG: trying a method must not move the run's random stream (a run
+    that tried it, and one that found the answer cached, must train alike)."""
+    with torch.random.fork_rng(devices=[]):
+        return _capabilities(cfg_json, fan_in, fan_out, bias, prompt_learning)
+
+
+@lru_cache(maxsize=256)
+def _capabilities(
+    cfg_json: str, fan_in: int, fan_out: int, bias: bool, prompt_learning: bool
+) -> Capabilities:
     """What the method does with a Linear of (fan_in, fan_out), with or without a bias: merge it and
     unmerge it again (merged inference is measured in place, then undone), on a trained-looking adapter
     and random inputs; adapt a Conv1D of that shape; adapt a 4-bit Linear."""
@@ -244,7 +272,7 @@ def meta_build_problem(cfg_json: str, model_key: str, make_model) -> str | None:
     key = (cfg_json, model_key)
     if key not in _META:
         problem = None
-        with torch.device("meta"):
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
             try:
                 model = get_peft_model(make_model(), build_config(json.loads(cfg_json)))
                 ids = torch.ones((2, 8), dtype=torch.long)  # a forward too: prefix tuning checks there
@@ -276,7 +304,7 @@ class PeftByNameModule(AdapterModule):
         try:
             cfg = config_json(m, task.peft_task_type, head, 100)
             config = build_config(json.loads(cfg))
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             return [str(e)]
         kind = config.peft_type.value
 
@@ -319,10 +347,15 @@ class PeftByNameModule(AdapterModule):
 
     def build_model(self, backbone: nn.Module) -> nn.Module:
         """PEFT's model; whether it merges, found by trying on one layer of the smallest adapted shape."""
-        linear = {  # (in, out, has a bias) of each Linear, as the method will find it
-            n: (mod.in_features, mod.out_features, mod.bias is not None)
+        from transformers.pytorch_utils import Conv1D
+
+        linear = {  # (in, out, has a bias) of each Linear (GPT-2's Conv1D: its weight is (in, out))
+            n: (
+                *(mod.weight.shape if isinstance(mod, Conv1D) else mod.weight.shape[::-1]),
+                mod.bias is not None,
+            )
             for n, mod in backbone.named_modules()
-            if isinstance(mod, nn.Linear)
+            if isinstance(mod, nn.Linear | Conv1D)
         }
         config = self.peft_config(backbone.config)
         model = get_peft_model(backbone, config)
