@@ -203,7 +203,7 @@ def test_the_methods_table_in_the_docs_is_what_the_methods_are():
         run_cfg = OmegaConf.to_object(cfg)
         four_bit = accepted(["model=tiny", "dataset=demo", "model.quantization=nf4", f"method={method}"])
         conv1d = accepted(["model=tiny_gpt2", *DATA["tiny_llama"][1:], f"method={method}"])
-        if not accepted(["model=minilm", "dataset=sst2", f"method={method}"]):  # prefix tuning: causal LMs only
+        if not accepted(["model=minilm", "dataset=sst2", f"method={method}"]):  # prefix tuning: causal LMs
             rows[method] = (
                 "-",
                 "-",
