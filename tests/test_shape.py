@@ -60,7 +60,11 @@ LOCAL_IMPORTS: dict[str, tuple[int, str]] = {
         "datasets, lightning, transformers read HF_HUB_OFFLINE at import: after the Hub check sets it",
     ),
     "errors": (1, "errors is a leaf: it reads HydraConfig only when it names a prepare command"),
-    "methods": (2, "safetensors and peft's tuner internals: only when exporting / counting adapter layers"),
+    "methods": (
+        3,
+        "safetensors, peft's tuner internals and bitsandbytes: only when exporting, counting adapter layers, "
+        "or trying a method on a 4-bit layer",
+    ),
     "models": (4, "bitsandbytes (optional: 4-bit bases only) and what only a 4-bit load needs"),
     "prepare": (4, "huggingface_hub and the tokenizers: only the steps that fetch or tokenize need them"),
     "prepare_smollm2": (1, "transformers: only the conversion needs it"),

@@ -18,9 +18,11 @@ import torch
 from peft import PeftConfig, PeftType, PromptLearningConfig, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from peft_bench.config import PeftByNameConfig
 from peft_bench.methods.adapter import AdapterModule
+from peft_bench.models import load_model_config
 
 # PeftTypes that are not a method to fine-tune one model on one task, with the reason; every other type
 # runs by name (tests/test_peft_types.py tries each on the tiny models)
@@ -232,8 +234,6 @@ def _capabilities(
 
 
 def _conv1d(fan_in: int, fan_out: int) -> nn.Module:
-    from transformers.pytorch_utils import Conv1D
-
     return Conv1D(fan_out, fan_in)
 
 
@@ -297,8 +297,6 @@ class PeftByNameModule(AdapterModule):
     def trial_problems(cls, run, facts, task) -> list[str]:
         """The method tried on the model before it loads: the config PEFT would build, the adapter on the
         architecture (meta device), and a 4-bit base or Conv1D targets on one layer of their shape."""
-        from peft_bench.models import load_model_config
-
         m = run.method
         head = list(run.model.head_modules) if task.trains_head else []
         try:
@@ -347,8 +345,6 @@ class PeftByNameModule(AdapterModule):
 
     def build_model(self, backbone: nn.Module) -> nn.Module:
         """PEFT's model; whether it merges, found by trying on one layer of the smallest adapted shape."""
-        from transformers.pytorch_utils import Conv1D
-
         linear = {  # (in, out, has a bias) of each Linear (GPT-2's Conv1D: its weight is (in, out))
             n: (
                 *(mod.weight.shape if isinstance(mod, Conv1D) else mod.weight.shape[::-1]),
