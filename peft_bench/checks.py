@@ -22,7 +22,7 @@ from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryV
 
 from peft_bench.config import CONF_DIR, SEED_MAX, RunConfig
 from peft_bench.errors import ConfigError, PeftBenchError
-from peft_bench.models import adaptable_modules, load_model_config
+from peft_bench.models import adaptable_modules, load_model_config, targeted
 from peft_bench.tasks import task_for
 
 
@@ -295,9 +295,7 @@ def rank_problems(run: RunConfig, module: type, facts: ModelFacts, targets: list
     r = getattr(run.method, "r", None)
     if not isinstance(r, int) or r < 1 or not getattr(module, "rank_bounded_by_width", False):
         return []
-    adapted = {
-        n: shape for n, shape in facts.shapes.items() if any(n == t or n.endswith("." + t) for t in targets)
-    }
+    adapted = {n: facts.shapes[n] for n in targeted(facts.shapes, targets)}
     if not adapted:
         return []
     name, (fan_in, fan_out) = min(adapted.items(), key=lambda kv: min(kv[1]))
@@ -353,12 +351,12 @@ def module_problems(run: RunConfig) -> list[str]:
     targets = list(getattr(run.method, "target_modules", None) or [])
     targets += [t for t in getattr(run.method, "feedforward_modules", None) or [] if t not in targets]
     for t in targets:
-        if not any(n == t or n.endswith("." + t) for n in names):
+        if not targeted(names, [t]):
             out.append(
                 f"method.target_modules: model {run.model.name} has no Linear module {t!r}; "
                 f"its Linear modules are {leaf}"
             )
-    conv1d = [n for n in facts.conv1d_names if any(n == t or n.endswith("." + t) for t in targets)]
+    conv1d = targeted(facts.conv1d_names, targets)
     module = get_class(run.method._target_)
     out += module.config_problems(run.method, run.model, conv1d, facts.bias_params)
     out += module.trial_problems(run, facts, task)

@@ -84,7 +84,8 @@ class AdapterConfig(MethodConfig):
         return out
 
 
-LORA_INITS = ("true", "gaussian", "pissa", "olora")  # + pissa_niter_<n>
+LORA_INITS = ("true", "gaussian", "pissa", "olora", "eva", "corda", "lora_ga", "loftq")  # + pissa_niter_<n>
+DATA_INITS = ("eva", "corda", "lora_ga")  # read training batches before training (method.init_batches)
 
 
 @dataclass
@@ -95,8 +96,12 @@ class LoRAConfig(AdapterConfig):
     use_dora: bool = False  # DoRA: magnitude and direction of W trained apart (Liu et al., 2024)
     use_rslora: bool = False  # rsLoRA: scale alpha / sqrt(r), stable across ranks (Kalajdzievski, 2023)
     # adapter init: true (A Kaiming-uniform, B zero), gaussian, pissa / pissa_niter_<n> (principal singular
-    # vectors of W; W keeps the residual), olora (QR of W): the last two change the base weights
+    # vectors of W; W keeps the residual), olora (QR of W), eva (SVD of the layers' inputs), corda (the
+    # weights' SVD whitened by the inputs' covariance), lora_ga (SVD of the weights' gradient), loftq (the
+    # 4-bit base's quantization error, on model.quantization=nf4); all but true, gaussian, eva and loftq
+    # change the base weights (it keeps the residual)
     init: str = "true"
+    init_batches: int = 8  # eva, corda, lora_ga: training batches read before training (the first ones)
     loraplus_lr_ratio: float | None = None  # LoRA+: B's learning rate is this times A's (Hayou et al., 2024)
 
     def problems(self) -> list[str]:
@@ -106,6 +111,8 @@ class LoRAConfig(AdapterConfig):
         init = str(self.init).lower()
         if init not in LORA_INITS and not re.fullmatch(r"pissa_niter_[1-9][0-9]*", init):
             out.append(f"method.init={self.init!r}: valid values are {list(LORA_INITS)} or pissa_niter_<n>")
+        if init in DATA_INITS and not self.init_batches >= 1:
+            out.append(f"method.init_batches={self.init_batches}: method.init={init} reads >= 1 batch")
         if self.loraplus_lr_ratio is not None and not self.loraplus_lr_ratio > 0:
             out.append(
                 f"method.loraplus_lr_ratio={self.loraplus_lr_ratio}: must be > 0, or null for plain LoRA"

@@ -5,11 +5,13 @@ Counted from the model's shapes and each batch's real (unpadded) token counts, m
   backward costs 2·n·in·out for the gradient of its input (only where that input needs one) and
   2·n·in·out for the gradient of its weight (only where the weight trains). So a frozen base weight
   under LoRA costs 2 matmuls, not 3, and the layers below the lowest adapter need no backward at all;
-- which Linear sees every token and which only one row per sequence (pooler, classification head),
-  whether its input needs a gradient and whether its weight trains are read from one probe forward
-  in training mode (forward hooks), so the count follows whatever the method built;
+- how many rows each Linear sees (every token, one per sequence as a pooler or classification head,
+  or a fixed number per step), whether its input needs a gradient and whether its weight trains are
+  read from three probe forwards of different shapes in training mode (forward hooks), so the count
+  follows whatever the method built; a fixed per-step cost (a prompt encoder's MLP) is not counted;
 - attention scores and the weighted sum: 2·l²·d each per layer and sequence of real length l
-  forward (d = hidden size), twice that backward.
+  forward (d = hidden size), twice that backward; a prompt method's virtual tokens are not in l, so
+  its FLOPs (and MFU) are a little under the true figure.
 Padding is not counted: it is work the hardware does but not the model's, and dynamic padding and
 length grouping exist to avoid it.
 """

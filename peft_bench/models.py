@@ -4,6 +4,7 @@ randomly initialised from an architecture spec (tiny models for tests), with the
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -79,6 +80,16 @@ def adaptable_modules(
     return kinds, sum(p.numel() for n, p in model.named_parameters() if n.endswith(".bias")), shapes
 
 
+def targeted(names, targets) -> list[str]:
+    """The module names PEFT's target_modules select: a module name, or a suffix after a dot, of each in
+    a list; a string is a regular expression the whole name must match (PEFT's rules)."""
+    if not targets:
+        return []
+    if isinstance(targets, str):
+        return [n for n in names if re.fullmatch(targets, n)]
+    return [n for n in names if any(n == t or n.endswith("." + t) for t in targets)]
+
+
 def adaptable_module_names(config: PretrainedConfig, task: Task = CLASSIFICATION) -> list[str]:
     """Qualified names of the Linear (and GPT-2 Conv1D) modules."""
     return list(adaptable_modules(config, task)[0])
@@ -112,25 +123,37 @@ def load_tokenizer(model: ModelConfig):
 
 
 def load_base(
-    model: ModelConfig, task: Task, num_labels: int | None, device: str = "cpu"
-) -> tuple[nn.Module, int | None]:
+    model: ModelConfig,
+    task: Task,
+    num_labels: int | None,
+    device: str = "cpu",
+    keep_full_precision: bool = False,
+):
     """The base a method adapts: the model with its task head, its frozen base in 4 bits when
     model.quantization says so (a new task head stays in full precision). Returns the model and, for a
-    4-bit base, its size in memory. Built the same way by a run and by whoever reloads its export."""
+    4-bit base, its size in memory. Built the same way by a run and by whoever reloads its export.
+    `keep_full_precision` (a 4-bit base): also return the Linear weights it was quantized from, by
+    module name (LoftQ's init reads them)."""
     if model.quantization is None:
         return load_backbone(model, task, num_labels), None
     heads = list(model.head_modules) if task.trains_head else []
-    return load_quantized_backbone(model, task, num_labels, heads, device)
+    return load_quantized_backbone(model, task, num_labels, heads, device, keep_full_precision)
 
 
 def load_quantized_backbone(
-    model: ModelConfig, task: Task, num_labels: int | None, skip_modules: list[str], device: str
-) -> tuple[nn.Module, int]:
+    model: ModelConfig,
+    task: Task,
+    num_labels: int | None,
+    skip_modules: list[str],
+    device: str,
+    keep_full_precision: bool = False,
+):
     """The model with its frozen base in 4 bits (bitsandbytes through transformers' BitsAndBytesConfig:
     model.quantization nf4/fp4, double quantization per model.double_quant), ready for k-bit training.
     `skip_modules` (a new task head) stay in full precision: quantized, they could not be trained.
     Compute in bf16 on a bf16 GPU, fp32 elsewhere; placed on `device` (the run's, decided once).
-    Returns the model and the base's size in memory (before adapters)."""
+    Returns the model and the base's size in memory (before adapters); with `keep_full_precision`,
+    also the full-precision weight of each Linear module the 4-bit model quantized."""
     import bitsandbytes as bnb
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
@@ -145,12 +168,18 @@ def load_quantized_backbone(
         llm_int8_skip_modules=skip_modules or None,
     )
     device_map = {"": torch.cuda.current_device() if cuda else "cpu"}
-    if model.pretrained is not None:
+    full_precision = None
+    if model.pretrained is not None and not keep_full_precision:
         loaded = load_backbone(model, task, num_labels, quantization_config=quant, device_map=device_map)
-    else:  # random init: quantization happens on loading, so save the fresh model and load it back
+    else:  # quantization happens on loading: save the full-precision model and load it back
         with tempfile.TemporaryDirectory() as tmp:
-            load_backbone(model, task, num_labels).save_pretrained(tmp)
+            fp = load_backbone(model, task, num_labels)
+            fp.save_pretrained(tmp)
             loaded = task.auto_class().from_pretrained(tmp, quantization_config=quant, device_map=device_map)
+        if keep_full_precision:
+            quantized = {n for n, m in loaded.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+            full_precision = {n: m.weight.detach() for n, m in fp.named_modules() if n in quantized}
+        del fp
     for module in loaded.modules():
         # bitsandbytes 0.50 repacks 4-bit CPU weights for inference on the first eval forward (the
         # sanity check) and keeps that layout, whose kernel then breaks the next training step
@@ -158,7 +187,10 @@ def load_quantized_backbone(
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
     base_bytes = loaded.get_memory_footprint()  # before adapters are added
-    return prepare_model_for_kbit_training(loaded, use_gradient_checkpointing=False), base_bytes
+    prepared = prepare_model_for_kbit_training(loaded, use_gradient_checkpointing=False)
+    if keep_full_precision:
+        return prepared, base_bytes, full_precision
+    return prepared, base_bytes
 
 
 def quantization_figures(

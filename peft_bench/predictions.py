@@ -45,7 +45,8 @@ def write_predictions(run_dir: Path, splits: dict[str, dict[str, np.ndarray]]) -
         "sha256": file_digest(path),
         "examples": {split: len(cols["example"]) for split, cols in splits.items()},
     }
-    if any(pa.types.is_string(t) or pa.types.is_large_string(t) for t in table.schema.types[1:]):
+    texts = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    if set(texts) - {"split"}:  # a column of text (generations): a copy to read as it is
         readable = Path(run_dir) / READABLE_FILE
         with atomic_path(readable) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for row in table.to_pylist():

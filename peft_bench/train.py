@@ -319,7 +319,7 @@ def fit_and_evaluate(at: Attempt, results: dict) -> None:
     if at.ckpt is not None:
         check_resume_data(at, print_, results)
     check_validation_interval(run_cfg, datamodule)
-    at.module = module = build_module(run_cfg, datamodule, results)
+    at.module = module = build_module(run_cfg, datamodule, results, at.stats)
     logger = instantiate(at.cfg.logger) if at.cfg.logger.get("_target_") else None
     if logger is not None:
         logger.log_hyperparams(results["config"])
@@ -375,15 +375,23 @@ def check_resume_data(at: Attempt, print_: dict, results: dict) -> None:
     trim_csv_log(at.run_dir / "csv" / "metrics.csv", step)
 
 
-def build_module(run_cfg: RunConfig, datamodule, results: dict) -> L.LightningModule:
-    """The method's LightningModule on the run's model; its parameter counts in `results`."""
-    module = get_class(run_cfg.method._target_)(
+def build_module(run_cfg: RunConfig, datamodule, results: dict, stats: RunStats) -> L.LightningModule:
+    """The method's LightningModule on the run's model; its parameter counts in `results`. A
+    data-driven init reads the run's first training batches; its time counts as training time (a
+    resumed run computes it again, from the same batches, and counts the first time only)."""
+    cls = get_class(run_cfg.method._target_)
+    wanted = cls.calibration_batches(run_cfg.method)
+    module = cls(
         method=run_cfg.method,
         model=run_cfg.model,
         dataset=run_cfg.dataset,
         accelerator=device_type(run_cfg.trainer),
         total_steps=optimizer_steps(run_cfg, len(datamodule.data["train"])),
+        calibration=datamodule.first_train_batches(wanted) if wanted else None,
     )
+    if module.data_init is not None:
+        results["data_init"] = module.data_init
+        stats.prior["train_time_s"] += module.data_init["seconds"]  # a resume takes the checkpoint's
     trainable, total = module.parameter_counts()
     if run_cfg.trainer.compile:  # compiles the model's forward in place (state_dict keys unchanged)
         module.model.compile()

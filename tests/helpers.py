@@ -21,6 +21,31 @@ def compose(overrides: list[str], run_dir: Path | None = None):
     return compose_job(overrides, run_dir if run_dir is not None else "/nonexistent-run-dir")
 
 
+def build_module(run_cfg, total_steps: int = 100):
+    """The method's module built outside a run. A data-driven init (EVA, CorDA, LoRA-GA) reads training
+    batches first: here seeded random tokens (a run reads its first training batches)."""
+    import torch
+    from hydra.utils import get_class
+
+    cls = get_class(run_cfg.method._target_)
+    gen = torch.Generator().manual_seed(0)
+    calibration = []
+    for _ in range(cls.calibration_batches(run_cfg.method)):
+        ids = torch.randint(5, 1000, (8, 16), generator=gen)
+        lm = run_cfg.dataset.task in ("causal_lm", "generation")
+        labels = ids if lm else torch.randint(0, run_cfg.dataset.num_labels, (8,), generator=gen)
+        if run_cfg.dataset.task == "regression":
+            labels = torch.rand(8, generator=gen)
+        calibration.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    return cls(
+        method=run_cfg.method,
+        model=run_cfg.model,
+        dataset=run_cfg.dataset,
+        total_steps=total_steps,
+        calibration=calibration or None,
+    )
+
+
 def run_cli(args: list[str], env: dict | None = None, cwd: Path = ROOT, timeout: int = 600):
     """`python -m peft_bench ARGS` in a subprocess, as a user types it."""
     return subprocess.run(

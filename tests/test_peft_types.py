@@ -19,7 +19,7 @@ from peft_bench.checks import check_config
 from peft_bench.errors import ConfigError
 from peft_bench.methods.peft_by_name import NOT_APPLICABLE
 from peft_bench.train import run
-from tests.helpers import CONF_DIR, ROOT, compose, run_cli
+from tests.helpers import CONF_DIR, ROOT, build_module, compose, run_cli
 
 TINY = ["model=tiny", "dataset=demo", "dataset.generator_size=200"]
 TINY_LLAMA = [
@@ -58,12 +58,9 @@ def types_table() -> dict[str, tuple[str, str]]:
 def peft_type_of(option: str) -> str:
     """The PeftType an option's model carries, built on the tiny encoder."""
     cfg = OmegaConf.to_object(compose([*TINY, f"method={option}", "rank=4"]))
-    from hydra.utils import get_class
 
     L.seed_everything(0, verbose=False)
-    module = get_class(cfg.method._target_)(
-        method=cfg.method, model=cfg.model, dataset=cfg.dataset, total_steps=10
-    )
+    module = build_module(cfg, total_steps=10)
     return module.model.peft_config["default"].peft_type.value
 
 
@@ -152,18 +149,8 @@ def test_a_sweep_over_rank_of_a_method_without_one_is_refused_as_repeated_runs(t
     assert "are the same run" in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
 
 
-# per type, what a user must set for it to run on the tiny models (the docs' table says the same)
-BY_NAME = {
-    "OFT": "{oft_block_size: 32, r: 0}",
-    "C3A": "{block_size: 32}",
-    "VBLORA": "{vector_length: 32}",
-    "ROAD": "{group_size: 32}",
-    "WAVEFT": "{n_frequency: 1000}",
-    "IA3": "{feedforward_modules: []}",
-    "ADAPTION_PROMPT": "{adapter_len: 4, adapter_layers: 1, target_modules: self_attn}",
-    "ADALORA": "{}",
-}
-PROMPT = {"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING"}
+# per type run by name only, what a user must set for it to run on the tiny models (as the docs' table)
+BY_NAME = {"ADAPTION_PROMPT": "{adapter_len: 4, adapter_layers: 1, target_modules: self_attn}"}
 # refused up front on a model, with PEFT's reason: (type, model) -> a part of the sentence
 REFUSED = {
     ("ADAPTION_PROMPT", "tiny"): "Unsupported model type for adaption prompt: 'distilbert'",
@@ -175,14 +162,17 @@ def by_name_args(kind: str) -> list[str]:
 
     from peft_bench.methods.peft_by_name import config_class
 
-    names = {f.name for f in fields(config_class(kind))}
-    rank = "num_virtual_tokens" if kind in PROMPT else "r" if "r" in names and kind != "OFT" else "null"
+    rank = "r" if "r" in {f.name for f in fields(config_class(kind))} else "null"
     out = ["method=peft", f"method.peft_type={kind}", f"method.rank_field={rank}"]
     return out + ([f"method.config={BY_NAME[kind]}"] if kind in BY_NAME else [])
 
 
 # the types without an option of their own (an option's type is covered by tests/test_all_methods.py)
 ONLY_BY_NAME = sorted(t for t, (how, _) in types_table().items() if how.startswith("`method=peft "))
+
+
+def test_the_by_name_settings_are_of_types_run_by_name():
+    assert set(BY_NAME) <= set(ONLY_BY_NAME)
 
 
 @pytest.mark.slow  # 13 types x 2 models, 3 steps each: ~1.5 min
@@ -259,6 +249,6 @@ def test_trying_a_method_leaves_the_runs_random_stream_alone():
     expected = torch.rand(3)
     torch.manual_seed(5)
     cfg = json.dumps({"_type": "HRA", "task_type": "SEQ_CLS", "target_modules": ["x"], "r": 2})
-    caps = capabilities(cfg, 16, 24, True, False)  # first call: the trial runs
+    caps = capabilities(cfg, 16, 24, True)  # first call: the trial runs
     assert caps.mergeable and "Conv1D" in caps.conv1d  # HRA merges, and PEFT has no Conv1D layer for it
     torch.testing.assert_close(torch.rand(3), expected)

@@ -61,9 +61,9 @@ LOCAL_IMPORTS: dict[str, tuple[int, str]] = {
     ),
     "errors": (1, "errors is a leaf: it reads HydraConfig only when it names a prepare command"),
     "methods": (
-        3,
+        4,
         "safetensors, peft's tuner internals and bitsandbytes: only when exporting, counting adapter layers, "
-        "or trying a method on a 4-bit layer",
+        "trying a method on a 4-bit layer, or starting LoftQ on a 4-bit base",
     ),
     "models": (4, "bitsandbytes (optional: 4-bit bases only) and what only a 4-bit load needs"),
     "prepare": (4, "huggingface_hub and the tokenizers: only the steps that fetch or tokenize need them"),
@@ -71,7 +71,7 @@ LOCAL_IMPORTS: dict[str, tuple[int, str]] = {
     "report": (3, "matplotlib, wandb: slow or optional; a table-only report needs neither"),
     "sweep_summary": (3, "hydra's compose and parser, torch: only when a sweep is checked or summarised"),
     "tasks": (
-        28,
+        29,
         "torch and torchmetrics (numpy, scipy for the report's resampled figures): config imports tasks, "
         "so a leaf stays light for --help, the report and the config checks",
     ),

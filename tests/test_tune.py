@@ -714,3 +714,42 @@ def test_the_tune_group_file_is_chosen_with_tune_and_a_missing_one_is_named():
     # naming the default file is the same study as naming none
     args = ["method=lora", "model=tiny", "dataset=demo"]
     assert parse([*args, "tune=default"]).key == parse(args).key
+
+
+def test_a_search_over_a_peft_config_field_checks_it_against_peft():
+    """method.search over config.<field> of a method=peft option: each value reaches the trial's run
+    (`++`, the field need not be in the YAML), and a field PEFT's config class lacks, or one on a
+    method without a PEFT config, is one sentence before any trial."""
+    from peft_bench.checks import compose_job
+    from peft_bench.errors import ConfigError
+    from peft_bench.tune import parse, with_params
+
+    cfg = compose_job(["model=tiny", "dataset=demo", *with_params("oft", {"config.module_dropout": 0.1})])
+    assert cfg.method.config == {"oft_block_size": 32, "r": 0, "module_dropout": 0.1}
+    parse(["method=oft", *TINY_TUNE[:2], "method.search={config.oft_block_size:{choices:[16,32]}}"])
+    with pytest.raises(ConfigError) as e:
+        parse(["method=oft", *TINY_TUNE[:2], "method.search={config.no_such_field:{choices:[1,2]}}"])
+    assert "method.search.config.no_such_field: the choice 1 is invalid" in str(e.value), str(e.value)
+    assert "OFTConfig has no field ['no_such_field']" in str(e.value), str(e.value)
+    with pytest.raises(ConfigError, match="has no key 'config.r'"):
+        parse(["method=lora", *TINY_TUNE[:2], "method.search={config.r:{choices:[2,4]}}"])
+
+
+@pytest.mark.slow  # 2 trials and 1 final run of the tiny model: ~40 s
+def test_a_study_tunes_a_peft_config_field(tmp_path):
+    out = tune(
+        [
+            "method=oft",
+            *TINY_TUNE,
+            "tune.trials=2",
+            "tune.seeds=1",
+            "tune.defaults=false",
+            "method.search={config.oft_block_size:{choices:[16,32]}}",
+            f"tune.dir={tmp_path}",
+        ]
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    done = [t for t in trials(tmp_path, "oft") if t.state.name == "COMPLETE"]
+    assert done and {t.params["config.oft_block_size"] for t in done} <= {16, 32}
+    finals = [json.loads(p.read_text()) for p in tmp_path.rglob("results.json") if "final" in str(p)]
+    assert finals and all(f["config"]["method"]["config"]["oft_block_size"] in (16, 32) for f in finals)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
+import itertools
 import json
 import logging
 import lzma
@@ -609,6 +610,23 @@ class BaseDataModule(L.LightningDataModule):
             sampler.shard(rank, processes, batch_size)
         self._sampler = sampler
         return sampler
+
+    def first_train_batches(self, batches: int) -> list[dict]:
+        """The first `batches` batches of the run's first epoch, in training's own seeded order and
+        collation (what a data-driven adapter init reads before training), the training sampler left
+        as it was. Every DDP rank reads the same, whole batches, so all ranks start from one init."""
+        kept = self._sampler, self._resume
+        self._resume = None
+        try:
+            out = list(itertools.islice(self.train_dataloader(), batches))
+        finally:
+            self._sampler, self._resume = kept
+        if len(out) < batches:
+            raise DataError(
+                f"a data-driven init reads {batches} training batches (method.init_batches) but the "
+                f"training split has {len(out)}: lower method.init_batches"
+            )
+        return out
 
     def processes(self) -> tuple[int, int]:
         """(this process's rank, the job's processes): in a DDP job each rank reads its share of a split

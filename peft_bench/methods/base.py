@@ -34,16 +34,38 @@ class BenchModule(L.LightningModule):
         dataset: DatasetConfig,
         accelerator: str = "cpu",
         total_steps: int | None = None,
+        calibration: list[dict] | None = None,
     ):
         """`accelerator`: the device type the run trains on ("cpu", "cuda", "mps"), decided once by the
         run (train.device_type), so the 4-bit base is placed where training happens. `total_steps`: the
-        optimizer steps the run will take, for methods whose schedule needs them up front (AdaLoRA)."""
+        optimizer steps the run will take, for methods whose schedule needs them up front (AdaLoRA).
+        `calibration`: the training batches a data-driven init reads (calibration_batches says how many)."""
         super().__init__()
         self.method_cfg, self.model_cfg, self.task = method, model, task_for(dataset)
         self.accelerator_type, self.total_steps = accelerator, total_steps
         self.base_weight_bytes: int | None = None  # a 4-bit base's size in memory
         self.num_labels = getattr(dataset, "num_labels", None)
-        self.model = self.build_model(self.load_backbone())
+        wanted = self.calibration_batches(method)
+        if len(calibration or ()) != wanted:
+            raise PeftBenchError(
+                f"method={method.name} reads {wanted} training batches before training; it was given "
+                f"{len(calibration or ())} (train.build_module draws them from the datamodule)"
+            )
+        self.calibration, self.data_init = calibration, None
+        backbone = self.load_backbone()
+        if calibration:  # its own RNG stream, so training's dropout does not depend on the init's draws
+            started = time.perf_counter()
+            with torch.random.fork_rng(devices=[]):
+                self.model = self.build_model(backbone)
+            self.data_init = {
+                "init": str(method.init).lower(),
+                "batches": len(calibration),
+                "examples": sum(len(b["input_ids"]) for b in calibration),
+                "seconds": time.perf_counter() - started,
+            }
+            self.calibration = None
+        else:
+            self.model = self.build_model(backbone)
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps the mode it finds
         metrics = self.task.metrics(self.num_labels)
         self.monitor = (self.task.monitor, self.task.mode)
@@ -106,6 +128,12 @@ class BenchModule(L.LightningModule):
                 "set method.layers=null"
             )
         return out
+
+    @classmethod
+    def calibration_batches(cls, method: MethodConfig) -> int:
+        """How many of the run's first training batches this method reads before training (a
+        data-driven adapter init: EVA, CorDA, LoRA-GA); 0 for most."""
+        return 0
 
     @classmethod
     def trial_problems(cls, run, facts, task) -> list[str]:
@@ -283,8 +311,9 @@ class BenchModule(L.LightningModule):
     def check_generation(self, prompt: torch.Tensor, tokenizer, steps: int = 4) -> None:
         """Greedy generation must continue a prompt as the model's own forward (the one training and the
         response perplexity use) would: up to `steps` tokens of transformers' generate, with the settings
-        of generate_texts, against the forward's argmax after each, ties allowed (1e-4 in fp32, 5e-2 in
-        16-bit precision, where the cached and uncached paths round apart). Every process checks its own
+        of generate_texts, against the forward's argmax after each, ties allowed: 4 units in the last place
+        of the largest logit in the logits' own dtype (bf16 under bf16 autocast or a bf16 4-bit compute,
+        where the cached and uncached paths round apart), at least 1e-4. Every process checks its own
         first prompt and the worst gap is shared, so all raise together (DDP). PeftBenchError, saying
         where they part, if they do: the generations would not be the trained model's."""
         eos = end_of_sequence(tokenizer)
@@ -300,15 +329,16 @@ class BenchModule(L.LightningModule):
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=eos,
         )[0, len(prompt) :]
-        worst = (0.0, 0, 0, 0)  # gap, step, generated token, the forward's best
+        worst, tolerance = (0.0, 0, 0, 0), 1e-4  # gap, step, generated token, the forward's best
         for i in range(len(out)):
             seq = torch.cat([prompt, out[:i]])[None]
-            logits = self.model(input_ids=seq, attention_mask=torch.ones_like(seq)).logits[0, -1].float()
+            raw = self.model(input_ids=seq, attention_mask=torch.ones_like(seq)).logits[0, -1]
+            logits = raw.float()
+            ulp = torch.finfo(raw.dtype).eps * float(logits.abs().max())
+            tolerance = max(tolerance, 4 * ulp)
             gap = float(logits.max() - logits[out[i]])
             if gap > worst[0]:
                 worst = (gap, i + 1, int(out[i]), int(logits.argmax()))
-        precision = str(getattr(self.trainer, "precision", "32")) if self._trainer is not None else "32"
-        tolerance = 5e-2 if "16" in precision else 1e-4
         gap = torch.tensor(worst[0], device=self.device)
         if self._trainer is not None and self.trainer.world_size > 1:
             gap = self.trainer.strategy.reduce(gap, reduce_op="max")
@@ -412,6 +442,7 @@ class BenchModule(L.LightningModule):
     # ------------------------------------------------------------------ checks at the boundaries
 
     def on_fit_start(self) -> None:
+        self.task.before_training(self, self.trainer.datamodule)
         if self.probe_before is None and self.global_step == 0:  # a fresh start (a resume restored it)
             self.probe_before = self.task.probe(self, self.trainer.datamodule)
 

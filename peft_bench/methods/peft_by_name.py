@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -22,7 +21,7 @@ from transformers.pytorch_utils import Conv1D
 
 from peft_bench.config import PeftByNameConfig
 from peft_bench.methods.adapter import AdapterModule
-from peft_bench.models import load_model_config
+from peft_bench.models import load_model_config, targeted
 
 # PeftTypes that are not a method to fine-tune one model on one task, with the reason; every other type
 # runs by name (tests/test_peft_types.py tries each on the tiny models)
@@ -66,7 +65,7 @@ def config_class(peft_type: str) -> type[PeftConfig]:
     return PEFT_TYPE_TO_CONFIG_MAPPING[kind]
 
 
-def peft_kwargs(m: PeftByNameConfig, task_type: str, head: list[str], total_steps: int | None) -> dict:
+def peft_kwargs(m: PeftByNameConfig, task_type: str, head: list[str]) -> dict:
     """The keyword arguments of the type's config class: method.config, then what peft_bench sets (the
     task type, the trained head, the target modules and layers where the class takes them, the rank into
     method.rank_field). ValueError, saying which, for a key the class does not have."""
@@ -113,8 +112,6 @@ def peft_kwargs(m: PeftByNameConfig, task_type: str, head: list[str], total_step
                 "without a rank"
             )
         out[m.rank_field] = m.r
-    if "total_step" in fields and out.get("total_step") is None:  # AdaLoRA's budget schedule
-        out["total_step"] = total_steps or 1
     return out
 
 
@@ -148,9 +145,9 @@ def build_config(kwargs: dict) -> PeftConfig:
         raise ValueError(f"PEFT refuses {cls.__name__}({json.dumps(args, default=str)}): {e}") from None
 
 
-def config_json(m: PeftByNameConfig, task_type: str, head: list[str], total_steps: int | None) -> str:
+def config_json(m: PeftByNameConfig, task_type: str, head: list[str]) -> str:
     """The config's keyword arguments with its type, as JSON: the key of the trials' caches."""
-    return json.dumps({"_type": str(m.peft_type).upper(), **peft_kwargs(m, task_type, head, total_steps)})
+    return json.dumps({"_type": str(m.peft_type).upper(), **peft_kwargs(m, task_type, head)})
 
 
 # --------------------------------------------------------------------------- what it can do, by trying
@@ -194,22 +191,19 @@ def _trained(model: nn.Module) -> None:
                 p.add_(0.02 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
 
 
-def capabilities(cfg_json: str, fan_in: int, fan_out: int, bias: bool, prompt_learning: bool) -> Capabilities:
+def capabilities(cfg_json: str, fan_in: int, fan_out: int, bias: bool) -> Capabilities:
     """_capabilities on a forked RNG: trying a method must not move the run's random stream (a run
     that tried it, and one that found the answer cached, must train alike)."""
     with torch.random.fork_rng(devices=[]):
-        return _capabilities(cfg_json, fan_in, fan_out, bias, prompt_learning)
+        return _capabilities(cfg_json, fan_in, fan_out, bias)
 
 
 @lru_cache(maxsize=256)
-def _capabilities(
-    cfg_json: str, fan_in: int, fan_out: int, bias: bool, prompt_learning: bool
-) -> Capabilities:
+def _capabilities(cfg_json: str, fan_in: int, fan_out: int, bias: bool) -> Capabilities:
     """What the method does with a Linear of (fan_in, fan_out), with or without a bias: merge it and
     unmerge it again (merged inference is measured in place, then undone), on a trained-looking adapter
-    and random inputs; adapt a Conv1D of that shape; adapt a 4-bit Linear."""
-    if prompt_learning:  # virtual tokens: no layer is changed, nothing to merge, any base takes them
-        return Capabilities(mergeable=False, conv1d=None, four_bit=None)
+    and random inputs; adapt a Conv1D of that shape; adapt a 4-bit Linear. (A virtual-token method
+    targets no Linear: its callers find no shape to try.)"""
     torch.manual_seed(0)
     peft_model = _inject(cfg_json, nn.Linear(fan_in, fan_out, bias=bias)).eval()
     model = peft_model.get_base_model()  # the layer's module, adapted in place
@@ -300,7 +294,7 @@ class PeftByNameModule(AdapterModule):
         m = run.method
         head = list(run.model.head_modules) if task.trains_head else []
         try:
-            cfg = config_json(m, task.peft_task_type, head, 100)
+            cfg = config_json(m, task.peft_task_type, head)
             config = build_config(json.loads(cfg))
         except (ValueError, TypeError) as e:
             return [str(e)]
@@ -317,13 +311,18 @@ class PeftByNameModule(AdapterModule):
             return [f"method={m.name} ({kind}) cannot adapt model {run.model.name}: {problem}"]
         targets = getattr(config, "target_modules", None)
         shapes = [facts.shapes[n] for n in targeted(facts.shapes, targets)]
-        if not shapes:
-            return []
+        unmergeable = [
+            f"method.export_merged=true: {kind} does not fold into the base weights (PEFT cannot merge it "
+            "and unmerge it again here), so there is no merged model to export; set "
+            "method.export_merged=false"
+        ]
+        if not shapes:  # virtual tokens (or no Linear targeted): nothing to merge
+            return unmergeable if m.export_merged else []
         try:
-            caps = capabilities(cfg, *min(shapes, key=min), True, isinstance(config, PromptLearningConfig))
-        except (ValueError, TypeError) as e:
+            caps = capabilities(cfg, *min(shapes, key=min), True)
+        except Exception as e:  # whatever PEFT raises on trying it is the reason it cannot
             return [f"method={m.name} ({kind}) cannot adapt one layer of model {run.model.name}'s shape: {e}"]
-        out = []
+        out = unmergeable if m.export_merged and not caps.mergeable else []
         if run.model.quantization is not None and caps.four_bit:
             out.append(
                 f"method={m.name} cannot train on a 4-bit base (model.quantization="
@@ -339,7 +338,7 @@ class PeftByNameModule(AdapterModule):
 
     def peft_config(self, model_config=None) -> PeftConfig:
         """PEFT's config of this run (the model's dimensions filled in for a prompt method)."""
-        cfg = config_json(self.method_cfg, self.task.task_type(), self.head_modules(), self.total_steps)
+        cfg = config_json(self.method_cfg, self.task.task_type(), self.head_modules())
         self.config_json = json.dumps(prompt_dims(model_config, json.loads(cfg))) if model_config else cfg
         return build_config(json.loads(self.config_json))
 
@@ -355,14 +354,14 @@ class PeftByNameModule(AdapterModule):
         }
         config = self.peft_config(backbone.config)
         model = get_peft_model(backbone, config)
-        self.prompt_learning = prompt = isinstance(config, PromptLearningConfig)
+        self.prompt_learning = isinstance(config, PromptLearningConfig)
         # transformers' generate with cached virtual tokens parts from the forward (prompt tuning, measured
         # by check_generation): virtual-token methods generate without the KV cache
-        self.use_kv_cache = not prompt
+        self.use_kv_cache = not self.prompt_learning
         shapes = [linear[n] for n in targeted(linear, getattr(config, "target_modules", None))]
         smallest = min(shapes, key=lambda s: min(s[:2])) if shapes else None
         try:
-            self.mergeable = bool(shapes) and capabilities(self.config_json, *smallest, prompt).mergeable
+            self.mergeable = bool(shapes) and capabilities(self.config_json, *smallest).mergeable
         except (ValueError, TypeError):  # accepted on the model, refused on one layer alone: not tried
             self.mergeable = False
         return model
@@ -373,13 +372,3 @@ class PeftByNameModule(AdapterModule):
         logits = super().forward(batch)
         n = batch["input_ids"].shape[1]
         return logits[:, -n:] if logits.dim() == 3 and logits.shape[1] > n else logits
-
-
-def targeted(names, targets) -> list[str]:
-    """The module names PEFT's target_modules select: a module name, or a suffix after a dot, of each in
-    a list; a string is a regular expression the whole name must match (PEFT's rules)."""
-    if not targets:
-        return []
-    if isinstance(targets, str):
-        return [n for n in names if re.fullmatch(targets, n)]
-    return [n for n in names if any(n == t or n.endswith("." + t) for t in targets)]

@@ -179,6 +179,10 @@ class Task:
         columns = self.example_columns(logits.detach(), batch["labels"]) if "example" in batch else None
         return logits, columns
 
+    def before_training(self, module, datamodule) -> None:
+        """Raise what would make this run's scores wrong and can be known before it trains (generation:
+        generate parts from the forward); every fit start calls it."""
+
     def probe(self, module, datamodule) -> dict | None:
         """A figure of the model taken before training and again once trained (generation: the loss on a
         reference text, whose rise is forgetting); None for a task without one."""

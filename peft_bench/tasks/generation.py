@@ -129,6 +129,19 @@ class GenerationTask(Task):
         }
         return logits, columns
 
+    def before_training(self, module, datamodule) -> None:
+        """The generation check (BenchModule.check_generation) on the first validation prompt, in eval
+        mode: a method whose generate parts from its forward is refused before training, not after."""
+        import torch
+
+        batch = next(iter(datamodule.val_dataloader()))
+        prompt = batch["prompt_ids"][0][batch["prompt_mask"][0].bool()].to(module.device)
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            module.check_generation(prompt, datamodule.tokenizer)
+        module.train(was_training)
+
     def probe(self, module, datamodule) -> dict | None:
         """The mean next-token loss (nats per token) on the reference text's blocks, in eval mode."""
         import torch

@@ -39,9 +39,17 @@ def space_and_problems(method) -> tuple[dict[str, dict], list[str]]:
 
 
 def key_space(method, key: str, spec) -> dict:
-    """One key's spec, normalised: {low, high, log} or {choices}; ConfigError if it is malformed."""
-    if not hasattr(method, key):
-        raise ConfigError([f"method.search: method {method.name} has no key {key!r}"])
+    """One key's spec, normalised: {low, high, log} or {choices}; ConfigError if it is malformed. A key
+    `config.<field>` is a field of a method=peft option's PEFT config (search_problems then checks that
+    PEFT's config class has it, and each bound, as a trial's run would)."""
+    top = key.split(".", 1)[0]
+    if not hasattr(method, top) or ("." in key and not (top == "config" and hasattr(method, "peft_type"))):
+        raise ConfigError(
+            [
+                f"method.search: method {method.name} has no key {key!r} (a key of the method, or "
+                "config.<field> of a method=peft option's PEFT config)"
+            ]
+        )
     if isinstance(spec, list | tuple) and len(spec) == 2:
         spec = {"low": spec[0], "high": spec[1], "log": True}
     if isinstance(spec, dict) and "choices" in spec:
@@ -101,9 +109,13 @@ def search_problems(
 
 
 def with_params(method: str, params: dict) -> list[str]:
+    """A trial's overrides. A config.<field> may be absent from the option's YAML: `++` adds or sets it
+    (the other keys keep their plain form, which names the trial's run folder)."""
     return [
         f"method={method}",
-        *[f"method.{k}={json.dumps(v)}" for k, v in params.items()],  # None -> null, a str quoted
+        *[  # None -> null, a str quoted
+            f"{'++' if '.' in k else ''}method.{k}={json.dumps(v)}" for k, v in params.items()
+        ],
     ]
 
 
