@@ -132,6 +132,10 @@ def test_bad_settings_of_a_type_by_name_are_one_sentence_before_anything_loads()
     assert problem_of("method.peft_type=HRA", "method.lr=???") == (
         "method.lr is not set (the config leaves it ???): give it, e.g. method.lr=..."
     )
+    for option in ("prompt_tuning", "lily"):  # virtual tokens; an adapter PEFT cannot merge and unmerge
+        with pytest.raises(ConfigError, match="no merged model to export; set method.export_merged=false"):
+            check_config(compose([*TINY, f"method={option}", "method.export_merged=true"]))
+    check_config(compose([*TINY, "method=hra", "method.export_merged=true"]))  # HRA merges: accepted
 
 
 def test_the_name_is_the_type_and_a_method_without_rank_ignores_it():
@@ -212,8 +216,9 @@ WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext2" / "validation.jsonl"
 def test_generation_is_the_models_own_or_not_scored(tmp_path):
     """With PEFT 0.21.2 and transformers 5, generate with cached virtual tokens (prompt tuning) parts
     from the model's own forward, and prefix tuning's generate does with or without the cache. Virtual-
-    token methods generate without the cache, which agrees; prefix tuning is refused by the check that
-    every generation pass starts with, in one sentence. If PEFT mends prefix tuning, this test says so."""
+    token methods generate without the cache, which agrees; prefix tuning is refused, in one sentence and
+    before it trains, by the check that each fit and every generation pass start with. If PEFT mends
+    prefix tuning, this test says so."""
     from peft_bench.errors import PeftBenchError
 
     args = [

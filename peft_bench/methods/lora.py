@@ -130,8 +130,11 @@ class LoRAModule(AdapterModule):
             preprocess_loraga(backbone, config, train_step=lambda: self.run_batches(backbone, batches, True))
         model = get_peft_model(backbone, config)
         if init == "eva":
-            initialize_lora_eva_weights(
-                model, dataloader=[self.model_inputs(b) for b in batches], show_progress_bar=False
+            initialize_lora_eva_weights(  # every DDP rank reads the same batches: nothing to gather
+                model,
+                dataloader=[self.model_inputs(b) for b in batches],
+                gather_distributed_inputs=False,
+                show_progress_bar=False,
             )
         elif init == "loftq":
             loftq_init(model, self.full_precision)

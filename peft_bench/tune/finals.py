@@ -16,7 +16,7 @@ from peft_bench.report.tuned import datasets_report, finals, tuned_section
 from peft_bench.results import read_results
 from peft_bench.train import run
 from peft_bench.tune.password import hide_password
-from peft_bench.tune.search import with_params
+from peft_bench.tune.search import method_value, with_params
 from peft_bench.tune.store import STUDY_FILE, counted, create_studies, killed
 from peft_bench.tune.study import DatasetStudy, Study, parse, parse_datasets
 from peft_bench.tune.workers import (
@@ -162,7 +162,7 @@ def write_tuned_report(study: Study) -> Path:
         {m: trial_rows(study, m) for m in study.methods},
         spaces,
         best,
-        {m: {k: getattr(configs[m], k) for k in spaces[m]} for m in study.methods},
+        {m: {k: method_value(configs[m], k) for k in spaces[m]} for m in study.methods},
     )
     out = study.dir / "report"
     write_report([study.dir / "final"], out, sections=[section])

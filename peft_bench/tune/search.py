@@ -108,6 +108,14 @@ def search_problems(
     return out
 
 
+def method_value(method, key: str):
+    """The method's own value of a search key (its default, before tuning); a `config.<field>` the
+    option's YAML leaves out is None: PEFT's default applies."""
+    top, _, field = key.partition(".")
+    value = getattr(method, top)
+    return (value or {}).get(field) if field else value
+
+
 def with_params(method: str, params: dict) -> list[str]:
     """A trial's overrides. A config.<field> may be absent from the option's YAML: `++` adds or sets it
     (the other keys keep their plain form, which names the trial's run folder)."""
