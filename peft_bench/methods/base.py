@@ -53,10 +53,11 @@ class BenchModule(L.LightningModule):
             )
         self.calibration, self.data_init = calibration, None
         backbone = self.load_backbone()
-        if calibration:  # its own RNG stream, so training's dropout does not depend on the init's draws
-            started = time.perf_counter()
-            with torch.random.fork_rng(devices=[]):
-                self.model = self.build_model(backbone)
+        # a data-driven init draws from its own RNG stream: training's dropout does not depend on it
+        started = time.perf_counter()
+        with torch.random.fork_rng(devices=[]) if calibration else nullcontext():
+            self.model = self.build_model(backbone)
+        if calibration:
             self.data_init = {
                 "init": str(method.init).lower(),
                 "batches": len(calibration),
@@ -64,8 +65,6 @@ class BenchModule(L.LightningModule):
                 "seconds": time.perf_counter() - started,
             }
             self.calibration = None
-        else:
-            self.model = self.build_model(backbone)
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps the mode it finds
         metrics = self.task.metrics(self.num_labels)
         self.monitor = (self.task.monitor, self.task.mode)
